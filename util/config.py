@@ -1,0 +1,170 @@
+"""One config system: YAML files with ``_base_`` inheritance, ``key value`` CLI overrides, a typed schema.
+
+``config/base.yaml`` is the schema: every key that exists has a default there, and the type of that
+default is the type every other file and override must give. A key whose default is ``null`` takes a
+string or null (paths, optional names). Files name their parent(s) with ``_base_`` (a path relative to
+the file, or a list of them, merged left to right); the child's keys win.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from util.errors import UserError
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "config" / "base.yaml"
+BASE_KEY = "_base_"
+
+
+class ConfigError(UserError):
+    """A config file or override is wrong (unknown key, wrong type, bad YAML, missing file)."""
+
+
+class Config(dict):
+    """A flat mapping of resolved settings with attribute access (``cfg.shot``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key '{name}'") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def copy(self) -> "Config":
+        return Config(super().copy())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dict(self), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML (recorded next to a run's outputs)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the path (configs live in config/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of 'key: value' lines")
+    return data
+
+
+def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, tuple[Any, Path]]:
+    """Resolve a file and its ``_base_`` chain into ``key -> (value, file that set it)``."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: '_base_' chain loops back to this file; remove the cycle")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict[str, tuple[Any, Path]] = {}
+    for base in bases:
+        merged.update(_load_tree((path.parent / base), seen + (path,)))
+    merged.update({key: (value, path) for key, value in data.items()})
+    return merged
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
+    """Return ``value`` coerced to the schema type of ``default`` or raise a one-line ConfigError."""
+    def fail() -> ConfigError:
+        name = _type_name(default)
+        article = "an" if name[0] in "aeiou" else "a"
+        expected = "a string or null" if default is None else f"{article} {name} like {default!r}"
+        return ConfigError(f"{where}: key '{key}' must be {expected}, got {_type_name(value)} {value!r}")
+
+    if default is None:
+        if value is None or isinstance(value, str):
+            return value
+        raise fail()
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail()
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise fail()
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise fail()
+        if default:
+            return [_check_type(f"{key}[{i}]", item, default[0], where) for i, item in enumerate(value)]
+        return value
+    if isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+        raise fail()
+    return value
+
+
+def _suggest(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else "; see config/base.yaml for the keys that exist"
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["shot", "5", "base_lr", "0.01"]`` into ``{"shot": 5, "base_lr": 0.01}`` (values parsed as YAML)."""
+    if len(pairs) % 2:
+        raise ConfigError(f"overrides come as 'key value' pairs; '{pairs[-1]}' has no value")
+    parsed: dict[str, Any] = {}
+    for key, text in zip(pairs[::2], pairs[1::2]):
+        try:
+            parsed[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            parsed[key] = text
+    return parsed
+
+
+def schema() -> dict[str, Any]:
+    """The defaults of every key (``config/base.yaml``)."""
+    return _read_yaml(SCHEMA_FILE)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
+    """Load ``path`` (with its ``_base_`` chain) over the schema defaults, then apply overrides.
+
+    Unknown keys and wrongly typed values raise :class:`ConfigError` naming the file (or "override")
+    and the key, with a suggestion for near-miss key names.
+    """
+    defaults = schema()
+    values: dict[str, tuple[Any, str]] = {k: (v, str(SCHEMA_FILE)) for k, v in defaults.items()}
+    if path is not None:
+        values.update({k: (v, str(src)) for k, (v, src) in _load_tree(Path(path)).items()})
+    items = overrides.items() if isinstance(overrides, Mapping) else parse_overrides(overrides).items()
+    values.update({k: (v, "override") for k, v in items})
+
+    resolved = Config()
+    for key, (value, where) in values.items():
+        if key not in defaults:
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, defaults)}")
+        resolved[key] = _check_type(key, value, defaults[key], where)
+    return resolved
