@@ -1,0 +1,83 @@
+"""The config system: schema defaults, inheritance, overrides, typed validation, saving."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from util.config import ConfigError, load_config, parse_overrides, schema
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_come_from_the_schema():
+    cfg = load_config()
+    assert cfg == schema()
+    assert cfg.shot == 1 and cfg.split == 0
+
+
+def test_inheritance_chain_child_wins(tmp_path):
+    write(tmp_path / "a.yaml", "shot: 5\nbase_lr: 0.01\n")
+    write(tmp_path / "sub" / "b.yaml", "_base_: ../a.yaml\nbase_lr: 0.02\n")
+    write(tmp_path / "sub" / "c.yaml", "_base_: b.yaml\nsplit: 3\n")
+    cfg = load_config(tmp_path / "sub" / "c.yaml")
+    assert (cfg.shot, cfg.base_lr, cfg.split) == (5, 0.02, 3)
+
+
+def test_list_of_bases_merges_left_to_right(tmp_path):
+    write(tmp_path / "a.yaml", "shot: 5\nsplit: 1\n")
+    write(tmp_path / "b.yaml", "shot: 3\n")
+    write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.shot, cfg.split) == (3, 1)
+
+
+def test_overrides_parse_as_yaml_and_win(tmp_path):
+    write(tmp_path / "a.yaml", "shot: 5\n")
+    cfg = load_config(tmp_path / "a.yaml", ["shot", "1", "test_seeds", "[1, 2]", "resume", "auto", "base_lr", "1"])
+    assert cfg.shot == 1 and cfg.test_seeds == [1, 2] and cfg.resume == "auto"
+    assert isinstance(cfg.base_lr, float) and cfg.base_lr == 1.0
+
+
+def test_unknown_key_names_the_file_and_suggests(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "shots: 5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'shots'; did you mean 'shot'\?"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"override: unknown key 'bas_lr'; did you mean 'base_lr'\?"):
+        load_config(None, ["bas_lr", "0.1"])
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [("shot", "five", "must be an int"), ("ori_resize", "1", "must be a bool"),
+     ("test_seeds", "[1, x]", r"test_seeds\[1\]' must be an int"), ("resume", "[1]", "string or null")],
+)
+def test_wrong_types_are_rejected(key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [key, value])
+
+
+def test_odd_override_count_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="'shot' has no value"):
+        parse_overrides(["shot"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_yaml_and_cycles(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path / "x.yaml", "shot: [1\n"))
+    write(tmp_path / "p.yaml", "_base_: q.yaml\n")
+    write(tmp_path / "q.yaml", "_base_: p.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "p.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["shot", "5"])
+    saved = cfg.save(tmp_path / "run" / "config.yaml")
+    assert yaml.safe_load(saved.read_text()) == dict(cfg)
+    assert load_config(saved) == cfg
