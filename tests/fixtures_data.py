@@ -1,0 +1,84 @@
+"""Tiny on-disk datasets in the real formats for the data tests (VOC+SBD, COCO json, pools, synth)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import imgviz
+import numpy as np
+from PIL import Image
+
+from util.config import load_config
+from util.image_io import write_label
+
+
+def voc_palette() -> list[int]:
+    """The VOC colour map (256 entries) as a flat PIL palette."""
+    return imgviz.label_colormap().astype(np.uint8).ravel().tolist()
+
+
+def write_rgb(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+def write_palette_png(path: Path, label: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label, np.uint8).tobytes())
+    img.putpalette(voc_palette())
+    img.save(path)
+
+
+def block_label(height: int, width: int, blocks: list[tuple[int, int, int, int, int]]) -> np.ndarray:
+    """A label with rectangles ``(class_id, top, left, h, w)`` and a 255 border around each."""
+    label = np.zeros((height, width), dtype=np.uint8)
+    for class_id, top, left, h, w in blocks:
+        label[top:top + h, left:left + w] = 255
+        label[top + 1:top + h - 1, left + 1:left + w - 1] = class_id
+    return label
+
+
+def write_pool(root: Path, pool_list: str, entries: dict[str, np.ndarray], seed: int = 0) -> None:
+    """Images (random RGB) and labels for ``{name: label}`` plus the pool list, in PASCAL naming."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for name, label in sorted(entries.items()):
+        write_rgb(root / "JPEGImages" / f"{name}.jpg", rng.integers(0, 256, size=(*label.shape, 3), dtype=np.uint8))
+        write_label(root / "SegmentationClassAug" / f"{name}.png", label)
+        lines.append(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
+    path = root / pool_list
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+
+
+def pascal_pool(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """A 64x64 PASCAL pool: every class in 3 train and 3 val images, plus rule cases (returned)."""
+    train, val = {}, {}
+    for c in range(1, 21):
+        other = c % 20 + 1
+        for k in range(3):
+            train[f"t{c:02d}_{k}"] = block_label(64, 64, [(c, 2, 2, 50, 50)] + ([(other, 54, 2, 8, 40)] if k else []))
+            val[f"v{c:02d}_{k}"] = block_label(64, 64, [(c, 4, 4, 48, 48)])
+    # rule cases: class 6 (base in fold 0) with a 2048-px novel class 1 -> dropped unless keepnovel;
+    # class 7 with a 2047-px novel class 2 -> the novel class does not count, image kept.
+    big = np.zeros((80, 80), np.uint8)
+    big[:, :40] = 6
+    big[:51, 40:80] = 1
+    big[51, 40:48] = 1     # 51*40 + 8 = 2048 pixels of class 1
+    train["rule_novel2048"] = big
+    small = np.zeros((80, 80), np.uint8)
+    small[:, :40] = 7
+    small[:51, 40:80] = 2
+    small[51, 40:47] = 2   # 2047 pixels of class 2
+    train["rule_novel2047"] = small
+    write_pool(root, "ImageSets/SegmentationAug/train.txt", train, seed=1)
+    write_pool(root, "ImageSets/SegmentationAug/val.txt", val, seed=2)
+    return {"train": train, "val": val}
+
+
+def data_config(data_root: Path, list_root: Path, dataset: str = "synth", **overrides):
+    """A config pointing at a test tree, with tiny sizes."""
+    values = {"dataset": dataset, "data_root": str(data_root), "list_root": str(list_root),
+              "train_size": 48, "val_size": 56, "split": 0}
+    values.update(overrides)
+    return load_config(None, values)

@@ -1,0 +1,230 @@
+"""EpisodeDataset / BaseClassDataset: protocol rules, determinism, worker independence, ori labels, errors."""
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.fixtures_data import data_config, pascal_pool
+from util.dataset import BaseClassDataset, EpisodeDataset, collate_episodes, read_label
+from util.errors import UserError
+from util.image_io import write_label
+from util.make_lists import make_lists
+from util.make_synth import make_synth
+
+
+@pytest.fixture(scope="module")
+def pascal(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    lists = tmp_path_factory.mktemp("lists")
+    pascal_pool(root)
+    make_lists("pascal", root, lists, workers=1)
+    return root, lists
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    lists = tmp_path_factory.mktemp("synth_lists")
+    make_synth(root, num_train=150, num_val=60, seed=1, workers=1)
+    make_lists("synth", root, lists, workers=1)
+    return root, lists
+
+
+def list_classes(dataset):
+    return {str(dataset.root / image): set(classes) for image, _, classes in dataset.items}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_episode_is_a_pure_function_of_seed_and_index(synth):
+    cfg = data_config(*synth)
+    first, second = EpisodeDataset(cfg, "train", seed=7), EpisodeDataset(cfg, "train", seed=7)
+    for index in (5, 0, 3):
+        assert first.episode(index) == second.episode(index)
+        assert_same(first[index], second[index])
+    other = EpisodeDataset(cfg, "train", seed=8)
+    assert any(other.episode(i) != first.episode(i) for i in range(5))
+
+
+def test_dataloader_worker_count_does_not_matter(synth):
+    cfg = data_config(*synth)
+    dataset = EpisodeDataset(cfg, "val", episodes=6, seed=3)
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate_episodes)
+        batches[workers] = list(loader)
+    for a, b in zip(batches[0], batches[2]):
+        assert_same(a, b)
+
+
+def test_episode_sampling_rules(pascal):
+    cfg = data_config(*pascal, dataset="pascal", shot=2)
+    dataset = EpisodeDataset(cfg, "val", episodes=60, seed=0)
+    eligible = list_classes(dataset)
+    queries = set()
+    for index in range(len(dataset)):
+        episode = dataset.episode(index)
+        query = str(dataset.root / episode.query[0])
+        supports = [str(dataset.root / image) for image, _ in episode.supports]
+        queries.add(query)
+        assert episode.class_id in eligible[query] and episode.class_id in range(1, 6)
+        assert len(set(supports)) == 2 and query not in supports
+        assert all(episode.class_id in eligible[s] for s in supports)
+    assert len(queries) == 15  # every val image of the novel classes is a query within one pass
+
+
+def test_sample_shapes_and_binary_labels(synth):
+    cfg = data_config(*synth, shot=2)
+    sample = EpisodeDataset(cfg, "train", seed=0)[0]
+    assert sample["query"].shape == (3, 48, 48) and sample["query"].dtype == torch.float32
+    assert sample["supports"].shape == (2, 3, 48, 48) and sample["support_masks"].shape == (2, 48, 48)
+    assert sample["query_label"].dtype == torch.int64 and sample["class_id"].dtype == torch.int64
+    assert set(sample["query_label"].unique().tolist()) <= {0, 1, 255}
+    assert set(sample["support_masks"].unique().tolist()) <= {0, 1, 255}
+    assert (sample["query_label"] == 1).any() and "query_label_ori" not in sample
+
+
+def test_val_labels_and_original_size_label(synth):
+    cfg = data_config(*synth)
+    dataset = EpisodeDataset(cfg, "val", episodes=4, seed=0)
+    for index in range(4):
+        episode, sample = dataset.episode(index), dataset[index]
+        original = read_label(dataset.root / episode.query[1])
+        expected = np.where(original == 255, 255, (original == episode.class_id).astype(np.int64))
+        assert np.array_equal(sample["query_label_ori"].numpy(), expected)
+        height, width = original.shape
+        scale = 56 / max(height, width)
+        new_h, new_w = round(height * scale), round(width * scale)
+        label = sample["query_label"]
+        assert (label[new_h:] == 255).all() and (label[:, new_w:] == 255).all()
+        assert (label[:new_h, :new_w] == 1).any()
+    batch = collate_episodes([dataset[0], dataset[1]])
+    ori = [dataset[i]["query_label_ori"] for i in (0, 1)]
+    height, width = max(o.shape[0] for o in ori), max(o.shape[1] for o in ori)
+    assert batch["query_label_ori"].shape == (2, height, width)
+    h0, w0 = ori[0].shape
+    assert torch.equal(batch["query_label_ori"][0, :h0, :w0], ori[0])
+    assert (batch["query_label_ori"][0, h0:] == 255).all() and (batch["query_label_ori"][0, :, w0:] == 255).all()
+    assert isinstance(batch["query_path"], list) and isinstance(batch["support_paths"][0], list)
+
+
+def test_bbox_support_annotation_is_a_filled_box(synth):
+    cfg = data_config(*synth, ann_type="bbox", val_size=200)
+    dataset = EpisodeDataset(cfg, "val", episodes=5, seed=0)
+    for index in range(5):
+        mask = dataset[index]["support_masks"][0].numpy()
+        ys, xs = np.nonzero(mask == 1)
+        box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        assert (box == 1).all()
+
+
+def test_base_class_dataset_remaps_labels(pascal):
+    cfg = data_config(*pascal, dataset="pascal", split=0, train_size=80)
+    dataset = BaseClassDataset(cfg, "train", seed=0)
+    names = [image for image, _, _ in dataset.items]
+    assert "JPEGImages/rule_novel2048.jpg" not in names
+    sample = dataset[names.index("JPEGImages/rule_novel2047.jpg")]
+    assert sample["image"].shape == (3, 80, 80)
+    # class 7 is the 2nd base class of fold 0 -> 2; novel class 2 -> background
+    assert set(sample["label"].unique().tolist()) <= {0, 2, 255} and (sample["label"] == 2).any()
+    val = BaseClassDataset(data_config(*pascal, dataset="pascal", split=1), "val")
+    labels = torch.cat([val[i]["label"].flatten() for i in range(len(val))]).unique().tolist()
+    assert set(labels) == set(range(16)) | {255}
+
+
+def test_keep_novel_as_background_uses_the_other_list(pascal):
+    cfg = data_config(*pascal, dataset="pascal", keep_novel_as_background=True)
+    names = [image for image, _, _ in EpisodeDataset(cfg, "train").items]
+    assert "JPEGImages/rule_novel2048.jpg" in names
+
+
+def test_default_lengths(pascal):
+    cfg = data_config(*pascal, dataset="pascal", test_episodes=11)
+    train = EpisodeDataset(cfg, "train")
+    assert len(train) == len(train.items) and len(EpisodeDataset(cfg, "val")) == 11
+    cfg = data_config(*pascal, dataset="pascal", train_episodes=9)
+    assert len(EpisodeDataset(cfg, "train")) == 9
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"shot": 0}, "'shot' must be an integer >= 1"),
+    ({"dataset": "voc"}, "unknown dataset 'voc'"),
+    ({"split": 4}, r"fold \(config key 'split'\) must be 0..3"),
+    ({"ann_type": "scribble"}, "'ann_type' must be one of"),
+])
+def test_config_errors(pascal, overrides, message):
+    cfg = data_config(*pascal, **{"dataset": "pascal", **overrides})
+    with pytest.raises(UserError, match=message):
+        EpisodeDataset(cfg, "train")
+
+
+def test_missing_data_root_and_list(pascal, tmp_path):
+    root, _ = pascal
+    with pytest.raises(UserError, match="data_root .* does not exist.*make_synth --root"):
+        EpisodeDataset(data_config(tmp_path / "none", tmp_path), "train")
+    with pytest.raises(UserError, match=r"list not found; generate it with: python -m util.make_lists --dataset pascal"):
+        EpisodeDataset(data_config(root, tmp_path / "empty", dataset="pascal"), "val")
+
+
+@pytest.fixture
+def pascal_copy(pascal, tmp_path):
+    root, lists = pascal
+    shutil.copytree(root, tmp_path / "voc")
+    return tmp_path / "voc", lists
+
+
+def test_list_item_with_missing_image(pascal_copy):
+    root, lists = pascal_copy
+    (root / "JPEGImages" / "v01_0.jpg").unlink()
+    with pytest.raises(UserError, match=r"val_min2048.json: item 1: image .*v01_0.jpg not found"):
+        EpisodeDataset(data_config(root, lists, dataset="pascal"), "val")
+
+
+def query_of(dataset, name):
+    return next(i for i in range(len(dataset)) if dataset.episode(i).query[0].endswith(name))
+
+
+def test_corrupt_image(pascal_copy):
+    root, lists = pascal_copy
+    (root / "JPEGImages" / "v01_0.jpg").write_bytes(b"\xff\xd8 truncated")
+    dataset = EpisodeDataset(data_config(root, lists, dataset="pascal"), "val", episodes=15)
+    with pytest.raises(UserError, match="v01_0.jpg: cannot decode the image"):
+        dataset[query_of(dataset, "v01_0.jpg")]
+
+
+def test_image_label_size_mismatch(pascal_copy):
+    root, lists = pascal_copy
+    write_label(root / "SegmentationClassAug" / "v01_0.png", np.ones((32, 64), np.uint8))
+    dataset = EpisodeDataset(data_config(root, lists, dataset="pascal"), "val", episodes=15)
+    with pytest.raises(UserError, match="same height and width"):
+        dataset[query_of(dataset, "v01_0.jpg")]
+
+
+def test_out_of_range_label_value(pascal_copy):
+    root, lists = pascal_copy
+    label = read_label(root / "SegmentationClassAug" / "v01_0.png")
+    label[0, 0] = 40
+    write_label(root / "SegmentationClassAug" / "v01_0.png", label)
+    dataset = EpisodeDataset(data_config(root, lists, dataset="pascal"), "val", episodes=15)
+    with pytest.raises(UserError, match="label value 40 is not a class id"):
+        dataset[query_of(dataset, "v01_0.jpg")]
+
+
+def test_classes_with_too_few_images_are_skipped_then_empty_fold_errors(pascal):
+    cfg = data_config(*pascal, dataset="pascal", shot=3)  # every val class has exactly 3 images
+    with pytest.warns(UserWarning, match="fewer than shot \\+ 1 = 4"):
+        with pytest.raises(UserError, match="no class has at least shot \\+ 1 = 4 eligible images"):
+            EpisodeDataset(cfg, "val")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EpisodeDataset(data_config(*pascal, dataset="pascal", shot=2), "val")

@@ -1,0 +1,230 @@
+"""Datasets: episodic few-shot (``EpisodeDataset``) and base-class segmentation for stage 1 (``BaseClassDataset``).
+
+Both read the per-fold lists written by ``python -m util.make_lists`` (layout in ``util/fss_lists.py``):
+``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train,val,base_val}_min<N>[_keepnovel].json``
+with paths relative to ``cfg.data_root``. A missing list raises a UserError that names the command.
+
+Episodes follow the protocol: the query image's class is drawn uniformly among its eligible classes,
+K distinct supports are drawn uniformly among the class's other images. Episode ``i`` -- which images,
+which class, and every augmentation draw -- is a pure function of ``(seed, i)``: one
+``numpy.random.SeedSequence([seed, i])`` feeds everything, so DataLoader workers and order don't matter.
+For training, give each epoch its own seed (``dataset.seed = cfg.seed + epoch``) to see new episodes.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from util.classes import base_classes, num_classes
+from util.errors import UserError
+from util.fss_lists import FoldList, check_dataset_fold, fold_list_path, make_lists_command, read_fold_list
+from util.image_io import check_label_values, read_image, read_label
+from util.transform import bbox_mask, binary_label, build_transform
+
+__all__ = ["Episode", "EpisodeDataset", "BaseClassDataset", "collate_episodes", "read_image", "read_label",
+           "load_fold_list"]
+
+cv2.setNumThreads(0)
+
+ANN_TYPES = ("mask", "bbox")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Which files make episode ``i``: the query and K supports as (image, label) paths relative to data_root
+    (as in the lists), and the class."""
+
+    query: tuple[str, str]
+    supports: list[tuple[str, str]]
+    class_id: int
+
+
+def load_fold_list(cfg, subset: str) -> FoldList:
+    """The per-fold list ``subset`` for ``cfg`` (dataset, split, style, min_class_pixels), checking data_root."""
+    check_dataset_fold(cfg.dataset, cfg.split, cfg.coco_split_style)
+    if not Path(cfg.data_root).is_dir():
+        raise UserError(f"data_root '{cfg.data_root}' does not exist (config key data_root); "
+                        f"prepare the dataset there (see README, Data preparation)"
+                        + (f" or run: python -m util.make_synth --root {cfg.data_root}" if cfg.dataset == "synth" else ""))
+    path = fold_list_path(cfg.list_root, cfg.dataset, cfg.split, subset, cfg.min_class_pixels, cfg.coco_split_style)
+    fold_list = read_fold_list(path, make_lists_command(cfg.dataset, cfg.data_root, cfg.list_root, cfg.min_class_pixels))
+    root = Path(cfg.data_root)
+    for number, (image, label, _) in enumerate(fold_list.items, start=1):
+        for relative, kind in ((image, "image"), (label, "label")):
+            if not (root / relative).is_file():
+                raise UserError(f"{path}: item {number}: {kind} {root / relative} not found; fix data_root "
+                                f"or regenerate the lists with: "
+                                + make_lists_command(cfg.dataset, cfg.data_root, cfg.list_root, cfg.min_class_pixels))
+    return fold_list
+
+
+def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its label, checking sizes and class ids."""
+    rgb, classes = read_image(image_path), read_label(label_path)
+    if rgb.shape[:2] != classes.shape:
+        raise UserError(f"{image_path} is {rgb.shape[:2]} but its label {label_path} is {classes.shape}; "
+                        "image and label must have the same height and width")
+    check_label_values(classes, num_classes(dataset), label_path, ignore_label)
+    return rgb, classes
+
+
+def _seed(seed: int | None, cfg) -> int:
+    value = cfg.seed if seed is None else seed
+    if value < 0:
+        raise UserError(f"seed must be >= 0, got {value} (config key 'seed')")
+    return int(value)
+
+
+class EpisodeDataset(Dataset):
+    """Few-shot episodes of the fold: base classes from the train list, or novel classes from the val list."""
+
+    def __init__(self, cfg, mode: str, episodes: int | None = None, seed: int | None = None):
+        if mode not in ("train", "val"):
+            raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+        if not isinstance(cfg.shot, int) or cfg.shot < 1:
+            raise UserError(f"config key 'shot' must be an integer >= 1, got {cfg.shot!r}")
+        if cfg.ann_type not in ANN_TYPES:
+            raise UserError(f"config key 'ann_type' must be one of {list(ANN_TYPES)}, got {cfg.ann_type!r}")
+        self.cfg, self.mode, self.shot = cfg, mode, cfg.shot
+        self.seed = _seed(seed, cfg)
+        self.root = Path(cfg.data_root)
+        subset = "val" if mode == "val" else ("train_keepnovel" if cfg.keep_novel_as_background else "train")
+        fold_list = load_fold_list(cfg, subset)
+
+        by_class: dict[int, list[int]] = {c: [] for c in fold_list.classes}
+        for index, (_, _, classes) in enumerate(fold_list.items):
+            for c in classes:
+                by_class[c].append(index)
+        kept = {c for c, images in by_class.items() if len(images) >= self.shot + 1}
+        for c in sorted(set(by_class) - kept):
+            warnings.warn(f"{fold_list.path}: class {c} has {len(by_class[c])} eligible image(s), fewer than "
+                          f"shot + 1 = {self.shot + 1}; it is left out of the episodes", stacklevel=2)
+        if not kept:
+            raise UserError(f"{fold_list.path}: no class has at least shot + 1 = {self.shot + 1} eligible images; "
+                            "use a smaller shot or more data")
+        old_to_new: dict[int, int] = {}
+        items = []
+        for index, (image, label, classes) in enumerate(fold_list.items):
+            eligible = tuple(c for c in classes if c in kept)
+            if eligible:
+                old_to_new[index] = len(items)
+                items.append((image, label, eligible))
+        self.items: list[tuple[str, str, tuple[int, ...]]] = items
+        self.class_images = {c: [old_to_new[i] for i in by_class[c]] for c in sorted(kept)}
+        self.classes = sorted(kept)
+        if episodes is None:
+            episodes = (cfg.train_episodes or len(items)) if mode == "train" else cfg.test_episodes
+        self.episodes = int(episodes)
+        self.transform = build_transform(cfg, train=mode == "train")
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.episodes
+
+    def _query_order(self) -> np.ndarray:
+        """A seed-dependent permutation of the query pool; episode i uses entry ``i % n``."""
+        if self._order_cache is None or self._order_cache[0] != self.seed:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed]))
+            self._order_cache = (self.seed, rng.permutation(len(self.items)))
+        return self._order_cache[1]
+
+    def _sequences(self, index: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+        return tuple(np.random.SeedSequence([self.seed, index]).spawn(2))
+
+    def episode(self, index: int) -> Episode:
+        """The files and class of episode ``index`` (pure function of ``(seed, index)``)."""
+        if not 0 <= index < self.episodes:
+            raise IndexError(f"episode {index} out of range 0..{self.episodes - 1}")
+        rng = np.random.default_rng(self._sequences(index)[0])
+        query = int(self._query_order()[index % len(self.items)])
+        image, label, classes = self.items[query]
+        class_id = int(classes[int(rng.integers(len(classes)))])
+        candidates = [i for i in self.class_images[class_id] if i != query]
+        chosen = rng.choice(len(candidates), size=self.shot, replace=False)
+        supports = [tuple(self.items[candidates[int(c)]][:2]) for c in chosen]
+        return Episode(query=(image, label), supports=supports, class_id=class_id)
+
+    def _binary(self, image: str, label: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
+        return rgb, binary_label(classes, class_id, self.cfg.ignore_label)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        episode = self.episode(index)
+        rngs = [np.random.default_rng(s) for s in self._sequences(index)[1].spawn(self.shot + 1)]
+        query_rgb, query_binary = self._binary(*episode.query, episode.class_id)
+        query, query_label = self.transform(query_rgb, query_binary, rngs[0])
+        supports, masks = [], []
+        for (image, label), rng in zip(episode.supports, rngs[1:]):
+            rgb, mask = self._binary(image, label, episode.class_id)
+            if self.cfg.ann_type == "bbox":
+                mask = bbox_mask(mask, self.cfg.ignore_label)
+            support, support_mask = self.transform(rgb, mask, rng)
+            supports.append(support)
+            masks.append(support_mask)
+        sample = {
+            "query": query,
+            "query_label": query_label,
+            "supports": torch.stack(supports),
+            "support_masks": torch.stack(masks),
+            "class_id": torch.tensor(episode.class_id, dtype=torch.int64),
+            "query_path": str(self.root / episode.query[0]),
+            "support_paths": [str(self.root / image) for image, _ in episode.supports],
+        }
+        if self.mode == "val":
+            sample["query_label_ori"] = torch.from_numpy(query_binary.astype(np.int64))
+        return sample
+
+
+def collate_episodes(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack episodes; ``query_label_ori`` is padded (top-left, 255) to the batch's largest size."""
+    ori = [sample["query_label_ori"] for sample in batch] if "query_label_ori" in batch[0] else None
+    rest = [{k: v for k, v in sample.items() if k not in ("query_label_ori", "query_path", "support_paths")}
+            for sample in batch]
+    out = default_collate(rest)
+    out["query_path"] = [sample["query_path"] for sample in batch]
+    out["support_paths"] = [sample["support_paths"] for sample in batch]
+    if ori is not None:
+        height, width = max(t.shape[0] for t in ori), max(t.shape[1] for t in ori)
+        padded = torch.full((len(ori), height, width), 255, dtype=torch.int64)
+        for i, label in enumerate(ori):
+            padded[i, :label.shape[0], :label.shape[1]] = label
+        out["query_label_ori"] = padded
+    return out
+
+
+class BaseClassDataset(Dataset):
+    """Stage 1: semantic segmentation over the fold's base classes (base class c -> its rank + 1, others -> 0)."""
+
+    def __init__(self, cfg, mode: str, seed: int | None = None):
+        if mode not in ("train", "val"):
+            raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+        self.cfg, self.mode, self.seed = cfg, mode, _seed(seed, cfg)
+        self.root = Path(cfg.data_root)
+        subset = "base_val" if mode == "val" else ("train_keepnovel" if cfg.keep_novel_as_background else "train")
+        fold_list = load_fold_list(cfg, subset)
+        if not fold_list.items:
+            raise UserError(f"{fold_list.path}: the list has no images; check the data and regenerate the lists")
+        self.items = fold_list.items
+        lookup = np.zeros(256, dtype=np.uint8)
+        for rank, c in enumerate(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)):
+            lookup[c] = rank + 1
+        lookup[cfg.ignore_label] = cfg.ignore_label
+        self.lookup = lookup
+        self.transform = build_transform(cfg, train=mode == "train")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, label, _ = self.items[index]
+        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+        tensor, target = self.transform(rgb, self.lookup[classes], rng)
+        return {"image": tensor, "label": target}

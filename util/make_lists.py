@@ -1,0 +1,154 @@
+"""Write the per-fold few-shot lists of a dataset (layout and format: ``util/fss_lists.py``).
+
+Every label of the train and val pools is read once (in parallel) to count its pixels per class;
+a class counts in an image only with at least ``--min-class-pixels`` pixels. Then, for every fold
+(and for COCO both split styles), the lists are written, sorted, so the output is identical byte
+for byte on every run and for any number of workers.
+
+    python -m util.make_lists --dataset synth --data-root data/synth [--list-root lists] [--min-class-pixels 2048]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from util.classes import COCO_SPLIT_STYLES, NUM_FOLDS, base_classes, novel_classes, num_classes
+from util.errors import UserError, cli_entry
+from util.fss_lists import check_dataset_fold, fold_list_path, pool_list_path
+from util.image_io import check_label_values, image_size, read_label
+
+Item = tuple[str, str, tuple[int, ...]]
+CHUNK = 64
+
+
+def read_pool(data_root: Path, dataset: str, subset: str) -> list[tuple[str, str]]:
+    """``(image, label)`` root-relative pairs of a pool list; UserError naming the file and line if broken."""
+    path = pool_list_path(data_root, dataset, subset)
+    if not path.is_file():
+        hint = {"pascal": "python -m util.prepare_pascal", "coco": "python -m util.prepare_coco",
+                "synth": "python -m util.make_synth --root " + str(data_root)}[dataset]
+        raise UserError(f"{path}: image list not found; check data_root or create it with {hint}")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise UserError(f"{path}:{number}: expected 'image_path label_path', got '{line.strip()}'")
+        pairs.append((fields[0].lstrip("/"), fields[1].lstrip("/")))
+    if not pairs:
+        raise UserError(f"{path}: the image list is empty; regenerate it")
+    return pairs
+
+
+def count_classes(job: tuple[str, str, str, int, str, int]) -> dict[int, int]:
+    """Pixels per class id (background and ignore excluded) of one label, after checking the pair."""
+    root, image, label, total_classes, list_path, line = job
+    image_path, label_path = os.path.join(root, image), os.path.join(root, label)
+    where = f"{list_path}:{line}"
+    for path, kind in ((image_path, "image"), (label_path, "label")):
+        if not os.path.isfile(path):
+            raise UserError(f"{where}: {kind} {path} not found; fix data_root or regenerate the image list")
+    values = read_label(label_path)
+    check_label_values(values, total_classes, label_path)
+    if image_size(image_path) != values.shape:
+        raise UserError(f"{where}: image {image_path} is {image_size(image_path)} but label {label_path} is "
+                        f"{values.shape}; they must have the same height and width")
+    counts = np.bincount(values.ravel(), minlength=256)[1:total_classes + 1]
+    return {int(c) + 1: int(n) for c, n in enumerate(counts) if n}
+
+
+def pixel_counts(data_root: Path, dataset: str, subset: str, workers: int) -> list[tuple[str, str, dict[int, int]]]:
+    """Every pool image of ``subset`` with its per-class pixel counts, in list order."""
+    pairs = read_pool(data_root, dataset, subset)
+    list_path = pool_list_path(data_root, dataset, subset)
+    total = num_classes(dataset)
+    jobs = [(str(data_root), image, label, total, str(list_path), i + 1) for i, (image, label) in enumerate(pairs)]
+    if workers == 1:
+        counts = [count_classes(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            counts = list(pool.map(count_classes, jobs, chunksize=CHUNK))
+    return [(image, label, count) for (image, label), count in zip(pairs, counts)]
+
+
+def select(pool: Iterable[tuple[str, str, dict[int, int]]], classes: Sequence[int], excluded: Sequence[int],
+           min_pixels: int) -> list[Item]:
+    """Images with at least one counted class in ``classes`` and none in ``excluded``, sorted by path."""
+    wanted, banned = set(classes), set(excluded)
+    items = []
+    for image, label, counts in pool:
+        counted = {c for c, n in counts.items() if n >= min_pixels}
+        if counted & banned:
+            continue
+        eligible = tuple(sorted(counted & wanted))
+        if eligible:
+            items.append((image, label, eligible))
+    return sorted(items)
+
+
+def write_list(path: Path, header: dict, items: list[Item]) -> None:
+    """JSON with the header fields and one item per line (stable, diff-friendly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items())
+    body = ",\n".join("  " + json.dumps([image, label, list(classes)]) for image, label, classes in items)
+    path.write_text("{\n" + head + ',\n "items": [\n' + body + "\n ]\n}\n")
+
+
+def make_lists(dataset: str, data_root: str | Path, list_root: str | Path = "lists", min_class_pixels: int = 2048,
+               workers: int | None = None) -> list[Path]:
+    """Write every fold's lists for ``dataset`` (both split styles for COCO); returns the files written."""
+    check_dataset_fold(dataset, 0)
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise UserError(f"data root '{data_root}' does not exist; pass --data-root (config key data_root) "
+                        "pointing at the prepared dataset")
+    if min_class_pixels < 1:
+        raise UserError(f"--min-class-pixels must be >= 1, got {min_class_pixels}")
+    workers = workers or min(os.cpu_count() or 1, 8)
+    pools = {subset: pixel_counts(data_root, dataset, subset, workers) for subset in ("train", "val")}
+    styles = COCO_SPLIT_STYLES if dataset == "coco" else (None,)
+    written = []
+    for style in styles:
+        for fold in range(NUM_FOLDS):
+            novel = novel_classes(dataset, fold, style or "fwb")
+            base = base_classes(dataset, fold, style or "fwb")
+            plans = {
+                "train": ("train", base, novel),
+                "train_keepnovel": ("train", base, ()),
+                "val": ("val", novel, ()),
+                "base_val": ("val", base, ()),
+            }
+            for subset, (pool, classes, excluded) in plans.items():
+                path = fold_list_path(list_root, dataset, fold, subset, min_class_pixels, style or "fwb")
+                header = {"dataset": dataset, "fold": fold, "split_style": style, "subset": subset,
+                          "min_class_pixels": min_class_pixels, "classes": list(classes)}
+                write_list(path, header, select(pools[pool], classes, excluded, min_class_pixels))
+                written.append(path)
+    return written
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, help="pascal | coco | synth")
+    parser.add_argument("--data-root", required=True, help="the prepared dataset (config key data_root)")
+    parser.add_argument("--list-root", default="lists", help="output root (config key list_root, default lists)")
+    parser.add_argument("--min-class-pixels", type=int, default=2048, help="config key min_class_pixels")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    written = make_lists(args.dataset, args.data_root, args.list_root, args.min_class_pixels, args.workers)
+    print(f"make_lists: wrote {len(written)} lists under {Path(args.list_root) / args.dataset} "
+          f"in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

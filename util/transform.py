@@ -1,0 +1,217 @@
+"""The one paired image/label transform pipeline, used for queries, supports and stage-1 images alike.
+
+Every step takes ``(image, label, rng)`` and returns ``(image, label)``: the image is float32 RGB in
+0..255, the label uint8 class ids (255 = ignore). Randomness comes only from the explicit
+``numpy.random.Generator``, so a seeded generator reproduces the exact augmentation.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN_STD = (0.5, 0.5, 0.5)
+CROP_RETRIES = 10
+KEEP_FOREGROUND_FRACTION = 0.5
+BLUR_KERNEL = 5
+
+Mapping = tuple[np.ndarray, np.ndarray]
+
+
+def normalization_for(cfg) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` in 0..1 units: ``cfg.pixel_mean/pixel_std`` if set, else the backbone's own."""
+    if cfg.pixel_mean or cfg.pixel_std:
+        return tuple(float(v) for v in cfg.pixel_mean), tuple(float(v) for v in cfg.pixel_std)
+    if str(cfg.backbone).startswith("efficientnet"):
+        return HALF_MEAN_STD, HALF_MEAN_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+class Step(Protocol):
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Mapping: ...
+
+
+class RandomScale:
+    """Resize both by one factor drawn uniformly from ``[low, high]``."""
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def __call__(self, image, label, rng):
+        factor = rng.uniform(self.low, self.high)
+        height, width = label.shape
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+                cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+
+
+class RandomRotate:
+    """With probability ``p``, rotate about the centre by an angle in ``[low, high]`` degrees."""
+
+    def __init__(self, low: float, high: float, image_fill: Sequence[float], label_fill: int, p: float = 0.5):
+        self.low, self.high, self.p = low, high, p
+        self.image_fill, self.label_fill = tuple(image_fill), label_fill
+
+    def __call__(self, image, label, rng):
+        if rng.random() >= self.p:
+            return image, label
+        angle = rng.uniform(self.low, self.high)
+        height, width = label.shape
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        image = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=self.image_fill)
+        label = cv2.warpAffine(label, matrix, (width, height), flags=cv2.INTER_NEAREST,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=self.label_fill)
+        return image, label
+
+
+class RandomGaussianBlur:
+    """With probability ``p``, blur the image (not the label) with a small Gaussian kernel."""
+
+    def __init__(self, kernel: int = BLUR_KERNEL, p: float = 0.5):
+        self.kernel, self.p = kernel, p
+
+    def __call__(self, image, label, rng):
+        if rng.random() >= self.p:
+            return image, label
+        return cv2.GaussianBlur(image, (self.kernel, self.kernel), 0), label
+
+
+class RandomHorizontalFlip:
+    """With probability ``p``, mirror both left-right."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, image, label, rng):
+        if rng.random() >= self.p:
+            return image, label
+        return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(label[:, ::-1])
+
+
+def _pad(image: np.ndarray, label: np.ndarray, top: int, bottom: int, left: int, right: int,
+         image_fill: Sequence[float], label_fill: int) -> Mapping:
+    if top == bottom == left == right == 0:
+        return image, label
+    image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=tuple(image_fill))
+    label = cv2.copyMakeBorder(label, top, bottom, left, right, cv2.BORDER_CONSTANT, value=label_fill)
+    return image, label
+
+
+class RandomCrop:
+    """Pad (centred, mean/ignore) to at least ``size``, then crop ``size x size`` at a random place.
+
+    Foreground is every label value other than 0 and the ignore label. The first place is uniform;
+    if it keeps less than half of the foreground, up to ``CROP_RETRIES`` more places are drawn around
+    a random foreground pixel until one does; otherwise the best place tried is used.
+    """
+
+    def __init__(self, size: int, image_fill: Sequence[float], ignore_label: int):
+        self.size, self.image_fill, self.ignore_label = size, tuple(image_fill), ignore_label
+
+    def _place(self, rng: np.random.Generator, height: int, width: int, anchor: tuple[int, int] | None) -> tuple[int, int]:
+        if anchor is None:
+            return int(rng.integers(0, height - self.size + 1)), int(rng.integers(0, width - self.size + 1))
+        y, x = anchor
+        top_range = (max(0, y - self.size + 1), min(y, height - self.size))
+        left_range = (max(0, x - self.size + 1), min(x, width - self.size))
+        return int(rng.integers(top_range[0], top_range[1] + 1)), int(rng.integers(left_range[0], left_range[1] + 1))
+
+    def __call__(self, image, label, rng):
+        height, width = label.shape
+        pad_h, pad_w = max(self.size - height, 0), max(self.size - width, 0)
+        image, label = _pad(image, label, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2,
+                            self.image_fill, self.ignore_label)
+        height, width = label.shape
+        foreground = (label != 0) & (label != self.ignore_label)
+        integral = cv2.integral(foreground.astype(np.uint8))
+        total = int(integral[-1, -1])
+        points, anchor = None, None
+        best, best_kept = (0, 0), -1
+        for attempt in range(CROP_RETRIES + 1):
+            if attempt and total:
+                points = np.argwhere(foreground) if points is None else points
+                anchor = tuple(points[int(rng.integers(len(points)))])
+            top, left = self._place(rng, height, width, anchor)
+            bottom, right = top + self.size, left + self.size
+            kept = int(integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left])
+            if kept > best_kept:
+                best, best_kept = (top, left), kept
+            if kept >= KEEP_FOREGROUND_FRACTION * total:
+                break
+        top, left = best
+        return (image[top:top + self.size, left:left + self.size],
+                label[top:top + self.size, left:left + self.size])
+
+
+class ResizePad:
+    """Test geometry: resize the longer side to ``size``, place the image top-left, pad to a square."""
+
+    def __init__(self, size: int, image_fill: Sequence[float], ignore_label: int):
+        self.size, self.image_fill, self.ignore_label = size, tuple(image_fill), ignore_label
+
+    def __call__(self, image, label, rng):
+        height, width = label.shape
+        scale = self.size / max(height, width)
+        new_h, new_w = min(self.size, max(1, round(height * scale))), min(self.size, max(1, round(width * scale)))
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+        return _pad(image, label, 0, self.size - new_h, 0, self.size - new_w, self.image_fill, self.ignore_label)
+
+
+class PairedTransform:
+    """Apply ``steps`` to an image/label pair, then normalise to ``[3,S,S]`` float32 / ``[S,S]`` int64 tensors."""
+
+    def __init__(self, steps: Sequence[Step], mean: Sequence[float], std: Sequence[float]):
+        self.steps = list(steps)
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.std = np.asarray(std, dtype=np.float32) * 255.0
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        image = image.astype(np.float32)
+        for step in self.steps:
+            image, label = step(image, label, rng)
+        image = np.array(image, dtype=np.float32)  # own contiguous copy, normalised in place
+        image -= self.mean
+        image /= self.std
+        return (torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                torch.from_numpy(label.astype(np.int64)))
+
+
+def build_transform(cfg, train: bool, size: int | None = None) -> PairedTransform:
+    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad)."""
+    mean, std = normalization_for(cfg)
+    fill = tuple(255.0 * m for m in mean)
+    ignore = cfg.ignore_label
+    if train:
+        size = size or cfg.train_size
+        steps: list[Step] = [
+            RandomScale(cfg.scale_min, cfg.scale_max),
+            RandomRotate(cfg.rotate_min, cfg.rotate_max, fill, ignore),
+            RandomGaussianBlur(),
+            RandomHorizontalFlip(),
+            RandomCrop(size, fill, ignore),
+        ]
+    else:
+        steps = [ResizePad(size or cfg.val_size, fill, ignore)]
+    return PairedTransform(steps, mean, std)
+
+
+def bbox_mask(binary: np.ndarray, ignore_label: int = 255) -> np.ndarray:
+    """Weak support annotation: the bounding box of the foreground (value 1) filled with 1, ignore kept outside."""
+    out = np.where(binary == ignore_label, ignore_label, 0).astype(np.uint8)
+    ys, xs = np.nonzero(binary == 1)
+    if len(ys):
+        out[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 1
+    return out
+
+
+def binary_label(label: np.ndarray, class_id: int, ignore_label: int = 255) -> np.ndarray:
+    """``class_id`` -> 1, ignore kept, everything else -> 0."""
+    out = (label == class_id).astype(np.uint8)
+    out[label == ignore_label] = ignore_label
+    return out
