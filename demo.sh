@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# README command 1, on a fresh machine: install, generate the synth dataset, its lists and class
+# embeddings if missing, then stage 1, stage 2 and the test of synth fold 0 1-shot, and print the
+# results table (a few minutes on a 2-core CPU; figures in README, "Quick start").
+#   bash demo.sh [key value ...]      e.g. bash demo.sh use_gim false use_hpm false exp_dir exp/ablation
+set -euo pipefail
+cd "$(dirname "$0")"
+start=$(date +%s)
+python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+python -m util.make_synth --root data/synth
+python -m util.make_lists --dataset synth --data-root data/synth --list-root lists
+[ -f embeddings/synth_glove50.npy ] || python -m util.embed_classes --dataset synth
+bash train.sh synth 0 efficientnet_lite0 1 "$@"
+bash test.sh synth 0 efficientnet_lite0 1 "$@"
+echo "demo wall time: $(( $(date +%s) - start )) s"

@@ -1,0 +1,57 @@
+"""Evaluate a stage-2 checkpoint on novel-class episodes with the config's protocol.
+
+``test_seeds`` x ``test_episodes`` episodes, ``ori_resize``, ``test_batch_size``; prints per-class IoU,
+mIoU and FB-IoU per seed and mean ± std over seeds, and writes ``<run dir>/test/results.json`` (the
+numbers and the resolved protocol) and ``<run dir>/test/config.yaml``.
+Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [key value ...]``
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from model.mianet import MIANet
+from util.checkpoint import BEST, check_checkpoint_config, load_checkpoint, load_model_state, meta_run_dir
+from util.cli import config_from_cli
+from util.distributed import init_distributed, shutdown_distributed
+from util.errors import cli_entry
+from util.evaluator import run_protocol
+from util.report import format_run_table, results_path
+from util.runlog import RunLog
+from util.runtime import seed_everything
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    cfg = config_from_cli(argv, __doc__)
+    ctx = init_distributed(cfg.device)
+    try:
+        seed_everything(cfg.seed)
+        weight = Path(cfg.weight) if cfg.weight else meta_run_dir(cfg) / BEST
+        state = load_checkpoint(weight)
+        check_checkpoint_config(state, cfg, weight, ("dataset", "backbone", "use_gim", "use_hpm"))
+        model = MIANet.from_config(cfg)
+        load_model_state(model, state["model"], weight)
+        model.to(ctx.device)
+        out_path = results_path(cfg)
+        out_dir = out_path.parent
+        log = RunLog(out_dir, "test", enabled=ctx.is_main, tensorboard=False)
+        try:
+            log.info(f"testing {weight} on {cfg.dataset} fold {cfg.split} {cfg.shot}-shot, device {ctx.device}")
+            results = run_protocol(model, cfg, ctx, report=log.info)
+            results["protocol"]["weight"] = str(weight)
+            if ctx.is_main:
+                cfg.save(out_dir / "config.yaml")
+                out_path.write_text(json.dumps(results, indent=2))
+                log.info(format_run_table(results))
+                log.info(f"results: {out_path}")
+        finally:
+            log.close()
+        return results
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

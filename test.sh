@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Evaluate stage-2 checkpoints of one fold or all folds and print the table (mIoU and FB-IoU per fold + mean).
+#   bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
+#   e.g. bash test.sh pascal all resnet50 1        bash test.sh pascal 0 resnet50 5 test_seeds "[1, 2]"
+# Each fold writes exp/<dataset>/split<k>/<backbone>/<shot>shot/test/results.json (numbers + protocol).
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ $# -lt 4 ]; then
+  echo "usage: bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]" >&2
+  exit 2
+fi
+dataset=$1 fold=$2 backbone=$3 shot=$4
+shift 4
+folds=$fold
+[ "$fold" = all ] && folds="0 1 2 3"
+launch=(python)
+[ "${NPROC:-1}" -gt 1 ] && launch=(torchrun --standalone --nproc_per_node "$NPROC")
+results=()
+for k in $folds; do
+  cfg=config/$dataset/$backbone/split$k.yaml
+  if [ ! -f "$cfg" ]; then
+    echo "error: $cfg not found; datasets/backbones with configs: $(cd config && ls -d */*/ | tr '\n' ' ')" >&2
+    exit 2
+  fi
+  "${launch[@]}" test.py --config "$cfg" shot "$shot" "$@"
+  results+=("$(python -m util.report --results-path --config "$cfg" shot "$shot" "$@")")
+done
+python -m util.report "${results[@]}"

@@ -1,0 +1,73 @@
+"""The shipped config files: all load, per-fold files only set the fold, reference schedules, CLI errors."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from util.cli import config_from_cli
+from util.config import ConfigError, load_config
+from util.errors import cli_entry
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
+FOLD_FILES = sorted(CONFIG_DIR.rglob("split*.yaml"))
+EXPECTED = {("pascal", "resnet50"), ("pascal", "resnet101"), ("pascal", "vgg16_bn"), ("coco", "resnet50"),
+            ("coco", "vgg16_bn"), ("synth", "efficientnet_lite0")}
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_config_file_loads(path):
+    cfg = load_config(path)
+    assert cfg.dataset in {"pascal", "coco", "synth"}
+
+
+def test_every_dataset_backbone_has_four_folds():
+    found = {}
+    for path in FOLD_FILES:
+        cfg = load_config(path)
+        found.setdefault((cfg.dataset, cfg.backbone), set()).add(cfg.split)
+        assert path.parent.name == cfg.backbone and path.parent.parent.name == cfg.dataset
+    assert found == {key: {0, 1, 2, 3} for key in EXPECTED}
+
+
+@pytest.mark.parametrize("path", FOLD_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_fold_files_say_only_what_differs(path):
+    data = yaml.safe_load(path.read_text())
+    assert data == {"_base_": "defaults.yaml", "split": int(path.stem[-1])}
+    assert load_config(path) == load_config(path.parent / "defaults.yaml", ["split", path.stem[-1]])
+
+
+def test_reference_schedules():
+    pascal = load_config(CONFIG_DIR / "pascal" / "resnet50" / "split0.yaml")
+    assert (pascal.train_size, pascal.epochs, pascal.batch_size, pascal.base_lr) == (473, 200, 4, 0.05)
+    assert (pascal.scale_min, pascal.scale_max, pascal.rotate_min, pascal.rotate_max) == (0.9, 1.1, -10.0, 10.0)
+    coco = load_config(CONFIG_DIR / "coco" / "vgg16_bn" / "split3.yaml")
+    assert (coco.train_size, coco.val_size, coco.epochs, coco.scale_min, coco.scale_max) == (641, 641, 50, 0.8, 1.25)
+    assert coco.backbone == "vgg16_bn" and coco.split == 3
+    assert len(pascal.test_seeds) == 5 and pascal.test_episodes == 1000 and coco.test_episodes == 5000
+
+
+def test_shot_comes_as_an_override():
+    cfg = config_from_cli(["--config", str(CONFIG_DIR / "pascal" / "vgg16_bn" / "split1.yaml"), "shot", "5",
+                           "rotate_min", "-5"], "test")
+    assert (cfg.shot, cfg.split, cfg.backbone, cfg.rotate_min) == (5, 1, "vgg16_bn", -5.0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["shots", "5"], "override: unknown key 'shots'; did you mean 'shot'?"),
+    (["base_lr", "fast"], "override: key 'base_lr' must be a float like 0.05, got str 'fast'"),
+])
+def test_cli_errors_are_one_line_with_exit_code_2(capsys, overrides, message):
+    main = cli_entry(lambda argv: config_from_cli(argv, "test"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(CONFIG_DIR / "pascal" / "resnet50" / "split0.yaml"), *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+
+
+def test_unknown_key_inside_a_dataset_file_names_that_file(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text(f"_base_: {CONFIG_DIR / 'synth' / 'efficientnet_lite0' / 'split0.yaml'}\nval_szie: 200\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key 'val_szie'; did you mean 'val_size'\?"):
+        load_config(bad)

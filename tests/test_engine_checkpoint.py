@@ -1,0 +1,85 @@
+"""Checkpoint files: atomic writes that survive failures, RNG capture, loading errors, run directories."""
+import errno
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from util.checkpoint import (base_run_dir, base_weight_path, check_checkpoint_config, load_checkpoint,
+                             load_model_state, meta_run_dir, restore_rng_state, resume_path, rng_state, save_atomic)
+from util.config import load_config
+from util.errors import UserError
+
+
+def test_atomic_save_round_trips_and_leaves_no_temp_file(tmp_path):
+    path = save_atomic({"model": {"w": torch.arange(3)}, "iteration": 5}, tmp_path / "run" / "last.pth")
+    assert load_checkpoint(path)["iteration"] == 5
+    assert [p.name for p in path.parent.iterdir()] == ["last.pth"]
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = save_atomic({"model": {"w": torch.ones(2)}, "iteration": 1}, tmp_path / "last.pth")
+
+    def disk_full(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=r"No space left on device\) \(the previous checkpoint is intact\); free disk"):
+        save_atomic({"model": {"w": torch.zeros(2)}, "iteration": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_unwritable_directory_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="choose a writable exp_dir"):
+        save_atomic({"model": {}}, blocker / "last.pth")
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save_atomic({"model": {}, "rng": rng_state()}, tmp_path / "c.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_loading_errors_are_actionable(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_checkpoint(tmp_path / "junk.pth")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(UserError, match="no 'model' entry"):
+        load_checkpoint(tmp_path / "foreign.pth")
+
+
+def test_model_mismatch_names_the_keys():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1), nn.Linear(1, 1)).state_dict()
+    with pytest.raises(UserError, match=r"unexpected 2: 2\.weight, 2\.bias; shape mismatch 3: 0\.weight \(4, 2\) vs \(3, 2\)"):
+        load_model_state(model, state, "other.pth")
+    with pytest.raises(UserError, match=r"made with backbone='vgg16_bn' \(now 'resnet50'\)"):
+        check_checkpoint_config({"config": {"backbone": "vgg16_bn", "dataset": "pascal"}},
+                                load_config(None, ["dataset", "pascal"]), "x.pth", ("dataset", "backbone"))
+
+
+def test_run_directories_and_resume_paths(tmp_path):
+    cfg = load_config(None, ["dataset", "pascal", "split", "2", "backbone", "vgg16_bn", "shot", "5"])
+    assert base_run_dir(cfg) == Path("initmodel/pascal/split2/vgg16_bn")
+    assert base_weight_path(cfg) == Path("initmodel/pascal/split2/vgg16_bn/best.pth")
+    assert meta_run_dir(cfg) == Path("exp/pascal/split2/vgg16_bn/5shot")
+    assert resume_path(None, tmp_path) is None
+    assert resume_path("auto", tmp_path) is None
+    save_atomic({"model": {}}, tmp_path / "last.pth")
+    assert resume_path("auto", tmp_path) == tmp_path / "last.pth"
+    with pytest.raises(UserError, match="'resume'"):
+        resume_path(str(tmp_path / "nope.pth"), tmp_path)

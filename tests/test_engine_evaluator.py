@@ -1,0 +1,89 @@
+"""The evaluator on real synth episodes: ori_resize scoring by hand, the every-object baseline, JSON, tables."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.fixtures_engine import make_tiny_synth
+from util.config import load_config
+from util.dataset import EpisodeDataset
+from util.distributed import DistContext
+from util.evaluator import evaluate_episodes, every_object_baseline, run_protocol
+from util.image_io import read_label
+from util.report import format_fold_table, format_run_table
+
+CPU = DistContext(0, 1, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def synth_cfg(tmp_path_factory):
+    data_root, list_root = make_tiny_synth(tmp_path_factory.mktemp("synth"))
+    return load_config(None, {"dataset": "synth", "data_root": str(data_root), "list_root": str(list_root),
+                              "val_size": 57, "test_episodes": 10, "test_seeds": [3, 4], "backbone": "efficientnet_lite0",
+                              "workers": 0, "device": "cpu"})
+
+
+class EverythingForeground(nn.Module):
+    """Logits that say foreground everywhere, at the output size (S - 1) / 8 + 1 ... upsampled like MIANet's."""
+
+    def forward(self, query, supports, support_masks, class_ids):
+        size = query.shape[-1]
+        return torch.stack([torch.zeros(query.shape[0], size, size), torch.ones(query.shape[0], size, size)], 1)
+
+
+def _by_hand(episodes: EpisodeDataset, data_root: str, predict) -> dict[int, tuple[int, int]]:
+    """Foreground (I, U) per class computed with numpy from the original label files."""
+    counts: dict[int, list[int]] = {}
+    for i in range(len(episodes)):
+        spec = episodes.episode(i)
+        semantic = read_label(f"{data_root}/{spec.query[1]}")
+        valid = semantic != 255
+        gt = (semantic == spec.class_id) & valid
+        pred = predict(semantic) & valid
+        entry = counts.setdefault(spec.class_id, [0, 0])
+        entry[0] += int((gt & pred).sum())
+        entry[1] += int((gt | pred).sum())
+    return {c: tuple(v) for c, v in counts.items()}
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_all_foreground_scores_match_hand_counts_at_original_size(synth_cfg, batch_size):
+    episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
+    scores = evaluate_episodes(EverythingForeground(), episodes, CPU, num_classes=20, batch_size=batch_size,
+                               ori_resize=True)
+    expected = _by_hand(episodes, synth_cfg.data_root, lambda semantic: np.ones(semantic.shape, bool))
+    assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
+    assert scores.episodes() == 7
+
+
+def test_every_object_baseline_matches_hand_counts(synth_cfg):
+    episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
+    scores = every_object_baseline(episodes, synth_cfg.data_root, CPU, 20)
+    expected = _by_hand(episodes, synth_cfg.data_root, lambda semantic: (semantic != 0) & (semantic != 255))
+    assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
+    assert 0 < scores.miou() <= 1
+
+
+def test_protocol_json_and_tables(synth_cfg):
+    lines = []
+    results = run_protocol(EverythingForeground(), synth_cfg, CPU, report=lines.append)
+    assert [s["seed"] for s in results["seeds"]] == [3, 4] and len(lines) == 2
+    assert results["protocol"]["test_episodes"] == 10 and results["protocol"]["ori_resize"] is True
+    assert results["protocol"]["novel_classes"] == ["red circle", "green square", "blue triangle", "yellow star",
+                                                    "purple circle"]
+    mious = [s["miou"] for s in results["seeds"]]
+    assert results["miou"]["mean"] == pytest.approx(np.mean(mious))
+    assert results["miou"]["std"] == pytest.approx(np.std(mious))
+    assert json.loads(json.dumps(results)) == results
+    again = run_protocol(EverythingForeground(), synth_cfg, CPU, report=lines.append)
+    assert again == results
+    table = format_run_table(results)
+    assert "seed 3" in table and "mIoU" in table and "every-object mIoU" in table
+    other_fold = json.loads(json.dumps(results))
+    other_fold["protocol"]["split"] = 1
+    fold_table = format_fold_table([other_fold, results])
+    header, mean_row = fold_table.splitlines()[1], fold_table.splitlines()[2]
+    assert header.split() == ["fold0", "fold1", "mean"]
+    assert mean_row.split()[-1] == f"{100 * results['miou']['mean']:.2f}"

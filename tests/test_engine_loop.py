@@ -1,0 +1,96 @@
+"""The training loop: resume after an interruption ends bitwise equal, NaN stops cleanly, poly LR, outputs."""
+import math
+
+import pytest
+import torch
+import yaml
+
+from tests.fixtures_engine import Crash, tiny_config, tiny_job
+from util.checkpoint import load_checkpoint
+from util.distributed import DistContext
+from util.engine import TrainingDiverged, train
+
+CPU = DistContext(0, 1, torch.device("cpu"))
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("crash_at, max_iters", [(4, 0), (6, 0), (8, 11)])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, crash_at, max_iters):
+    cfg = tiny_config(max_iters=max_iters)
+    straight = train(cfg, tiny_job(cfg, tmp_path / "straight"), CPU)
+
+    with pytest.raises(Crash):
+        train(cfg, tiny_job(cfg, tmp_path / "resumed", crash_at=crash_at), CPU)
+    interrupted_at = load_checkpoint(tmp_path / "resumed" / "last.pth")["iteration"]
+    assert 0 < interrupted_at < straight.iteration
+    resumed_cfg = tiny_config(max_iters=max_iters, resume="auto")
+    resumed = train(resumed_cfg, tiny_job(resumed_cfg, tmp_path / "resumed"), CPU)
+
+    assert resumed.iteration == straight.iteration == (max_iters or 12)
+    for name in ("last.pth", "best.pth"):
+        a, b = load_checkpoint(tmp_path / "straight" / name), load_checkpoint(tmp_path / "resumed" / name)
+        assert _states_equal(a["model"], b["model"]), name
+        assert a["best"] == b["best"] and a["iteration"] == b["iteration"]
+    assert resumed.last_metrics == straight.last_metrics
+
+
+def test_auto_resume_without_checkpoint_starts_fresh_and_finished_run_is_a_no_op(tmp_path):
+    cfg = tiny_config(resume="auto", epochs=1)
+    first = train(cfg, tiny_job(cfg, tmp_path / "run"), CPU)
+    again = train(cfg, tiny_job(cfg, tmp_path / "run"), CPU)
+    assert first.iteration == again.iteration == 4
+    assert "starting fresh" in (tmp_path / "run" / "train_meta.log").read_text()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config()
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 3 .*last\.pth\) is intact"):
+        train(cfg, tiny_job(cfg, tmp_path / "run", nan_at=3), CPU)
+    state = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_poly_learning_rate_per_iteration_and_run_outputs(tmp_path):
+    cfg = tiny_config(epochs=2, power=0.9)
+    job = tiny_job(cfg, tmp_path / "run")
+    train(cfg, job, CPU)
+    state = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert state["scheduler"]["last_epoch"] == 8
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "iteration", "rng", "config", "data_order"}
+    assert state["epoch"] == 2 and state["config"]["base_lr"] == 0.1
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved == dict(cfg)
+    log = (tmp_path / "run" / "train_meta.log").read_text()
+    lrs = [float(line.split(" lr ")[1].split()[0]) for line in log.splitlines() if line.split(" ", 2)[2].startswith("iter ")]
+    expected = [0.1 * (1 - i / 8) ** 0.9 for i in range(8)]
+    assert lrs == pytest.approx(expected, rel=1e-3)  # the log prints 4 significant digits
+    assert list((tmp_path / "run" / "tb").iterdir())
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path):
+    cfg = tiny_config()
+    with pytest.raises(Crash):
+        train(cfg, tiny_job(cfg, tmp_path / "run", crash_at=4), CPU)
+    other = tiny_config(resume="auto", batch_size=4)
+    with pytest.raises(Exception, match="iterations per epoch"):
+        train(other, tiny_job(other, tmp_path / "run"), CPU)
+
+
+def test_batch_larger_than_data_is_a_user_error(tmp_path):
+    cfg = tiny_config(batch_size=16)
+    with pytest.raises(Exception, match="cannot fill one batch of 16"):
+        train(cfg, tiny_job(cfg, tmp_path / "run"), CPU)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_modes_train_to_finite_weights(tmp_path, amp):
+    cfg = tiny_config(amp=amp, epochs=1)
+    result = train(cfg, tiny_job(cfg, tmp_path / amp), CPU)
+    state = load_checkpoint(tmp_path / amp / "last.pth")
+    assert result.iteration == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert math.isfinite(result.best["miou"])

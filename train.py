@@ -1,0 +1,69 @@
+"""Stage 2: meta-train MIANet on base-class episodes (frozen backbone from stage 1), validating on novel classes.
+
+Keeps ``best.pth`` (by validation mIoU) and ``last.pth`` in ``exp/<dataset>/split<k>/<backbone>/<shot>shot``
+(or ``exp_dir``). Usage: ``python train.py --config config/pascal/resnet50/split0.yaml shot 5 [key value ...]``
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from model.mianet import MIANet
+from util.checkpoint import base_weight_path, meta_run_dir
+from util.classes import class_names
+from util.cli import config_from_cli
+from util.config import Config
+from util.dataset import EpisodeDataset, collate_episodes
+from util.distributed import DistContext, init_distributed, shutdown_distributed
+from util.engine import Schedule, TrainJob, TrainResult, train
+from util.errors import UserError, cli_entry
+from util.evaluator import episode_scores_summary, evaluate_episodes
+from util.runtime import epoch_seed, seed_everything
+
+
+def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
+    """Stage 2 as a :class:`TrainJob`: only ``model.trainable_parameters()`` are optimised."""
+    base_weight = base_weight_path(cfg)
+    if not base_weight.is_file():
+        raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
+                        f"(python train_base.py with the same config) or set base_weight")
+    model = MIANet.from_config(cfg)
+    model.load_base_learner(base_weight)
+    names = class_names(cfg.dataset)
+    val_set = EpisodeDataset(cfg, "val", episodes=cfg.val_episodes, seed=cfg.seed)
+
+    def validate(net) -> dict[str, float]:
+        scores = evaluate_episodes(net, val_set, ctx, num_classes=len(names), batch_size=cfg.test_batch_size,
+                                   ori_resize=cfg.ori_resize, workers=cfg.workers, amp=cfg.amp, desc="val novel classes")
+        summary = episode_scores_summary(scores, names)
+        return {"miou": summary["miou"], "fbiou": summary["fbiou"]}
+
+    def step(net, batch):
+        return net(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"],
+                   query_label=batch["query_label"])
+
+    return TrainJob(
+        stage="meta",
+        model=model,
+        parameters=list(model.trainable_parameters()),
+        make_train_set=lambda epoch: EpisodeDataset(cfg, "train", seed=epoch_seed(cfg.seed, epoch)),
+        step=step,
+        run_dir=meta_run_dir(cfg),
+        schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters),
+        validate=validate,
+        collate=collate_episodes,
+    )
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    cfg = config_from_cli(argv, __doc__)
+    ctx = init_distributed(cfg.device)
+    try:
+        seed_everything(cfg.seed)
+        return train(cfg, build_job(cfg, ctx), ctx)
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Stage 1 (base learner) + stage 2 (MIANet) for one fold or all folds.
+#   bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
+#   e.g. bash train.sh pascal all resnet50 1        NPROC=4 bash train.sh coco 0 resnet50 5
+# Config: config/<dataset>/<backbone>/split<fold>.yaml, shot and extra `key value` pairs as overrides.
+# Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed one continues).
+# NPROC > 1 launches each stage with torchrun (DDP, one process per GPU).
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ $# -lt 4 ]; then
+  echo "usage: bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]" >&2
+  exit 2
+fi
+dataset=$1 fold=$2 backbone=$3 shot=$4
+shift 4
+folds=$fold
+[ "$fold" = all ] && folds="0 1 2 3"
+launch=(python)
+[ "${NPROC:-1}" -gt 1 ] && launch=(torchrun --standalone --nproc_per_node "$NPROC")
+for k in $folds; do
+  cfg=config/$dataset/$backbone/split$k.yaml
+  if [ ! -f "$cfg" ]; then
+    echo "error: $cfg not found; datasets/backbones with configs: $(cd config && ls -d */*/ | tr '\n' ' ')" >&2
+    exit 2
+  fi
+  "${launch[@]}" train_base.py --config "$cfg" resume auto "$@"
+  "${launch[@]}" train.py --config "$cfg" shot "$shot" resume auto "$@"
+done

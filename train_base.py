@@ -1,0 +1,57 @@
+"""Stage 1: train the PSPNet base learner of one fold on its base classes.
+
+Writes ``initmodel/<dataset>/split<k>/<backbone>/{best,last}.pth`` (or ``base_exp_dir``), where stage 2 looks.
+Usage: ``python train_base.py --config config/pascal/resnet50/split0.yaml [key value ...]``
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from model.pspnet import PSPNet
+from util.checkpoint import base_run_dir
+from util.classes import base_classes
+from util.cli import config_from_cli
+from util.config import Config
+from util.dataset import BaseClassDataset
+from util.distributed import DistContext, init_distributed, shutdown_distributed
+from util.engine import Schedule, TrainJob, TrainResult, train
+from util.errors import cli_entry
+from util.evaluator import evaluate_semantic
+from util.runtime import epoch_seed, seed_everything
+
+
+def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
+    """Stage 1 as a :class:`TrainJob`: PSPNet over base classes, validated by base-class mIoU."""
+    model = PSPNet.from_config(cfg)
+    num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
+    val_set = BaseClassDataset(cfg, "val")
+
+    def validate(net) -> dict[str, float]:
+        return evaluate_semantic(net, val_set, ctx, num_classes=num_classes, batch_size=cfg.test_batch_size,
+                                 workers=cfg.workers, amp=cfg.amp, desc="val base classes")
+
+    return TrainJob(
+        stage="base",
+        model=model,
+        parameters=[p for p in model.parameters() if p.requires_grad],
+        make_train_set=lambda epoch: BaseClassDataset(cfg, "train", seed=epoch_seed(cfg.seed, epoch)),
+        step=lambda net, batch: net(batch["image"], batch["label"]),
+        run_dir=base_run_dir(cfg),
+        schedule=Schedule(cfg.base_epochs, cfg.base_batch_size, cfg.base_learner_lr, cfg.max_iters),
+        validate=validate,
+    )
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    cfg = config_from_cli(argv, __doc__)
+    ctx = init_distributed(cfg.device)
+    try:
+        seed_everything(cfg.seed)
+        return train(cfg, build_job(cfg, ctx), ctx)
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Checkpoints: atomic writes, loading with actionable errors, RNG capture, run directories.
+
+A training checkpoint is a dict ``{"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
+"rng", "data_order", "best", "config", "stage"}``; ``best.pth`` files hold the same keys. Files are
+written to a temporary file in the same directory and moved over the target with ``os.replace``, so a
+crash or a full disk mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from util.errors import UserError
+
+LAST = "last.pth"
+BEST = "best.pth"
+
+
+def base_run_dir(cfg: Mapping[str, Any]) -> Path:
+    """Stage-1 run directory: ``cfg.base_exp_dir`` or ``initmodel/<dataset>/split<k>/<backbone>``."""
+    if cfg["base_exp_dir"]:
+        return Path(cfg["base_exp_dir"])
+    return Path("initmodel") / cfg["dataset"] / f"split{cfg['split']}" / cfg["backbone"]
+
+
+def base_weight_path(cfg: Mapping[str, Any]) -> Path:
+    """The stage-1 checkpoint stage 2 starts from: ``cfg.base_weight`` or ``<base run dir>/best.pth``."""
+    return Path(cfg["base_weight"]) if cfg["base_weight"] else base_run_dir(cfg) / BEST
+
+
+def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
+    """Stage-2 run directory: ``cfg.exp_dir`` or ``exp/<dataset>/split<k>/<backbone>/<shot>shot``."""
+    if cfg["exp_dir"]:
+        return Path(cfg["exp_dir"])
+    return Path("exp") / cfg["dataset"] / f"split{cfg['split']}" / cfg["backbone"] / f"{cfg['shot']}shot"
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temporary file + ``os.replace``; the old file survives any failure."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path} ({err.strerror}); choose a writable exp_dir") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except OSError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        kept = " (the previous checkpoint is intact)" if path.exists() else ""
+        raise UserError(
+            f"cannot write checkpoint {path} ({err.strerror}){kept}; free disk space or choose another exp_dir"
+        ) from None
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU; a missing or unreadable file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; check the path (config keys 'weight', 'resume', 'base_weight')")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt/foreign file
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a torch checkpoint") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint {path} has no 'model' entry; it was not written by this codebase's train scripts")
+    return state
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``model`` strictly; mismatches become one line naming the offending keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
+        if keys:
+            problems.append(f"{label} {len(keys)}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
+    if problems:
+        raise UserError(
+            f"checkpoint {source} does not fit this model ({'; '.join(problems)}); "
+            "was it trained with another backbone/dataset/config?"
+        )
+    model.load_state_dict(state)
+
+
+def check_checkpoint_config(state: Mapping[str, Any], cfg: Mapping[str, Any], source: str | Path, keys: tuple[str, ...]) -> None:
+    """Refuse a checkpoint whose recorded config differs from ``cfg`` in any of ``keys``."""
+    recorded = state.get("config") or {}
+    differing = [f"{k}={recorded[k]!r} (now {cfg[k]!r})" for k in keys if k in recorded and recorded[k] != cfg[k]]
+    if differing:
+        raise UserError(f"checkpoint {source} was made with {', '.join(differing)}; use matching settings or another checkpoint")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state (python, numpy, torch CPU and CUDA), in a form ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``None`` (fresh run), ``auto`` (``<run_dir>/last.pth`` if present) or a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        latest = run_dir / LAST
+        return latest if latest.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise UserError(f"config key 'resume': checkpoint {path} not found; use 'auto', null or an existing file")
+    return path

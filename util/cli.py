@@ -1,0 +1,18 @@
+"""Command line of the entry points: ``--config FILE`` followed by ``key value`` overrides."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from util.config import Config, load_config
+
+
+def config_from_cli(argv: Sequence[str] | None, description: str) -> Config:
+    """Parse ``[--config FILE] [key value ...]`` and return the resolved config."""
+    parser = argparse.ArgumentParser(description=description,
+                                     epilog="keys and defaults: config/base.yaml; e.g. --config "
+                                            "config/synth/efficientnet_lite0/split0.yaml shot 5 device cpu")
+    parser.add_argument("--config", default=None, help="YAML config (inherits through _base_)")
+    parser.add_argument("overrides", nargs="*", help="key value pairs overriding the config")
+    args = parser.parse_args(argv)
+    return load_config(args.config, args.overrides)

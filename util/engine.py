@@ -1,0 +1,237 @@
+"""The one training loop, used by stage 1 (train_base.py) and stage 2 (train.py).
+
+SGD with momentum, poly learning rate stepped per iteration, optional autocast (bf16/fp16, GradScaler
+for fp16), DDP when run under torchrun, tqdm bars, tensorboardX scalars and a log file per run.
+
+Resumability: the data order of epoch e is a pure function of (seed, e) (:class:`EpochSampler`) and
+the dataset of epoch e comes from ``make_train_set(e)`` whose items are pure functions of their index,
+so a run resumed from a checkpoint skips the iterations already done in that epoch and then sees
+exactly the batches, dropout draws (restored RNG states) and learning rates of an uninterrupted run.
+Resumable checkpoints (``last.pth``) are written every ``checkpoint_interval`` iterations and at the
+end of every epoch after its validation; ``best.pth`` whenever the validation score improves.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from util.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, resume_path, rng_state, save_atomic
+from util.distributed import DistContext, EpochSampler, all_reduce_mean, barrier
+from util.errors import UserError
+from util.runlog import RunLog
+from util.runtime import autocast, grad_scaler, to_device
+
+
+class TrainingDiverged(UserError):
+    """The loss (or the weights) stopped being finite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class Schedule:
+    """How long and how fast: epochs, batch size per process, learning rate, optional iteration cap."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    max_iters: int = 0
+
+
+@dataclass
+class TrainJob:
+    """What differs between the stages; the loop in :func:`train` is the same for both.
+
+    ``step(model, batch)`` runs the forward pass of one batch (already on the device) and returns a dict
+    of named losses including ``"loss"`` (the one minimised). ``validate(model)`` returns metrics whose
+    ``"miou"`` selects ``best.pth`` (it is called on every rank; it reduces over ranks itself).
+    """
+
+    stage: str
+    model: nn.Module
+    parameters: list[nn.Parameter]
+    make_train_set: Callable[[int], Dataset]
+    step: Callable[[nn.Module, dict], Mapping[str, torch.Tensor]]
+    run_dir: Path
+    schedule: Schedule
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    collate: Callable[[list], Any] | None = None
+
+
+@dataclass
+class TrainResult:
+    iteration: int
+    best: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, scaler, iteration: int,
+                iters_per_epoch: int, world_size: int, best: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": job.stage,
+        "model": job.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": iteration // iters_per_epoch,
+        "iteration": iteration,
+        "rng": rng_state(),
+        "data_order": {"seed": cfg["seed"], "iters_per_epoch": iters_per_epoch, "world_size": world_size,
+                       "batch_size": job.schedule.batch_size},
+        "best": best,
+        "config": dict(cfg),
+    }
+
+
+def _check_finite_weights(job: TrainJob, iteration: int) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in job.parameters):
+        raise TrainingDiverged(
+            f"weights stopped being finite at iteration {iteration}; the last good checkpoint "
+            f"({job.run_dir / LAST}) is intact: lower the learning rate or set amp off, then resume"
+        )
+
+
+def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResult:
+    """Run (or resume, per ``cfg.resume``) a training job to the end of its schedule."""
+    if ctx.is_main:
+        cfg.save(job.run_dir / "config.yaml")
+    log = RunLog(job.run_dir, f"train_{job.stage}", enabled=ctx.is_main)
+    try:
+        return _train(cfg, job, ctx, log)
+    finally:
+        log.close()
+
+
+def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog) -> TrainResult:
+    schedule, run_dir = job.schedule, job.run_dir
+    model = job.model.to(ctx.device)
+    optimizer = torch.optim.SGD(job.parameters, lr=schedule.lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+
+    train_set = job.make_train_set(0)
+    iters_per_epoch = len(train_set) // ctx.world_size // schedule.batch_size
+    if iters_per_epoch == 0:
+        raise UserError(
+            f"{len(train_set)} training items cannot fill one batch of {schedule.batch_size} per process "
+            f"on {ctx.world_size} process(es); lower the batch size or add data"
+        )
+    total = schedule.epochs * iters_per_epoch
+    if schedule.max_iters > 0:
+        total = min(total, schedule.max_iters)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=cfg["power"])
+    scaler = grad_scaler(ctx.device, cfg["amp"])
+    iteration = 0
+    best: dict[str, Any] = {"miou": -math.inf, "iteration": -1, "metrics": {}}
+    last_metrics: dict[str, float] = {}
+
+    source = resume_path(cfg["resume"], run_dir)
+    if source is not None:
+        state = load_checkpoint(source)
+        order = state.get("data_order", {})
+        if state.get("stage") != job.stage or order.get("iters_per_epoch") != iters_per_epoch:
+            raise UserError(
+                f"checkpoint {source} (stage {state.get('stage')}, {order.get('iters_per_epoch')} iterations per epoch) "
+                f"cannot continue this run (stage {job.stage}, {iters_per_epoch} iterations per epoch); "
+                "resume with the same stage, batch size, episodes and process count, or set resume null"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        iteration, best = state["iteration"], state["best"]
+        last_metrics = best.get("metrics", {})
+        restore_rng_state(state["rng"])
+        log.info(f"resumed from {source} at iteration {iteration}/{total}")
+    elif cfg["resume"] == "auto":
+        log.info(f"resume auto: no {LAST} in {run_dir}, starting fresh")
+
+    step_model: nn.Module = model
+    if ctx.world_size > 1:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        step_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    log.info(
+        f"{job.stage}: {total} iterations ({iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "
+        f"{schedule.max_iters}), batch {schedule.batch_size} x {ctx.world_size} process(es), lr {schedule.lr}, "
+        f"amp {cfg['amp']}, device {ctx.device}, run dir {run_dir}"
+    )
+
+    def save(name: str) -> None:
+        _check_finite_weights(job, iteration)
+        if ctx.is_main:
+            save_atomic(_checkpoint(job, cfg, optimizer, scheduler, scaler, iteration, iters_per_epoch,
+                                    ctx.world_size, best), run_dir / name)
+        barrier()
+
+    epoch = iteration // iters_per_epoch
+    while iteration < total:
+        if epoch > 0:
+            train_set = job.make_train_set(epoch)
+        done_in_epoch = iteration - epoch * iters_per_epoch
+        steps = min(iters_per_epoch, total - epoch * iters_per_epoch) - done_in_epoch
+        sampler = EpochSampler(len(train_set), epoch, cfg["seed"], ctx, skip=done_in_epoch * schedule.batch_size)
+        loader = DataLoader(
+            train_set, batch_size=schedule.batch_size, sampler=sampler, num_workers=cfg["workers"],
+            collate_fn=job.collate, drop_last=True, generator=torch.Generator().manual_seed(cfg["seed"] + epoch),
+        )
+        model.train()
+        bar = tqdm(total=steps, desc=f"{job.stage} epoch {epoch + 1}/{schedule.epochs}", disable=not ctx.is_main,
+                   dynamic_ncols=True)
+        started, done = time.perf_counter(), 0
+        for batch in itertools.islice(loader, steps):
+            batch = to_device(batch, ctx.device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(ctx.device, cfg["amp"]):
+                outputs = job.step(step_model, batch)
+            loss_names = [k for k in outputs if k.startswith("loss")]
+            losses = all_reduce_mean(torch.stack([outputs[k].detach().float() for k in loss_names]))
+            values = dict(zip(loss_names, losses.tolist()))
+            if not math.isfinite(values["loss"]):
+                raise TrainingDiverged(
+                    f"loss became {values['loss']} at iteration {iteration + 1} (epoch {epoch + 1}); the last good "
+                    f"checkpoint ({run_dir / LAST}) is intact: lower the learning rate or set amp off, then resume"
+                )
+            scaler.scale(outputs["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            iteration += 1
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+            if iteration % cfg["print_freq"] == 0 or iteration == total:
+                log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, iteration)
+                per_iter = (time.perf_counter() - started) / done
+                log.info(
+                    f"iter {iteration}/{total} epoch {epoch + 1} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    + f" lr {lr:.3e} {per_iter:.2f}s/it"
+                )
+            if iteration % cfg["checkpoint_interval"] == 0 and iteration % iters_per_epoch and iteration < total:
+                save(LAST)
+        bar.close()
+
+        epoch = iteration // iters_per_epoch
+        if job.validate is not None and (epoch % cfg["val_interval"] == 0 or iteration == total):
+            last_metrics = job.validate(model)
+            log.scalars({f"val/{k}": v for k, v in last_metrics.items()}, iteration)
+            log.info(f"validation after iteration {iteration}: " + " ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
+            if last_metrics["miou"] > best["miou"]:
+                best = {"miou": last_metrics["miou"], "iteration": iteration, "metrics": last_metrics}
+                save(BEST)
+                log.info(f"new best mIoU {best['miou']:.4f} -> {run_dir / BEST}")
+        elif job.validate is None:
+            best = {"miou": math.nan, "iteration": iteration, "metrics": {}}
+            save(BEST)
+        save(LAST)
+
+    log.info(f"{job.stage} done: {iteration} iterations; best mIoU {best['miou']:.4f} at iteration {best['iteration']}")
+    return TrainResult(iteration=iteration, best=best, last_metrics=last_metrics)

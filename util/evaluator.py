@@ -1,0 +1,168 @@
+"""The one evaluator: few-shot episodes (stage-2 validation and test.py) and base-class segmentation (stage-1 validation).
+
+Episodes are sharded over ranks without repeats and the integer counts are summed over ranks, so a
+multi-process evaluation gives exactly the numbers of a single process.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from util.classes import class_names, novel_classes
+from util.dataset import EpisodeDataset, collate_episodes
+from util.image_io import read_label
+from util.distributed import DistContext, ShardSampler
+from util.metrics import IGNORE_INDEX, FewShotIoU, SemanticIoU, predict_on_label
+from util.runtime import autocast, to_device
+
+
+class _WithOriginalSize(Dataset):
+    """Adds ``query_size_ori`` (h0, w0) to each episode before collation pads the original labels."""
+
+    def __init__(self, episodes: Dataset):
+        self.episodes = episodes
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.episodes[index])
+        item["query_size_ori"] = torch.tensor(item["query_label_ori"].shape, dtype=torch.int64)
+        return item
+
+
+@torch.no_grad()
+def evaluate_episodes(
+    model: nn.Module, episodes: Dataset, ctx: DistContext, *, num_classes: int, batch_size: int = 1,
+    ori_resize: bool = True, workers: int = 0, amp: str = "off", collate: Callable = collate_episodes, desc: str = "test",
+) -> FewShotIoU:
+    """Run ``model`` (eval mode) on every episode and return the scores, already reduced over ranks.
+
+    ``ori_resize``: score against ``query_label_ori`` (original size, see :func:`predict_on_label`);
+    otherwise against ``query_label`` on the network input grid.
+    """
+    model.eval()
+    scores = FewShotIoU(num_classes)
+    loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
+                        num_workers=workers, collate_fn=collate)
+    for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False):
+        batch = to_device(batch, ctx.device)
+        with autocast(ctx.device, amp):
+            logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
+        for b in range(logits.shape[0]):
+            class_id = int(batch["class_id"][b])
+            if ori_resize:
+                h0, w0 = batch["query_size_ori"][b].tolist()
+                label = batch["query_label_ori"][b, :h0, :w0]
+                pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))
+            else:
+                label = batch["query_label"][b]
+                pred = predict_on_label(logits[b], tuple(label.shape))
+            scores.update(pred, label, class_id)
+    scores.reduce()
+    return scores
+
+
+def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: DistContext, num_classes: int) -> FewShotIoU:
+    """Scores of predicting every labelled object pixel as foreground, from the episodes' query label files.
+
+    Episode specs hold paths relative to ``data_root`` (absolute paths pass through unchanged).
+    Scored at the original size (as ``ori_resize``); a model that does not beat this has not learned
+    to pick the episode's class among the objects in the image.
+    """
+    scores = FewShotIoU(num_classes)
+    for index in ShardSampler(len(episodes), ctx):
+        spec = episodes.episode(index)
+        semantic = torch.from_numpy(read_label(Path(data_root) / spec.query[1]).astype(np.int64))
+        label = torch.where(semantic == IGNORE_INDEX, IGNORE_INDEX, (semantic == spec.class_id).long())
+        pred = ((semantic != 0) & (semantic != IGNORE_INDEX)).long()
+        scores.update(pred, label, spec.class_id)
+    scores.reduce()
+    return scores
+
+
+@torch.no_grad()
+def evaluate_semantic(
+    model: nn.Module, dataset: Dataset, ctx: DistContext, *, num_classes: int, batch_size: int = 1,
+    workers: int = 0, amp: str = "off", desc: str = "val",
+) -> dict[str, float]:
+    """Stage-1 validation: per-class IoU of ``model(image)`` over ``dataset``; mIoU over the classes 1..n-1."""
+    model.eval()
+    scores = SemanticIoU(num_classes)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers)
+    for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False):
+        batch = to_device(batch, ctx.device)
+        with autocast(ctx.device, amp):
+            logits = model(batch["image"])
+        for b in range(logits.shape[0]):
+            label = batch["label"][b]
+            scores.update(predict_on_label(logits[b], tuple(label.shape)), label)
+    scores.reduce()
+    return {"miou": scores.miou(list(range(1, num_classes))), "miou_with_background": scores.miou()}
+
+
+def episode_scores_summary(scores: FewShotIoU, names: tuple[str, ...]) -> dict[str, Any]:
+    """JSON-ready numbers of one evaluation (fractions in 0..1)."""
+    return {
+        "miou": scores.miou(),
+        "fbiou": scores.fbiou(),
+        "episodes": scores.episodes(),
+        "class_iou": {names[c - 1]: iou for c, iou in scores.class_iou().items()},
+    }
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+
+
+def protocol_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that define a test's numbers, recorded with them."""
+    keys = ("dataset", "split", "shot", "backbone", "ann_type", "test_seeds", "test_episodes", "ori_resize",
+            "val_size", "test_batch_size", "coco_split_style", "min_class_pixels", "use_gim", "use_hpm", "amp")
+    return {key: cfg[key] for key in keys}
+
+
+def run_protocol(
+    model: nn.Module, cfg: Mapping[str, Any], ctx: DistContext,
+    make_episodes: Callable[[int], EpisodeDataset] | None = None, report: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``cfg.test_episodes`` novel-class episodes for every seed of ``cfg.test_seeds``.
+
+    Returns per-seed per-class IoU, mIoU and FB-IoU, their mean and (population) std over seeds, the
+    same for the "predict every object" baseline, and the resolved protocol. ``report`` gets one
+    line per seed.
+    """
+    if make_episodes is None:
+        def make_episodes(seed: int) -> EpisodeDataset:
+            return EpisodeDataset(cfg, "val", episodes=cfg["test_episodes"], seed=seed)
+    names = class_names(cfg["dataset"])
+    total_classes = len(names)
+    per_seed = []
+    for seed in cfg["test_seeds"]:
+        episodes = make_episodes(seed)
+        scores = evaluate_episodes(model, episodes, ctx, num_classes=total_classes, batch_size=cfg["test_batch_size"],
+                                   ori_resize=cfg["ori_resize"], workers=cfg["workers"], amp=cfg["amp"],
+                                   desc=f"test seed {seed}")
+        baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes)
+        entry = {"seed": seed, **episode_scores_summary(scores, names),
+                 "baseline": episode_scores_summary(baseline, names)}
+        per_seed.append(entry)
+        report(f"seed {seed}: mIoU {100 * entry['miou']:.2f} FB-IoU {100 * entry['fbiou']:.2f} "
+               f"({entry['episodes']} episodes; every-object baseline mIoU {100 * entry['baseline']['miou']:.2f} "
+               f"FB-IoU {100 * entry['baseline']['fbiou']:.2f})")
+    return {
+        "protocol": {**protocol_of(cfg), "novel_classes": [names[c - 1] for c in novel_classes(
+            cfg["dataset"], cfg["split"], cfg["coco_split_style"])], "processes": ctx.world_size},
+        "miou": _mean_std([s["miou"] for s in per_seed]),
+        "fbiou": _mean_std([s["fbiou"] for s in per_seed]),
+        "baseline": {"miou": _mean_std([s["baseline"]["miou"] for s in per_seed]),
+                     "fbiou": _mean_std([s["baseline"]["fbiou"] for s in per_seed])},
+        "seeds": per_seed,
+    }

@@ -1,0 +1,124 @@
+"""Segmentation scores: intersection/union counts accumulated over images or episodes, reduced over ranks.
+
+Few-shot scores (the PFENet/BAM definitions, see the FSS protocol):
+- mIoU: per episode class, foreground intersections and unions summed over that class's episodes,
+  IoU = sum I / sum U, then the mean over the classes that had episodes.
+- FB-IoU: background and foreground intersections and unions summed over all episodes, IoU of each,
+  averaged.
+Pixels labelled ``ignore_index`` (255) count nowhere. Counts are int64, so sums are exact.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from util.distributed import all_reduce_sum
+
+IGNORE_INDEX = 255
+
+
+def intersection_union(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class intersection and union pixel counts (int64 ``[num_classes]``) of two label maps."""
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
+    valid = label != ignore_index
+    pred = pred[valid].long()
+    label = label[valid].long()
+    inter = torch.bincount(pred[pred == label], minlength=num_classes)[:num_classes]
+    area_pred = torch.bincount(pred, minlength=num_classes)[:num_classes]
+    area_label = torch.bincount(label, minlength=num_classes)[:num_classes]
+    return inter, area_pred + area_label - inter
+
+
+def predict_on_label(logits: torch.Tensor, label_size: tuple[int, int], ori_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Class map of one sample's ``logits [n, h, w]`` on the grid of the label it is scored against.
+
+    ``ori_size=None``: the label is the network input's grid (``label_size``); logits are resized to it.
+    ``ori_size=(h0, w0)`` (ori_resize): the input was the original image with its longer side resized
+    to the input size and placed top-left on a square, so the logits are resized to the square of side
+    ``max(h0, w0)`` and its top-left ``h0 x w0`` corner is the prediction for the original label.
+    Resizing is bilinear with ``align_corners=True`` (the PFENet family).
+    """
+    if ori_size is None:
+        size = label_size
+    else:
+        side = max(ori_size)
+        size = (side, side)
+    resized = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=True)[0]
+    pred = resized.argmax(0)
+    if ori_size is not None:
+        pred = pred[: ori_size[0], : ori_size[1]]
+    return pred
+
+
+class SemanticIoU:
+    """Per-class intersection/union accumulated over images (stage-1 validation, FB-IoU)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.inter = torch.zeros(num_classes, dtype=torch.int64)
+        self.union = torch.zeros(num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        inter, union = intersection_union(pred, label, self.num_classes, self.ignore_index)
+        self.inter += inter.cpu()
+        self.union += union.cpu()
+
+    def reduce(self) -> None:
+        """Sum the counts over all ranks (in place)."""
+        self.inter = all_reduce_sum(self.inter)
+        self.union = all_reduce_sum(self.union)
+
+    def iou(self) -> torch.Tensor:
+        """IoU per class (float64); NaN for a class that never occurred in prediction or label."""
+        return self.inter.double() / self.union.double()
+
+    def miou(self, classes: list[int] | None = None) -> float:
+        """Mean IoU over ``classes`` (default all) that occurred."""
+        iou = self.iou() if classes is None else self.iou()[classes]
+        return float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else float("nan")
+
+
+class FewShotIoU:
+    """Episode scores: per-class foreground IoU (mIoU) and FB-IoU, accumulated over episodes."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.ignore_index = ignore_index
+        # rows: class id 0..num_classes; columns: foreground intersection, union, episode count
+        self.per_class = torch.zeros(num_classes + 1, 3, dtype=torch.int64)
+        self.fb = SemanticIoU(2, ignore_index)
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor, class_id: int) -> None:
+        """Add one episode: binary ``pred`` and ``label`` ({0, 1, ignore}) of the same shape."""
+        inter, union = intersection_union(pred, label, 2, self.ignore_index)
+        self.fb.inter += inter.cpu()
+        self.fb.union += union.cpu()
+        self.per_class[class_id] += torch.stack([inter[1].cpu(), union[1].cpu(), torch.tensor(1)])
+
+    def reduce(self) -> None:
+        """Sum the counts over all ranks (in place)."""
+        self.per_class = all_reduce_sum(self.per_class)
+        self.fb.reduce()
+
+    def episodes(self) -> int:
+        return int(self.per_class[:, 2].sum())
+
+    def class_iou(self) -> dict[int, float]:
+        """Foreground IoU of every class that had at least one episode."""
+        seen = torch.nonzero(self.per_class[:, 2]).flatten().tolist()
+        return {c: _ratio(int(self.per_class[c, 0]), int(self.per_class[c, 1])) for c in seen}
+
+    def miou(self) -> float:
+        ious = list(self.class_iou().values())
+        return sum(ious) / len(ious) if ious else float("nan")
+
+    def fbiou(self) -> float:
+        return float(self.fb.iou().nanmean())
+
+
+def _ratio(inter: int, union: int) -> float:
+    """IoU of summed counts; an empty union scores 0 (as I / (U + eps) in the PFENet family)."""
+    return inter / union if union else 0.0
