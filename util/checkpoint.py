@@ -49,22 +49,26 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise UserError(f"cannot write checkpoint {path} ({err.strerror}); choose a writable exp_dir") from None
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a directory" if blocker else err.strerror
+        raise UserError(f"cannot write checkpoint {path} ({reason}); choose a writable exp_dir") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except OSError as err:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
+        # torch's zip writer may report a failed write (disk full) as a RuntimeError raised while handling the OSError
+        failure = err.__context__ if isinstance(err, RuntimeError) else err
+        if not isinstance(failure, OSError):
+            raise
         kept = " (the previous checkpoint is intact)" if path.exists() else ""
         raise UserError(
-            f"cannot write checkpoint {path} ({err.strerror}){kept}; free disk space or choose another exp_dir"
+            f"cannot write checkpoint {path} ({failure.strerror or failure}){kept}; "
+            "free disk space or choose another exp_dir"
         ) from None
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -84,7 +88,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
     """Load ``state`` into ``model`` strictly; mismatches become one line naming the offending keys."""
-    own = model.state_dict()
+    check_state_fits(model.state_dict(), state, source)
+    model.load_state_dict(state)
+
+
+def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Raise a :class:`UserError` naming the missing, unexpected and wrongly shaped keys of ``state`` vs ``own``."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
@@ -101,7 +110,6 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
             f"checkpoint {source} does not fit this model ({'; '.join(problems)}); "
             "was it trained with another backbone/dataset/config?"
         )
-    model.load_state_dict(state)
 
 
 def check_checkpoint_config(state: Mapping[str, Any], cfg: Mapping[str, Any], source: str | Path, keys: tuple[str, ...]) -> None:

@@ -1,0 +1,153 @@
+"""MIANet (Yang et al., CVPR 2023): frozen base-learner backbone + GIM + HPM + IFM.
+
+K-shot (the reference silently uses only the first support): the instance prototype is the mean of
+the K masked-average prototypes, the general prototype is generated from it, the HPM prior of every
+level is the mean of the K per-shot priors, and the triplet loss sees the local features of all shots.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.backbone import Backbone, build_backbone
+from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
+from model.hpm import hierarchical_priors, pyramid_bins
+from model.ifm import InformationFusion
+from util.embeddings import load_class_embeddings
+
+PROTOTYPE_EPS = 5e-4
+
+
+def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``sum(f * m) / (sum(m) + 5e-4)``: features [N, C, h, w], masks [N, 1, h, w] -> [N, C]."""
+    return (features * masks).sum(dim=(2, 3)) / (masks.sum(dim=(2, 3)) + PROTOTYPE_EPS)
+
+
+class MIANet(nn.Module):
+    """Few-shot segmenter; see :meth:`forward` for the interface.
+
+    ``word_vectors`` [num_classes + 1, D]: row ``c`` is class id ``c``. Row 0 (background in the
+    reference files) is replaced by zeros and means "class unknown": the general prototype is then
+    generated from the instance prototype alone (used by ``predict.py`` without ``--class-name``).
+    """
+
+    def __init__(self, backbone: Backbone, word_vectors: torch.Tensor, *, reduce_dim: int = 256, use_gim: bool = True,
+                 use_hpm: bool = True, freeze_backbone_bn: bool = True, triplet_margin: float = 0.5,
+                 aux_weight: float = 1.0, zoom_factor: int = 8, ignore_label: int = 255) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.down_features = nn.Sequential(
+            nn.Conv2d(backbone.channels[2] + backbone.channels[3], reduce_dim, 1, bias=False),
+            nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+        )
+        vectors = word_vectors.detach().float().clone()
+        vectors[0] = 0
+        self.register_buffer("word_vectors", vectors, persistent=False)
+        self.use_gim, self.use_hpm = use_gim, use_hpm
+        if use_gim:
+            self.gig = GeneralInformationGenerator(vectors.shape[1], reduce_dim)
+            self.lfg = local_feature_generator(reduce_dim)
+        self.ifm = InformationFusion(reduce_dim)
+        self.freeze_backbone_bn = freeze_backbone_bn
+        self.triplet_margin, self.aux_weight = triplet_margin, aux_weight
+        self.zoom_factor, self.ignore_label = zoom_factor, ignore_label
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "MIANet":
+        """Build from a config; the backbone is random until :meth:`load_base_learner` or a checkpoint load."""
+        return cls(
+            build_backbone(cfg["backbone"]), load_class_embeddings(cfg["embedding_file"], cfg["dataset"]),
+            reduce_dim=cfg["reduce_dim"], use_gim=cfg["use_gim"], use_hpm=cfg["use_hpm"],
+            freeze_backbone_bn=cfg["freeze_backbone_bn"], triplet_margin=cfg["triplet_margin"],
+            aux_weight=cfg["aux_weight"], zoom_factor=cfg["zoom_factor"], ignore_label=cfg["ignore_label"],
+        )
+
+    def load_base_learner(self, path: str | Path) -> None:
+        """Copy the backbone of a stage-1 checkpoint (ours or a reference/BAM PSPNet file) into this model."""
+        from util.checkpoint_import import base_learner_backbone_state
+
+        self.backbone.load_state_dict(base_learner_backbone_state(path, self.backbone))
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything but the backbone: down_features, GIG, LFG and IFM."""
+        return (p for name, p in self.named_parameters() if not name.startswith("backbone."))
+
+    def train(self, mode: bool = True) -> "MIANet":
+        super().train(mode)
+        if self.freeze_backbone_bn:
+            self.backbone.eval()
+        return self
+
+    def _backbone_features(self, query: torch.Tensor, supports: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """layer0..4 of the query batch and of the flattened supports [B*K, ...]."""
+        flat_supports = supports.flatten(0, 1)
+        with torch.no_grad():
+            if self.backbone.training:
+                return self.backbone(query), self.backbone(flat_supports)
+            features = self.backbone(torch.cat([query, flat_supports]))
+        batch = query.shape[0]
+        return [f[:batch] for f in features], [f[batch:] for f in features]
+
+    def _mid_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        layer2, layer3 = features[2], features[3]
+        if layer2.shape[-2:] != layer3.shape[-2:]:
+            layer2 = F.interpolate(layer2, size=layer3.shape[-2:], mode="bilinear", align_corners=True)
+        return self.down_features(torch.cat([layer3, layer2], dim=1))
+
+    def forward(self, query: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor, class_ids: torch.Tensor,
+                query_label: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Segment ``query`` [B,3,H,W] given ``supports`` [B,K,3,H,W] with ``support_masks`` [B,K,H,W]
+        (1 = the class; 0 and 255 = not) of class ``class_ids`` [B].
+
+        Returns logits [B,2,H',W'] (H' = (H-1)//8*zoom+1); in train mode with ``query_label`` [B,H,W] a dict
+        with ``logits``, ``loss_main``, ``loss_aux``, ``loss_triplet`` and their weighted sum ``loss``.
+        """
+        batch, shots = supports.shape[:2]
+        height, width = query.shape[-2:]
+        query_features, support_features = self._backbone_features(query, supports)
+        query_feat = self._mid_features(query_features)
+        support_feat = self._mid_features(support_features)
+
+        masks = (support_masks == 1).float()
+        small_masks = F.interpolate(masks.flatten(0, 1).unsqueeze(1), size=support_feat.shape[-2:],
+                                    mode="bilinear", align_corners=True)
+        prototype = masked_average(support_feat, small_masks).view(batch, shots, -1).mean(dim=1)
+        general = self.gig(self.word_vectors[class_ids], prototype) if self.use_gim else prototype
+
+        bins = pyramid_bins((height - 1) // 8 + 1)
+        if self.use_hpm:
+            support_layer4 = support_features[4].view(batch, shots, *support_features[4].shape[1:])
+            priors = hierarchical_priors(query_features[4], support_layer4, masks, bins)
+        else:
+            priors = [query_feat.new_zeros(batch, 1, b, b) for b in bins]
+        logits, aux_logits = self.ifm(query_feat, general, priors)
+        if self.zoom_factor != 1:
+            size = ((height - 1) // 8 * self.zoom_factor + 1, (width - 1) // 8 * self.zoom_factor + 1)
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+        if not self.training or query_label is None:
+            return logits
+
+        label = query_label.long()
+        loss_main = F.cross_entropy(self._to_label(logits, label), label, ignore_index=self.ignore_label)
+        loss_aux = torch.stack([
+            F.cross_entropy(self._to_label(aux, label), label, ignore_index=self.ignore_label) for aux in aux_logits
+        ]).mean()
+        if self.use_gim:
+            local = self.lfg(support_feat)
+            cell_masks = F.interpolate(support_masks.flatten(0, 1).unsqueeze(1).float(), size=local.shape[-2:], mode="nearest")
+            local = local.view(batch, shots, local.shape[1], -1).permute(0, 1, 3, 2).flatten(1, 2)
+            loss_triplet = triplet_loss(general, local, cell_masks.view(batch, -1), self.triplet_margin)
+        else:
+            loss_triplet = loss_main.new_zeros(())
+        loss = loss_main + self.aux_weight * loss_aux + loss_triplet
+        return {"logits": logits, "loss_main": loss_main, "loss_aux": loss_aux, "loss_triplet": loss_triplet, "loss": loss}
+
+    @staticmethod
+    def _to_label(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] == label.shape[-2:]:
+            return logits
+        return F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)

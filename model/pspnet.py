@@ -1,0 +1,67 @@
+"""Stage 1: the PSPNet base learner (pyramid pooling over layer4 + classifier) for a fold's base classes.
+
+Its backbone becomes MIANet's frozen encoder in stage 2. Parameter names follow the BAM/MIANet
+base-learner layout (``ppm.features.<bin>.{1,2}``, ``cls.{0,1,4}``) so reference checkpoints import 1:1.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.backbone import Backbone, build_backbone, load_imagenet_weights
+from util.classes import base_classes
+
+
+class PyramidPooling(nn.Module):
+    """PPM: average-pool to each bin, 1x1 conv to ``channels/len(bins)`` + BN + ReLU, upsample, concat with input."""
+
+    def __init__(self, channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        reduced = channels // len(bins)
+        self.features = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(channels, reduced, 1, bias=False),
+                          nn.BatchNorm2d(reduced), nn.ReLU(inplace=True))
+            for b in bins
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [F.interpolate(f(x), size=size, mode="bilinear", align_corners=True) for f in self.features]
+        return torch.cat([x, *pooled], dim=1)
+
+
+class PSPNet(nn.Module):
+    """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{logits, loss}`` with labels."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int = 255, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        channels = backbone.channels[4]
+        self.ppm = PyramidPooling(channels)
+        self.cls = nn.Sequential(
+            nn.Conv2d(channels * 2, 512, 3, padding=1, bias=False), nn.BatchNorm2d(512), nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout), nn.Conv2d(512, num_classes, 1),
+        )
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "PSPNet":
+        """The base learner of ``cfg``'s fold: base classes + background, ImageNet-initialised if configured."""
+        backbone = build_backbone(cfg["backbone"])
+        if cfg["pretrained_backbone"] or cfg["backbone_weight"]:
+            load_imagenet_weights(backbone, cfg["backbone_weight"])
+        num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
+        return cls(backbone, num_classes, ignore_label=cfg["ignore_label"])
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Per-class logits at the input size; with ``labels`` (train) also the cross-entropy ``loss``."""
+        layer4 = self.backbone(images)[4]
+        logits = self.cls(self.ppm(layer4))
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits, labels.long(), ignore_index=self.ignore_label)
+        return {"logits": logits, "loss": loss}
