@@ -69,7 +69,8 @@ def load_class_embeddings(path: str | Path | None, dataset: str) -> torch.Tensor
     if array.shape[0] != expected_rows:
         raise UserError(
             f"{file}: {array.shape[0]} rows, but dataset '{dataset}' needs {expected_rows} "
-            f"(background + {expected_rows - 1} classes); {hint}"
+            f"(background + {expected_rows - 1} classes); point config key 'embedding_file' at this dataset's "
+            f"table or {hint}"
         )
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise UserError(f"{file}: class embeddings must be real numbers, got dtype {array.dtype}")

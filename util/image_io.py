@@ -34,7 +34,9 @@ def read_label(path: str | Path) -> np.ndarray:
                     "convert it with util/prepare_pascal.py or util/prepare_coco.py"
                 )
             return np.array(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: cannot decode the label (corrupt or not an image); replace or regenerate it") from None
+    except (OSError, SyntaxError) as err:
         raise UserError(f"{path}: cannot decode the label ({err}); replace or regenerate it") from None
 
 
