@@ -81,3 +81,12 @@ def test_saved_config_round_trips(tmp_path):
     saved = cfg.save(tmp_path / "run" / "config.yaml")
     assert yaml.safe_load(saved.read_text()) == dict(cfg)
     assert load_config(saved) == cfg
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("weight_decay: 5e-4\n")
+    cfg = load_config(path, ["base_lr", "1e-3"])
+    assert cfg.base_lr == 0.001 and cfg.weight_decay == 0.0005
+    with pytest.raises(ConfigError, match="must be a float"):
+        load_config(None, ["base_lr", "1e-3x"])

@@ -8,6 +8,7 @@ the file, or a list of them, merged left to right); the child's keys win.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -85,6 +86,9 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
     """Return ``value`` coerced to the schema type of ``default`` or raise a one-line ConfigError."""
     def fail() -> ConfigError:
@@ -108,6 +112,8 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         raise fail()
     if isinstance(default, str):
         if isinstance(value, str):

@@ -93,10 +93,13 @@ def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, sca
 
 def _check_finite_weights(job: TrainJob, iteration: int) -> None:
     if not all(bool(torch.isfinite(p).all()) for p in job.parameters):
-        raise TrainingDiverged(
-            f"weights stopped being finite at iteration {iteration}; the last good checkpoint "
-            f"({job.run_dir / LAST}) is intact: lower the learning rate or set amp off, then resume"
-        )
+        raise TrainingDiverged(f"weights stopped being finite at iteration {iteration}; " + _last_good(job.run_dir))
+
+
+def _last_good(run_dir: Path) -> str:
+    if (run_dir / LAST).is_file():
+        return f"the last good checkpoint ({run_dir / LAST}) is intact: lower the learning rate or set amp off, then resume"
+    return "no checkpoint had been written yet: lower the learning rate or set amp off and start again"
 
 
 def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResult:
@@ -182,42 +185,39 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
             collate_fn=job.collate, drop_last=True, generator=torch.Generator().manual_seed(cfg["seed"] + epoch),
         )
         model.train()
-        bar = tqdm(total=steps, desc=f"{job.stage} epoch {epoch + 1}/{schedule.epochs}", disable=not ctx.is_main,
-                   dynamic_ncols=True)
-        started, done = time.perf_counter(), 0
-        for batch in itertools.islice(loader, steps):
-            batch = to_device(batch, ctx.device)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(ctx.device, cfg["amp"]):
-                outputs = job.step(step_model, batch)
-            loss_names = [k for k in outputs if k.startswith("loss")]
-            losses = all_reduce_mean(torch.stack([outputs[k].detach().float() for k in loss_names]))
-            values = dict(zip(loss_names, losses.tolist()))
-            if not math.isfinite(values["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {values['loss']} at iteration {iteration + 1} (epoch {epoch + 1}); the last good "
-                    f"checkpoint ({run_dir / LAST}) is intact: lower the learning rate or set amp off, then resume"
-                )
-            scaler.scale(outputs["loss"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            iteration += 1
-            done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
-            if iteration % cfg["print_freq"] == 0 or iteration == total:
-                log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, iteration)
-                per_iter = (time.perf_counter() - started) / done
-                log.info(
-                    f"iter {iteration}/{total} epoch {epoch + 1} "
-                    + " ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    + f" lr {lr:.3e} {per_iter:.2f}s/it"
-                )
-            if iteration % cfg["checkpoint_interval"] == 0 and iteration % iters_per_epoch and iteration < total:
-                save(LAST)
-        bar.close()
+        with tqdm(total=steps, desc=f"{job.stage} epoch {epoch + 1}/{schedule.epochs}", disable=not ctx.is_main,
+                  dynamic_ncols=True) as bar:
+            started, done = time.perf_counter(), 0
+            for batch in itertools.islice(loader, steps):
+                batch = to_device(batch, ctx.device)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(ctx.device, cfg["amp"]):
+                    outputs = job.step(step_model, batch)
+                loss_names = [k for k in outputs if k.startswith("loss")]
+                losses = all_reduce_mean(torch.stack([outputs[k].detach().float() for k in loss_names]))
+                values = dict(zip(loss_names, losses.tolist()))
+                if not math.isfinite(values["loss"]):
+                    raise TrainingDiverged(f"loss became {values['loss']} at iteration {iteration + 1} (epoch {epoch + 1}); "
+                                           + _last_good(run_dir))
+                scaler.scale(outputs["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                iteration += 1
+                done += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+                if iteration % cfg["print_freq"] == 0 or iteration == total:
+                    log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, iteration)
+                    per_iter = (time.perf_counter() - started) / done
+                    log.info(
+                        f"iter {iteration}/{total} epoch {epoch + 1} "
+                        + " ".join(f"{k} {v:.4f}" for k, v in values.items())
+                        + f" lr {lr:.3e} {per_iter:.2f}s/it"
+                    )
+                if iteration % cfg["checkpoint_interval"] == 0 and iteration % iters_per_epoch and iteration < total:
+                    save(LAST)
 
         epoch = iteration // iters_per_epoch
         if job.validate is not None and (epoch % cfg["val_interval"] == 0 or iteration == total):
