@@ -2,8 +2,9 @@
 
 ``test_seeds`` x ``test_episodes`` episodes, ``ori_resize``, ``test_batch_size``; prints per-class IoU,
 mIoU and FB-IoU per seed and mean ± std over seeds, and writes ``<run dir>/test/results.json`` (the
-numbers and the resolved protocol) and ``<run dir>/test/config.yaml``.
-Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [key value ...]``
+numbers and the resolved protocol) and ``<run dir>/test/config.yaml``. ``vis N`` also draws the first N
+episodes of the first seed (supports, truth, prediction, IoU) and their contact sheet to ``<run dir>/test/vis/``.
+Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [vis N] [key value ...]``
 """
 from __future__ import annotations
 
@@ -15,16 +16,21 @@ from model.mianet import MIANet
 from util.checkpoint import BEST, check_checkpoint_config, load_checkpoint, load_model_state, meta_run_dir
 from util.cli import config_from_cli
 from util.distributed import init_distributed, shutdown_distributed
-from util.errors import cli_entry
-from util.evaluator import run_protocol
+from util.dataset import EpisodeDataset
+from util.errors import UserError, cli_entry
+from util.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
 from util.report import format_run_table, results_path
 from util.runlog import RunLog
 from util.runtime import seed_everything
+
+VIS_DIR = "vis"
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = config_from_cli(argv, __doc__)
+    if cfg.vis < 0:
+        raise UserError(f"config key 'vis' is the number of episodes to draw; give 0 (none) or more, got {cfg.vis}")
     ctx = init_distributed(cfg.device)
     try:
         seed_everything(cfg.seed)
@@ -46,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 out_path.write_text(json.dumps(results, indent=2))
                 log.info(format_run_table(results))
                 log.info(f"results: {out_path}")
+                if cfg.vis:
+                    seed = cfg.test_seeds[0]
+                    episodes = EpisodeDataset(cfg, "val", episodes=cfg.test_episodes, seed=seed)
+                    figures = draw_episode_figures(model, episodes, cfg.vis, out_dir / VIS_DIR, cfg, ctx.device)
+                    log.info(f"episode figures (the first {len(figures)} of seed {seed}): {out_dir / VIS_DIR}/ "
+                             f"(episode_*.png, {CONTACT_SHEET})")
         finally:
             log.close()
         return results

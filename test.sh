@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Evaluate stage-2 checkpoints of one fold or all folds and print the table (mIoU and FB-IoU per fold + mean).
+# Evaluate stage-2 checkpoints of one fold or all folds, print the table (mIoU and FB-IoU per fold + mean)
+# and draw the per-class IoU bar chart of the fold(s).
 #   bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
-#   e.g. bash test.sh pascal all resnet50 1        bash test.sh pascal 0 resnet50 5 test_seeds "[1, 2]"
-# Each fold writes exp/<dataset>/split<k>/<backbone>/<shot>shot/test/results.json (numbers + protocol).
+#   e.g. bash test.sh pascal all resnet50 1        bash test.sh pascal 0 resnet50 5 test_seeds "[1, 2]" vis 8
+# Each fold writes exp/<dataset>/split<k>/<backbone>/<shot>shot/test/results.json (numbers + protocol);
+# the chart goes to the folder holding all of them (exp/<dataset>/ for all folds, the run's test/ for one):
+# per_class_iou_<dataset>_<backbone>_<shot>shot.png.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ $# -lt 4 ]; then
@@ -25,4 +28,4 @@ for k in $folds; do
   "${launch[@]}" test.py --config "$cfg" shot "$shot" "$@"
   results+=("$(python -m util.report --results-path --config "$cfg" shot "$shot" "$@")")
 done
-python -m util.report "${results[@]}"
+python -m util.report --chart "${results[@]}"

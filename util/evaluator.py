@@ -1,4 +1,5 @@
-"""The one evaluator: few-shot episodes (stage-2 validation and test.py) and base-class segmentation (stage-1 validation).
+"""The one evaluator: few-shot episodes (stage-2 validation and test.py) and base-class segmentation (stage-1 validation);
+it also draws test.py's episode figures (``vis``) from the same predictions it scores.
 
 Episodes are sharded over ranks without repeats and the integer counts are summed over ranks, so a
 multi-process evaluation gives exactly the numbers of a single process.
@@ -7,12 +8,12 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from util.classes import class_names, novel_classes
@@ -21,6 +22,10 @@ from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
 from util.metrics import IGNORE_INDEX, FewShotIoU, SemanticIoU, predict_on_label
 from util.runtime import autocast, to_device
+from util.transform import normalization_for
+from util.visualize import save_contact_sheet, save_sample_figure
+
+CONTACT_SHEET = "contact_sheet.png"
 
 
 class _WithOriginalSize(Dataset):
@@ -38,6 +43,26 @@ class _WithOriginalSize(Dataset):
         return item
 
 
+def _episode_predictions(
+    model: nn.Module, batches: Iterable[dict], device: torch.device, ori_resize: bool, amp: str,
+) -> Iterator[tuple[dict, int, torch.Tensor, torch.Tensor]]:
+    """``(batch, b, prediction, label)`` for every episode ``b`` of every batch: the binary prediction on the
+    grid of the label it is scored against (``query_label_ori`` with ``ori_resize``, else ``query_label``)."""
+    for batch in batches:
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
+        for b in range(logits.shape[0]):
+            if ori_resize:
+                h0, w0 = batch["query_size_ori"][b].tolist()
+                label = batch["query_label_ori"][b, :h0, :w0]
+                pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))
+            else:
+                label = batch["query_label"][b]
+                pred = predict_on_label(logits[b], tuple(label.shape))
+            yield batch, b, pred, label
+
+
 @torch.no_grad()
 def evaluate_episodes(
     model: nn.Module, episodes: Dataset, ctx: DistContext, *, num_classes: int, batch_size: int = 1,
@@ -52,22 +77,38 @@ def evaluate_episodes(
     scores = FewShotIoU(num_classes)
     loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
                         num_workers=workers, collate_fn=collate)
-    for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False):
-        batch = to_device(batch, ctx.device)
-        with autocast(ctx.device, amp):
-            logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
-        for b in range(logits.shape[0]):
-            class_id = int(batch["class_id"][b])
-            if ori_resize:
-                h0, w0 = batch["query_size_ori"][b].tolist()
-                label = batch["query_label_ori"][b, :h0, :w0]
-                pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))
-            else:
-                label = batch["query_label"][b]
-                pred = predict_on_label(logits[b], tuple(label.shape))
-            scores.update(pred, label, class_id)
+    bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+    for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp):
+        scores.update(pred, label, int(batch["class_id"][b]))
     scores.reduce()
     return scores
+
+
+@torch.no_grad()
+def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int, out_dir: Path,
+                         cfg: Mapping[str, Any], device: torch.device) -> list[Path]:
+    """Figures of the first ``count`` episodes, predicted and scored as :func:`evaluate_episodes` does, and
+    their contact sheet, in ``out_dir`` (``episode_<i>.png`` of an earlier call are replaced).
+
+    Returns the episode figures' paths; the contact sheet is ``out_dir / CONTACT_SHEET``.
+    """
+    model.eval()
+    names = class_names(cfg["dataset"])
+    mean, std = normalization_for(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("episode_*.png"):
+        stale.unlink()
+    chosen = Subset(_WithOriginalSize(episodes), range(min(count, len(episodes))))
+    loader = DataLoader(chosen, batch_size=cfg["test_batch_size"], num_workers=cfg["workers"],
+                        collate_fn=collate_episodes)
+    paths: list[Path] = []
+    for batch, b, pred, label in _episode_predictions(model, loader, device, cfg["ori_resize"], cfg["amp"]):
+        class_name = names[int(batch["class_id"][b]) - 1]
+        paths.append(save_sample_figure(out_dir / f"episode_{len(paths):04d}.png", batch, b, pred, label,
+                                        mean, std, class_name))
+    if paths:
+        save_contact_sheet(paths, out_dir / CONTACT_SHEET)
+    return paths
 
 
 def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: DistContext, num_classes: int) -> FewShotIoU:

@@ -1,7 +1,8 @@
 """Result tables from test.py's JSON: per-seed class IoU of one run, and the paper-style fold table.
 
 ``python -m util.report exp/.../split0/.../test/results.json exp/.../split1/.../test/results.json ...``
-prints mIoU and FB-IoU per fold and their mean (percentages, mean over seeds).
+prints mIoU and FB-IoU per fold and their mean (percentages, mean over seeds); with ``--chart`` it also
+draws the per-class IoU bar chart of those folds next to the results (see :func:`chart_path`).
 ``python -m util.report --results-path --config FILE [key value ...]`` prints where test.py writes
 the results of that config (used by test.sh).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -68,6 +70,15 @@ def format_fold_table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def chart_path(paths: Sequence[str | Path], results: Sequence[Mapping[str, Any]]) -> Path:
+    """Where ``--chart`` writes the per-class IoU chart of ``results`` (read from ``paths``): the deepest folder
+    holding every result file, e.g. ``exp/pascal`` for all folds of the default layout or the run's ``test/``
+    for one fold, as ``per_class_iou_<dataset>_<backbone>_<shot>shot.png``."""
+    folder = Path(os.path.commonpath([Path(p).absolute().parent for p in paths]))
+    protocol = results[0]["protocol"]
+    return folder / f"per_class_iou_{protocol['dataset']}_{protocol['backbone']}_{protocol['shot']}shot.png"
+
+
 def read_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -84,12 +95,20 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--results-path", action="store_true",
                         help="print the results file of --config and the key value overrides instead")
     parser.add_argument("--config", default=None)
+    parser.add_argument("--chart", action="store_true",
+                        help="also draw the per-class IoU bar chart in the folder holding the result files")
     parser.add_argument("items", nargs="+", help="results.json files, one per fold (or overrides)")
     args = parser.parse_args(argv)
     if args.results_path:
         text = str(results_path(load_config(args.config, args.items)))
     else:
-        text = format_fold_table([read_results(p) for p in args.items])
+        results = [read_results(p) for p in args.items]
+        text = format_fold_table(results)
+        if args.chart:
+            # imported here so that ``--results-path`` (called once per fold by test.sh) does not load matplotlib
+            from util.visualize import save_per_class_bar_chart
+
+            text += f"\nper-class IoU chart: {save_per_class_bar_chart(results, chart_path(args.items, results))}"
     print(text)
     return text
 

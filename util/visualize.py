@@ -1,0 +1,302 @@
+"""Pictures of episodes and results: overlays, one figure per episode, a contact sheet, per-class IoU bars.
+
+Drawing only: every function takes numpy arrays or tensors (or test.py's result dicts) and writes a PNG.
+Colours: support masks and ground truth in sky blue, predictions in magenta (with the ground truth
+outlined in sky blue), ignored pixels (label 255) whitened, everything else dimmed grey. Figures use
+matplotlib's Agg canvas directly (no pyplot, no global backend switch), so they work headless.
+test.py (``vis N``) draws episode figures through ``util.evaluator.draw_episode_figures``;
+``python -m util.report --chart`` draws the per-class IoU chart.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from util.errors import UserError
+from util.image_io import image_size
+from util.metrics import IGNORE_INDEX, intersection_union
+from util.transform import ResizePad
+
+MASK_COLOUR = (0, 190, 255)        # support masks and ground truth (sky blue)
+PRED_COLOUR = (255, 40, 180)       # predictions (magenta)
+IGNORE_COLOUR = (255, 255, 255)    # label 255 (object borders, padding)
+ALPHA = 0.5
+BACKGROUND_BRIGHTNESS = 0.75      # everything outside the mask: grey, dimmed by this factor
+FOLD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")  # Okabe-Ito: readable for colour-blind readers
+BASELINE_COLOUR = "#999999"
+PANEL_HEIGHT = 240                 # pixels of every image panel in an episode figure
+DPI = 100
+SHEET_GAP = 10
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass
+class EpisodePictures:
+    """One episode as displayable arrays: uint8 RGB images and their {0, 1, 255} masks, padding removed."""
+
+    supports_rgb: list[np.ndarray]
+    support_masks: list[np.ndarray]
+    query_rgb: np.ndarray
+    query_gt: np.ndarray
+
+
+def _numpy(array: ArrayLike) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def to_rgb(image: ArrayLike, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the dataset normalisation: ``[3, H, W]`` float (``(x/255 - mean) / std``) -> uint8 RGB ``[H, W, 3]``."""
+    chw = _numpy(image).astype(np.float32)
+    if chw.ndim != 3 or chw.shape[0] != 3:
+        raise ValueError(f"expected a [3, H, W] image, got shape {chw.shape}")
+    rgb = (chw.transpose(1, 2, 0) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)) * 255.0
+    return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255), dtype=np.uint8)
+
+
+def content_size(original_hw: tuple[int, int], size: int) -> tuple[int, int]:
+    """``(h, w)`` of the top-left region that an ``original_hw`` image fills after the test resize-and-pad to ``size``."""
+    height, width = (int(v) for v in original_hw)
+    zeros = np.zeros((height, width), np.uint8)
+    _, placed = ResizePad(size, (0,), IGNORE_INDEX)(zeros, zeros, None)
+    rows, cols = np.nonzero(placed != IGNORE_INDEX)
+    return int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def episode_pictures(sample: Mapping[str, Any], mean: Sequence[float], std: Sequence[float],
+                     index: int | None = None) -> EpisodePictures:
+    """Displayable images of a test episode from ``EpisodeDataset`` (``index=None``) or of episode ``index``
+    of a collated batch; the padding of the test geometry is cropped when the original sizes are known
+    (query: ``query_size_ori`` or ``query_label_ori``; supports: the header of ``support_paths``)."""
+    def item(key: str) -> Any:
+        return sample[key] if index is None else sample[key][index]
+
+    query, supports, masks = item("query"), item("supports"), item("support_masks")
+    size = int(query.shape[-1])
+    if "query_size_ori" in sample:
+        query_hw = tuple(int(v) for v in _numpy(item("query_size_ori")))
+    elif "query_label_ori" in sample and index is None:
+        query_hw = tuple(sample["query_label_ori"].shape)
+    else:
+        query_hw = None
+    support_paths = item("support_paths") if "support_paths" in sample else [None] * len(supports)
+
+    def crop(rgb: np.ndarray, label: np.ndarray, original_hw) -> tuple[np.ndarray, np.ndarray]:
+        if original_hw is None:
+            return rgb, label
+        height, width = content_size(original_hw, size)
+        return rgb[:height, :width], label[:height, :width]
+
+    supports_rgb, support_masks = [], []
+    for support, mask, path in zip(supports, masks, support_paths):
+        rgb, label = crop(to_rgb(support, mean, std), _numpy(mask), image_size(path) if path else None)
+        supports_rgb.append(rgb)
+        support_masks.append(label)
+    query_rgb, query_gt = crop(to_rgb(query, mean, std), _numpy(item("query_label")), query_hw)
+    return EpisodePictures(supports_rgb, support_masks, query_rgb, query_gt)
+
+
+def foreground_iou(pred: ArrayLike, label: ArrayLike) -> float:
+    """Foreground IoU of one binary prediction against a {0, 1, 255} label; NaN if both are empty."""
+    inter, union = intersection_union(torch.as_tensor(_numpy(pred)).long(), torch.as_tensor(_numpy(label)).long(), 2)
+    return float(inter[1]) / float(union[1]) if int(union[1]) else math.nan
+
+
+def _line_width(shape: tuple[int, ...]) -> int:
+    return max(1, round(max(shape[:2]) / 160))
+
+
+def overlay_mask(rgb: ArrayLike, mask: ArrayLike, colour: tuple[int, int, int] = MASK_COLOUR, alpha: float = ALPHA,
+                 outline: ArrayLike | None = None, outline_colour: tuple[int, int, int] = MASK_COLOUR) -> np.ndarray:
+    """``rgb`` with ``mask == 1`` tinted in ``colour`` and outlined, ``mask == 255`` whitened and the rest shown
+    in dimmed grey (so the mask stands out whatever the scene's colours); optionally the foreground of a
+    second mask ``outline`` drawn as a contour only (e.g. the ground truth on a prediction)."""
+    image = _numpy(rgb).astype(np.uint8)
+    labels = _numpy(mask)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"mask {labels.shape} and image {image.shape[:2]} differ in size")
+    out = image.astype(np.float32)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
+    foreground, ignored = labels == 1, labels == IGNORE_INDEX
+    out = np.where(foreground[..., None], out, BACKGROUND_BRIGHTNESS * grey)
+    for region, tint in ((foreground, colour), (ignored, IGNORE_COLOUR)):
+        out[region] = (1 - alpha) * out[region] + alpha * np.asarray(tint, np.float32)
+    out = np.ascontiguousarray(np.clip(np.rint(out), 0, 255), dtype=np.uint8)
+    width = _line_width(image.shape)
+    for contour_mask, contour_colour in ((foreground, colour), (None if outline is None else _numpy(outline) == 1, outline_colour)):
+        if contour_mask is None:
+            continue
+        contours, _ = cv2.findContours(contour_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in contour_colour), width)
+    return out
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def save_panels(path: str | Path, panels: Sequence[tuple[np.ndarray, str]], title: str) -> Path:
+    """One row of images (each ``PANEL_HEIGHT`` px high, its own aspect ratio) with a caption each and a title."""
+    margin, title_h, caption_h = 8, 34, 24
+    widths = [max(1, round(PANEL_HEIGHT * image.shape[1] / image.shape[0])) for image, _ in panels]
+    width = margin + sum(w + margin for w in widths)
+    height = title_h + caption_h + PANEL_HEIGHT + margin
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    figure.text(0.5, 1 - (title_h / 2) / height, title, ha="center", va="center", fontsize=12, weight="bold")
+    left = margin
+    for (image, caption), panel_w in zip(panels, widths):
+        axes = figure.add_axes((left / width, margin / height, panel_w / width, PANEL_HEIGHT / height))
+        axes.imshow(image, interpolation="antialiased", aspect="auto")
+        axes.set_axis_off()
+        figure.text((left + panel_w / 2) / width, (margin + PANEL_HEIGHT + caption_h / 2) / height, caption,
+                    ha="center", va="center", fontsize=9)
+        left += panel_w + margin
+    return _save(figure, Path(path))
+
+
+def save_episode_figure(path: str | Path, supports_rgb: Sequence[ArrayLike], support_masks: Sequence[ArrayLike],
+                        query_rgb: ArrayLike, query_gt: ArrayLike, query_pred: ArrayLike, iou: float | None,
+                        class_name: str) -> Path:
+    """The episode figure: every support with its mask, the query with the ground truth, the query with
+    the prediction (ground truth outlined); class and IoU in the title. ``query_gt`` and ``query_pred``
+    share one size; ``query_rgb`` is resized to it if it differs (e.g. network grid vs original size)."""
+    if len(supports_rgb) != len(support_masks) or not supports_rgb:
+        raise ValueError(f"need one mask per support image, got {len(supports_rgb)} images and {len(support_masks)} masks")
+    gt, pred = _numpy(query_gt), _numpy(query_pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
+    query = _numpy(query_rgb).astype(np.uint8)
+    if query.shape[:2] != gt.shape:
+        query = cv2.resize(query, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    shots = len(supports_rgb)
+    panels = [(overlay_mask(rgb, mask), f"support {k + 1}/{shots}" if shots > 1 else "support")
+              for k, (rgb, mask) in enumerate(zip(supports_rgb, support_masks))]
+    panels.append((overlay_mask(query, gt), "query: ground truth"))
+    panels.append((overlay_mask(query, pred, PRED_COLOUR, outline=gt), "query: prediction (outline: truth)"))
+    score = "IoU n/a" if iou is None or math.isnan(iou) else f"IoU {100 * iou:.1f}%"
+    return save_panels(path, panels, f"{class_name}  ·  {shots}-shot  ·  {score}")
+
+
+def save_sample_figure(path: str | Path, sample: Mapping[str, Any], index: int | None, query_pred: ArrayLike,
+                       query_gt: ArrayLike, mean: Sequence[float], std: Sequence[float], class_name: str) -> Path:
+    """:func:`save_episode_figure` for a dataset sample (``index=None``) or entry ``index`` of a collated batch,
+    with a prediction and the label it is scored against: the original-size label (``ori_resize``) or the
+    network-grid label (then both are cropped to the image's unpadded region). The IoU is computed here."""
+    pictures = episode_pictures(sample, mean, std, index)
+    gt, pred = _numpy(query_gt), _numpy(query_pred)
+    iou = foreground_iou(pred, gt)
+    grid = tuple(sample["query"].shape[-2:])
+    if gt.shape == grid and pictures.query_gt.shape != grid:
+        height, width = pictures.query_gt.shape
+        gt, pred = gt[:height, :width], pred[:height, :width]
+    return save_episode_figure(path, pictures.supports_rgb, pictures.support_masks, pictures.query_rgb,
+                               gt, pred, iou, class_name)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"{path}: cannot read the figure; is it a PNG/JPEG written by util.visualize?")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def save_contact_sheet(paths: Sequence[str | Path], out: str | Path, columns: int = 2, max_tile_width: int = 1400) -> Path:
+    """Tile figures row by row, ``columns`` per row, left-aligned on white at their own size (figures wider
+    than ``max_tile_width`` px are scaled down to it)."""
+    if not paths:
+        raise ValueError("no figures to put on the contact sheet")
+    tiles = []
+    for path in paths:
+        image = _read_rgb(Path(path))
+        if image.shape[1] > max_tile_width:
+            height = max(1, round(image.shape[0] * max_tile_width / image.shape[1]))
+            image = cv2.resize(image, (max_tile_width, height), interpolation=cv2.INTER_AREA)
+        tiles.append(image)
+    columns = max(1, min(columns, len(tiles)))
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    cell_width = max(t.shape[1] for t in tiles)
+    row_heights = [max(t.shape[0] for t in row) for row in rows]
+    sheet = np.full((SHEET_GAP + sum(h + SHEET_GAP for h in row_heights),
+                     SHEET_GAP + columns * (cell_width + SHEET_GAP), 3), 255, np.uint8)
+    top = SHEET_GAP
+    for row, row_height in zip(rows, row_heights):
+        left = SHEET_GAP
+        for tile in row:
+            sheet[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+            left += cell_width + SHEET_GAP
+        top += row_height + SHEET_GAP
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise UserError(f"cannot write {out}; check the folder is writable")
+    return out
+
+
+def _class_means(seeds: Sequence[Mapping[str, Any]], names: Sequence[str], baseline: bool) -> tuple[list[float], list[float]]:
+    """Mean and (population) std over seeds of each class's IoU (seeds without episodes of a class skipped)."""
+    means, stds = [], []
+    for name in names:
+        values = [(s["baseline"] if baseline else s)["class_iou"][name] for s in seeds
+                  if name in (s["baseline"] if baseline else s)["class_iou"]]
+        means.append(float(np.mean(values)) if values else math.nan)
+        stds.append(float(np.std(values)) if values else math.nan)
+    return means, stds
+
+
+def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
+    """Per-class IoU (percent, mean ± std over seeds) of one or more folds' test results (test.py's
+    ``results.json`` dicts), next to the every-object baseline of the same episodes, with each fold's mIoU
+    as a dashed line."""
+    if not results:
+        raise ValueError("no results to chart")
+    folds = sorted(results, key=lambda r: r["protocol"]["split"])
+    classes_total = 0
+    per_fold = []
+    for result in folds:
+        seeds = result["seeds"]
+        names = list(result["protocol"].get("novel_classes") or dict.fromkeys(n for s in seeds for n in s["class_iou"]))
+        names = [n for n in names if any(n in s["class_iou"] for s in seeds)]
+        per_fold.append((result, names, _class_means(seeds, names, False), _class_means(seeds, names, True)))
+        classes_total += len(names)
+    protocol = folds[0]["protocol"]
+    figure = Figure(figsize=(max(6.0, 1.6 + 0.42 * classes_total + 0.3 * len(folds)), 4.6), dpi=DPI)
+    axes = figure.add_axes((0.9 / figure.get_figwidth(), 0.3, 1 - 1.1 / figure.get_figwidth(), 0.58))
+    x, ticks, labels, handles = 0.0, [], [], []
+    for fold_index, (result, names, (means, stds), (base_means, _)) in enumerate(per_fold):
+        colour = FOLD_COLOURS[int(result["protocol"]["split"]) % len(FOLD_COLOURS)]
+        xs = x + np.arange(len(names))
+        errors = stds if len(result["seeds"]) > 1 else None
+        axes.bar(xs - 0.19, 100 * np.asarray(means), 0.38, color=colour,
+                 yerr=None if errors is None else 100 * np.asarray(errors), capsize=2)
+        axes.bar(xs + 0.19, 100 * np.asarray(base_means), 0.38, color=BASELINE_COLOUR)
+        miou = 100 * result["miou"]["mean"]
+        axes.hlines(miou, xs[0] - 0.45, xs[-1] + 0.45, colors=colour, linestyles="dashed", linewidth=1.2)
+        handles.append(Patch(color=colour, label=f"fold {result['protocol']['split']}: mIoU {miou:.1f}"))
+        ticks.extend(xs.tolist())
+        labels.extend(names)
+        x += len(names) + 0.6
+    handles.append(Patch(color=BASELINE_COLOUR, label="every-object baseline"))
+    axes.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=9)
+    axes.set_xlim(-0.7, ticks[-1] + 0.7)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("IoU (%)")
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    axes.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=len(handles), frameon=False)
+    seeds = protocol["test_seeds"]
+    spread = ", error bars: std over seeds" if len(seeds) > 1 else ""
+    figure.suptitle(f"{protocol['dataset']} {protocol['backbone']} {protocol['shot']}-shot: per-class IoU "
+                    f"({len(seeds)} seed(s) x {protocol['test_episodes']} episodes{spread})", fontsize=11)
+    return _save(figure, Path(out))
