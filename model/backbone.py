@@ -14,7 +14,7 @@ import timm
 import torch
 import torch.nn as nn
 from torchvision.models import resnet
-from torchvision.models import vgg16_bn
+from torchvision.models.vgg import cfgs, make_layers
 
 from util.errors import UserError
 
@@ -68,7 +68,7 @@ def _deep_base_resnet(depth: int) -> Backbone:
 
 
 def _vgg16_bn() -> Backbone:
-    features = vgg16_bn(weights=None).features
+    features = make_layers(cfgs["D"], batch_norm=True)
     for module in features:
         if isinstance(module, nn.MaxPool2d):
             module.ceil_mode = True

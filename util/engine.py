@@ -158,7 +158,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
     step_model: nn.Module = model
     if ctx.world_size > 1:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        step_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+        step_model = DistributedDataParallel(model, device_ids=device_ids)
 
     log.info(
         f"{job.stage}: {total} iterations ({iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "

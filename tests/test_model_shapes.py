@@ -1,0 +1,178 @@
+"""MIANet end to end on CPU: stage and prior shapes per backbone and input size, train-mode losses, gradients,
+frozen backbone BN, the GIM/HPM ablations and K-shot prototypes. Batch 1 and few ResNet forwards keep it fast."""
+from typing import Any
+
+import pytest
+import torch
+
+from model.mianet import MIANet
+from util.config import load_config
+
+TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
+
+
+def build(backbone: str, dataset: str, **overrides: Any) -> MIANet:
+    cfg = load_config(None, {"backbone": backbone, "dataset": dataset, "pretrained_backbone": False, **overrides})
+    torch.manual_seed(0)
+    return MIANet.from_config(cfg)
+
+
+def lite0(**overrides: Any) -> MIANet:
+    return build("efficientnet_lite0", "synth", **overrides)
+
+
+def episode(batch: int, shots: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random images; masks with a foreground box, background and a 255 border; class ids 1..batch."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, 3, size, size, generator=gen)
+    supports = torch.randn(batch, shots, 3, size, size, generator=gen)
+    masks = torch.zeros(batch, shots, size, size, dtype=torch.long)
+    masks[..., size // 4: size * 3 // 4, size // 5: size * 2 // 3] = 1
+    masks[..., :3, :] = 255
+    label = torch.zeros(batch, size, size, dtype=torch.long)
+    label[:, size // 3:, : size // 2] = 1
+    label[:, -2:, :] = 255
+    return query, supports, masks, torch.arange(1, batch + 1), label
+
+
+def record_shapes(model: MIANet) -> dict[str, Any]:
+    """Shapes seen by the backbone (its five outputs, per call) and by the IFM (query features, prototype, priors;
+    aux logits)."""
+    seen: dict[str, Any] = {"layers": []}
+
+    def after_backbone(module, args, out) -> None:
+        seen["layers"].append([tuple(t.shape) for t in out])
+
+    def before_ifm(module, args) -> None:
+        seen.update(query_feat=tuple(args[0].shape), prototype=tuple(args[1].shape),
+                    priors=[tuple(p.shape) for p in args[2]], prior_values=[p.detach() for p in args[2]])
+
+    def after_ifm(module, args, out) -> None:
+        seen["aux"] = [tuple(a.shape) for a in out[1]]
+
+    model.backbone.register_forward_hook(after_backbone)
+    model.ifm.register_forward_pre_hook(before_ifm)
+    model.ifm.register_forward_hook(after_ifm)
+    return seen
+
+
+# (backbone, dataset, size, batch, shots, (channels, side) of layer0..4, query-feature side, bins)
+SHAPE_CASES = [
+    ("resnet50", "pascal", 473, 1, 1, [(128, 119), (256, 119), (512, 60), (1024, 60), (2048, 60)], 60, [60, 30, 15, 8]),
+    ("resnet50", "coco", 641, 1, 1, [(128, 161), (256, 161), (512, 81), (1024, 81), (2048, 81)], 81, [81, 41, 21, 11]),
+    ("vgg16_bn", "pascal", 473, 1, 1, [(64, 237), (128, 119), (256, 60), (512, 30), (512, 30)], 30, [60, 30, 15, 8]),
+    ("efficientnet_lite0", "synth", 193, 1, 5, [(16, 97), (24, 49), (40, 25), (112, 25), (320, 25)], 25, [25, 13, 7, 4]),
+    ("efficientnet_lite0", "synth", 321, 1, 1, [(16, 161), (24, 81), (40, 41), (112, 41), (320, 41)], 41, [41, 21, 11, 6]),
+]
+
+
+@pytest.mark.parametrize("backbone, dataset, size, batch, shots, layers, feat, bins", SHAPE_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{c[4]}shot" for c in SHAPE_CASES])
+def test_eval_shapes(backbone, dataset, size, batch, shots, layers, feat, bins):
+    model = build(backbone, dataset).eval()
+    seen = record_shapes(model)
+    query, supports, masks, class_ids, _ = episode(batch, shots, size)
+    with torch.no_grad():
+        logits = model(query, supports, masks, class_ids)
+    assert sum(call[0][0] for call in seen["layers"]) == batch * (1 + shots)  # query and supports, once each
+    for call in seen["layers"]:
+        assert [shape[1:] for shape in call] == [(c, side, side) for c, side in layers]
+    assert seen["query_feat"] == (batch, 256, feat, feat)
+    assert seen["prototype"] == (batch, 256)
+    assert seen["priors"] == [(batch, 1, b, b) for b in bins]
+    for prior in seen["prior_values"]:
+        assert prior.min() >= 0 and prior.max() <= 1 + 1e-6
+    assert logits.shape == (batch, 2, size, size)
+    assert torch.isfinite(logits).all()
+
+
+def test_train_mode_losses_gradients_and_frozen_backbone():
+    model = lite0().train()
+    assert not model.backbone.training and model.down_features.training and model.ifm.training
+    stats = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    seen = record_shapes(model)
+    query, supports, masks, class_ids, label = episode(2, 2, 97, seed=1)
+    out = model(query, supports, masks, class_ids, label)
+
+    assert set(out) == TRAIN_KEYS
+    assert out["logits"].shape == (2, 2, 97, 97)
+    assert seen["aux"] == [(2, 2, b, b) for b in (13, 7, 4, 2)]
+    for key in TRAIN_KEYS - {"logits"}:
+        assert out[key].shape == () and torch.isfinite(out[key])
+    assert out["loss_triplet"] > 0
+    assert torch.allclose(out["loss"], out["loss_main"] + model.aux_weight * out["loss_aux"] + out["loss_triplet"])
+
+    out["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    trainable = {n: p for n, p in model.named_parameters() if not n.startswith("backbone.")}
+    assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in trainable.values()}
+    for name, parameter in trainable.items():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+    for group in ("down_features.", "gig.", "lfg.", "ifm.init_merge.", "ifm.alpha_conv.", "ifm.beta_conv.",
+                  "ifm.inner_cls.", "ifm.res1.", "ifm.res2.", "ifm.cls."):
+        assert any(p.grad.abs().sum() > 0 for n, p in trainable.items() if n.startswith(group)), group
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, stats[key]), key
+
+
+def test_backbone_bn_statistics_move_only_without_freeze():
+    model = lite0(freeze_backbone_bn=False).train()
+    assert model.backbone.training
+    before = model.backbone.layer0[1].running_mean.clone()
+    query, supports, masks, class_ids, label = episode(1, 1, 65, seed=2)
+    out = model(query, supports, masks, class_ids, label)
+    assert torch.isfinite(out["loss"])
+    assert not torch.equal(model.backbone.layer0[1].running_mean, before)
+    assert all(p.grad is None for p in model.backbone.parameters())
+    model.eval()
+    assert not model.backbone.training
+
+
+def test_fresh_model_already_has_frozen_backbone_bn():
+    model = lite0()
+    assert model.training
+    assert not model.backbone.training
+
+
+def test_without_gim_there_is_no_gig_lfg_and_no_triplet_loss():
+    model = lite0(use_gim=False).train()
+    assert not hasattr(model, "gig") and not hasattr(model, "lfg")
+    assert not any(k.startswith(("gig.", "lfg.")) for k in model.state_dict())
+    query, supports, masks, class_ids, label = episode(1, 2, 65, seed=3)
+    out = model(query, supports, masks, class_ids, label)
+    assert out["loss_triplet"].item() == 0.0
+    assert torch.allclose(out["loss"], out["loss_main"] + out["loss_aux"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.trainable_parameters())
+
+
+def test_without_hpm_priors_are_zero_and_both_modes_run():
+    model = lite0(use_hpm=False).eval()
+    seen = record_shapes(model)
+    query, supports, masks, class_ids, label = episode(1, 1, 65, seed=4)
+    with torch.no_grad():
+        logits = model(query, supports, masks, class_ids)
+    assert logits.shape == (1, 2, 65, 65) and torch.isfinite(logits).all()
+    assert seen["priors"] == [(1, 1, b, b) for b in (9, 5, 3, 2)]
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in seen["prior_values"])
+    out = model.train()(query, supports, masks, class_ids, label)
+    assert set(out) == TRAIN_KEYS and torch.isfinite(out["loss"])
+
+
+def test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic():
+    model = lite0().eval()
+    query, supports, masks, class_ids, _ = episode(1, 2, 65, seed=5)
+    first = supports[:, :1], masks[:, :1]
+    with torch.no_grad():
+        one = model(query, *first, class_ids)
+        again = model(query, *first, class_ids)
+        same = model(query, first[0].expand(-1, 3, -1, -1, -1), first[1].expand(-1, 3, -1, -1), class_ids)
+        two = model(query, supports, masks, class_ids)
+        ignore_as_zero = model(query, first[0], first[1].masked_fill(first[1] == 255, 0), class_ids)
+        other_class = model(query, *first, class_ids + 4)
+    assert torch.equal(one, again)
+    assert torch.allclose(same, one, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ignore_as_zero, one, atol=1e-5, rtol=1e-5)  # only label == 1 is foreground
+    assert not torch.allclose(two, one, atol=1e-3)  # the second (different) support is used
+    assert not torch.allclose(other_class, one, atol=1e-4)  # the class-name vector reaches the output
