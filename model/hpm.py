@@ -5,7 +5,7 @@ count as 0), of its cosine similarity with the masked support layer4 features, m
 the query positions. The query features are reweighted by the prior and pooled to the next level.
 
 ``mean_j cos(q, s_j) = q/|q| . mean_j s_j/|s_j|``, so the prior costs O(HW*C) instead of building the
-HW x HW similarity matrix.
+HW x HW similarity matrix; neither unit-length copy of the features is materialised either.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 EPS = 1e-7
+NORM_EPS = 1e-12
 
 
 def pyramid_bins(first: int, levels: int = 4) -> list[int]:
@@ -28,15 +29,33 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
 
 
+def weighted_sum(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_p weights[n, k, p] * features[n, :, p]`` over the positions p: [N, C, h, w], [N, K, h, w] -> [N, K, C].
+
+    One batched matrix product on a view of ``features`` (no copy in NCHW or channels-last; einsum copies
+    channels-last features first, which costs 30x more here).
+    """
+    return weights.flatten(2) @ features.flatten(2).transpose(1, 2)
+
+
+def _mean_direction(support: torch.Tensor) -> torch.Tensor:
+    """``mean_j s_j/|s_j|`` over the positions of ``support`` [N, C, h, w] -> [N, C]."""
+    inverse_norm = torch.linalg.vector_norm(support, dim=1, keepdim=True).clamp_min(NORM_EPS).reciprocal()
+    return weighted_sum(support, inverse_norm)[:, 0] / (support.shape[-2] * support.shape[-1])
+
+
+def _normalised_priors(query: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Min-max normalised ``q/|q| . d_k`` [B, K, h, w] of ``query`` [B, C, h, w] for each direction of [B, K, C]."""
+    prior = (directions @ query.flatten(2)).view(*directions.shape[:2], *query.shape[-2:])
+    prior = prior / torch.linalg.vector_norm(query, dim=1, keepdim=True).clamp_min(NORM_EPS)
+    low = prior.flatten(2).amin(dim=2)[..., None, None]
+    high = prior.flatten(2).amax(dim=2)[..., None, None]
+    return (prior - low) / (high - low + EPS)
+
+
 def cosine_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Min-max normalised mean cosine prior [B, 1, h, w] of ``query`` [B, C, h, w] to ``support`` [B, C, hs, ws]."""
-    query_unit = query / torch.linalg.vector_norm(query, dim=1, keepdim=True).clamp_min(1e-12)
-    support_unit = support / torch.linalg.vector_norm(support, dim=1, keepdim=True).clamp_min(1e-12)
-    mean_direction = support_unit.mean(dim=(2, 3))
-    prior = torch.einsum("bchw,bc->bhw", query_unit, mean_direction)
-    low = prior.flatten(1).amin(dim=1)[:, None, None]
-    high = prior.flatten(1).amax(dim=1)[:, None, None]
-    return ((prior - low) / (high - low + EPS)).unsqueeze(1)
+    return _normalised_priors(query, _mean_direction(support)[:, None])
 
 
 def hierarchical_priors(query_layer4: torch.Tensor, support_layer4: torch.Tensor, support_masks: torch.Tensor,
@@ -53,14 +72,11 @@ def hierarchical_priors(query_layer4: torch.Tensor, support_layer4: torch.Tensor
     mask = support_masks.flatten(0, 1).unsqueeze(1).float()
     priors = []
     for level, size in enumerate(bins):
-        aux = _resize(aux, size)
         mask = _resize(mask, size)
-        aux = aux * mask
-        repeated = main.repeat_interleave(shots, dim=0)
-        prior = cosine_prior(repeated, aux).view(batch, shots, 1, size, size).mean(dim=1)
+        aux = _resize(aux, size) * mask
+        directions = _mean_direction(aux).view(batch, shots, -1)
+        prior = _normalised_priors(main, directions).mean(dim=1, keepdim=True)
         priors.append(prior)
-        main = main * prior
         if level + 1 < len(bins):
-            main = F.adaptive_avg_pool2d(main, bins[level + 1])
+            main = F.adaptive_avg_pool2d(main * prior, bins[level + 1])
     return priors
-

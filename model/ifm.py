@@ -6,6 +6,8 @@ Parameter names follow the reference (``init_merge``, ``alpha_conv``, ``beta_con
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ class InformationFusion(nn.Module):
     """Fuses per-bin ``[query features, prototype, prior]`` coarse-to-fine and classifies.
 
     forward(query_feat [B,C,h,w], prototype [B,C], priors [B,1,b,b] per bin) -> (logits [B,2,h,w],
-    per-bin auxiliary logits [B,2,b,b]).
+    per-bin auxiliary logits [B,2,b,b], or [] with ``aux=False``).
     """
 
     def __init__(self, channels: int = 256, levels: int = 4) -> None:
@@ -38,23 +40,49 @@ class InformationFusion(nn.Module):
         self.res2 = nn.Sequential(*_conv_relu(channels, channels, 3), *_conv_relu(channels, channels, 3))
         self.cls = _classifier(channels)
 
-    def forward(self, query_feat: torch.Tensor, prototype: torch.Tensor,
-                priors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, query_feat: torch.Tensor, prototype: torch.Tensor, priors: list[torch.Tensor],
+                aux: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``aux=False`` skips the per-bin auxiliary classifiers (they only feed the training loss) and returns [].
+
+        Same function as the concatenations of the reference, computed without building them: the
+        prototype's share of ``init_merge`` is a per-sample bias (a 1x1 conv of a constant map), and
+        ``res1`` (a 1x1 conv) is applied to each bin before upsampling, which commutes with it.
+        """
         size = query_feat.shape[-2:]
-        merged, aux_logits = [], []
-        previous = None
+        channels = query_feat.shape[1]
+        res1_weights = self.res1[0].weight.split(channels, dim=1)
+        fused, previous, aux_logits = None, None, []
         for level, prior in enumerate(priors):
             bin_size = prior.shape[-1]
-            query_bin = F.adaptive_avg_pool2d(query_feat, bin_size)
-            prototype_bin = prototype[:, :, None, None].expand(-1, -1, bin_size, bin_size)
-            merge = self.init_merge[level](torch.cat([query_bin, prototype_bin, prior], dim=1))
+            query_bin = _resize(query_feat, (bin_size, bin_size), F.adaptive_avg_pool2d)
+            merge = self._init_merge(level, query_bin, prototype, prior)
             if previous is not None:
-                previous = F.interpolate(previous, size=(bin_size, bin_size), mode="bilinear", align_corners=True)
+                previous = _resize(previous, (bin_size, bin_size), _bilinear)
                 merge = self.alpha_conv[level - 1](torch.cat([merge, previous], dim=1)) + merge
             merge = self.beta_conv[level](merge) + merge
             previous = merge
-            aux_logits.append(self.inner_cls[level](merge))
-            merged.append(F.interpolate(merge, size=size, mode="bilinear", align_corners=True))
-        fused = self.res1(torch.cat(merged, dim=1))
+            if aux:
+                aux_logits.append(self.inner_cls[level](merge))
+            share = _resize(F.conv2d(merge, res1_weights[level]), size, _bilinear)
+            fused = share if fused is None else fused + share
+        fused = fused.relu_()
         fused = self.res2(fused) + fused
         return self.cls(fused), aux_logits
+
+    def _init_merge(self, level: int, query_bin: torch.Tensor, prototype: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """``init_merge[level]`` of ``cat(query_bin, prototype broadcast, prior)``."""
+        weight = self.init_merge[level][0].weight[:, :, 0, 0]
+        channels = query_bin.shape[1]
+        query_weight, prototype_weight, prior_weight = weight.split([channels, channels, 1], dim=1)
+        bias = torch.addcmul((prototype @ prototype_weight.T)[:, :, None, None], prior_weight[None, :, :, None], prior)
+        return (F.conv2d(query_bin, query_weight[:, :, None, None]) + bias).relu_()
+
+
+def _bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int],
+            resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> torch.Tensor:
+    """``resize(x, size)``, or ``x`` itself when it already has that size (both resizes are then the identity)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else resize(x, size)

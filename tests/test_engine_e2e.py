@@ -13,6 +13,7 @@ import train_base as train_base_script
 from tests.fixtures_engine import Crash, make_tiny_synth
 from util.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
 TINY = ["train_size", "65", "val_size", "65", "train_episodes", "8", "val_episodes", "4", "test_episodes", "6",
