@@ -10,14 +10,13 @@ from typing import Sequence
 from model.mianet import MIANet
 from util.checkpoint import base_weight_path, meta_run_dir
 from util.classes import class_names
-from util.cli import config_from_cli
 from util.config import Config
 from util.dataset import EpisodeDataset, collate_episodes
-from util.distributed import DistContext, init_distributed, shutdown_distributed
-from util.engine import Schedule, TrainJob, TrainResult, train
+from util.distributed import DistContext
+from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import UserError, cli_entry
 from util.evaluator import episode_scores_summary, evaluate_episodes
-from util.runtime import epoch_seed, seed_everything
+from util.runtime import epoch_seed
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
@@ -56,13 +55,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    cfg = config_from_cli(argv, __doc__)
-    ctx = init_distributed(cfg.device)
-    try:
-        seed_everything(cfg.seed)
-        return train(cfg, build_job(cfg, ctx), ctx)
-    finally:
-        shutdown_distributed()
+    return train_from_cli(argv, __doc__, build_job)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ from typing import Sequence
 from model.pspnet import PSPNet
 from util.checkpoint import base_run_dir
 from util.classes import base_classes
-from util.cli import config_from_cli
 from util.config import Config
 from util.dataset import BaseClassDataset
-from util.distributed import DistContext, init_distributed, shutdown_distributed
-from util.engine import Schedule, TrainJob, TrainResult, train
+from util.distributed import DistContext
+from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import cli_entry
 from util.evaluator import evaluate_semantic
-from util.runtime import epoch_seed, seed_everything
+from util.runtime import epoch_seed
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
@@ -44,13 +43,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    cfg = config_from_cli(argv, __doc__)
-    ctx = init_distributed(cfg.device)
-    try:
-        seed_everything(cfg.seed)
-        return train(cfg, build_job(cfg, ctx), ctx)
-    finally:
-        shutdown_distributed()
+    return train_from_cli(argv, __doc__, build_job)
 
 
 if __name__ == "__main__":

@@ -72,15 +72,20 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU; a missing or unreadable file is a :class:`UserError`."""
+def read_checkpoint_file(path: str | Path, missing_hint: str = "check the path") -> Any:
+    """``torch.load`` onto the CPU (tensors only); a missing or unreadable file is a :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; check the path (config keys 'weight', 'resume', 'base_weight')")
+        raise UserError(f"checkpoint {path} not found; {missing_hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt/foreign file
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a torch checkpoint") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load one of our checkpoints onto the CPU; a missing, unreadable or foreign file is a :class:`UserError`."""
+    state = read_checkpoint_file(path, "check the path (config keys 'weight', 'resume', 'base_weight')")
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} has no 'model' entry; it was not written by this codebase's train scripts")
     return state

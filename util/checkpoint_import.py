@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from util.checkpoint import check_state_fits, load_model_state, save_atomic
+from util.checkpoint import check_state_fits, load_model_state, read_checkpoint_file, save_atomic
 from util.errors import UserError, cli_entry
 
 # Reference MIANet top-level modules -> ours.
@@ -29,13 +29,7 @@ _BACKBONE_STAGES = tuple(f"layer{i}." for i in range(5))
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat parameter dict of any checkpoint file (ours: ``model``; reference: ``state_dict``), no ``module.``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; check the path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt/foreign file
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a torch checkpoint") from None
+    state = read_checkpoint_file(path)
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -26,10 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from util.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, resume_path, rng_state, save_atomic
-from util.distributed import DistContext, EpochSampler, all_reduce_mean, barrier
+from util.cli import config_from_cli
+from util.config import Config
+from util.distributed import DistContext, EpochSampler, all_reduce_mean, barrier, init_distributed, shutdown_distributed
 from util.errors import UserError
 from util.runlog import RunLog
-from util.runtime import autocast, grad_scaler, to_device
+from util.runtime import autocast, grad_scaler, seed_everything, to_device
 
 
 class TrainingDiverged(UserError):
@@ -111,6 +113,18 @@ def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResul
         return _train(cfg, job, ctx, log)
     finally:
         log.close()
+
+
+def train_from_cli(argv: Sequence[str] | None, description: str,
+                   build_job: Callable[[Config, DistContext], TrainJob]) -> TrainResult:
+    """An entry point's whole run: config from the command line, distributed set-up, seeding, :func:`train`."""
+    cfg = config_from_cli(argv, description)
+    ctx = init_distributed(cfg.device)
+    try:
+        seed_everything(cfg.seed)
+        return train(cfg, build_job(cfg, ctx), ctx)
+    finally:
+        shutdown_distributed()
 
 
 def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog) -> TrainResult:
