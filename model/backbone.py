@@ -47,6 +47,11 @@ class Backbone(nn.Module):
         return features
 
 
+def cpu_layout(images: torch.Tensor) -> torch.Tensor:
+    """Channels-last on CPU, where oneDNN convolutions then skip a layout reorder per layer; unchanged elsewhere."""
+    return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
+
+
 def _deep_base_resnet(depth: int) -> Backbone:
     blocks = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
     net = resnet.ResNet(resnet.Bottleneck, blocks)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import Backbone, build_backbone
+from model.backbone import Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
 from model.hpm import hierarchical_priors, pyramid_bins, weighted_sum
 from model.ifm import InformationFusion
@@ -38,11 +38,6 @@ class DownFeatures(nn.Sequential):
             layer2 = F.interpolate(layer2, size=layer3.shape[-2:], mode="bilinear", align_corners=True)
         weight3, weight2 = self[0].weight.split([layer3.shape[1], layer2.shape[1]], dim=1)
         return (F.conv2d(layer3, weight3) + F.conv2d(layer2, weight2)).relu_()
-
-
-def _cpu_layout(images: torch.Tensor) -> torch.Tensor:
-    """Channels-last on CPU, where oneDNN convolutions then skip a layout reorder per layer; unchanged elsewhere."""
-    return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
 
 
 def _join(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -123,7 +118,7 @@ class MIANet(nn.Module):
         else:
             groups = [images]
         with torch.no_grad():
-            features = [self.backbone(_cpu_layout(group))[2:] for group in groups]
+            features = [self.backbone(cpu_layout(group))[2:] for group in groups]
         mid = _join([self.down_features(layer3, layer2) for layer2, layer3, _ in features])
         return mid, _join([layer4 for _, _, layer4 in features])
 

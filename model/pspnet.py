@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import Backbone, build_backbone, load_imagenet_weights
+from model.backbone import Backbone, build_backbone, cpu_layout, load_imagenet_weights
 from util.classes import base_classes
 
 
@@ -58,7 +58,7 @@ class PSPNet(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """Per-class logits at the input size; with ``labels`` (train) also the cross-entropy ``loss``."""
-        layer4 = self.backbone(images)[4]
+        layer4 = self.backbone(cpu_layout(images))[4]
         logits = self.cls(self.ppm(layer4))
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
         if labels is None:
