@@ -136,9 +136,11 @@ class Row:
         return statistics.median(m / (f + w) for m, f, w in zip(self.measured, self.floor, work))
 
 
-def episode_tensors(batch: int, shots: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Random images; support masks and query label with a foreground box and a 255 border."""
-    gen = torch.Generator().manual_seed(size * 10 + shots)
+def episode_tensors(batch: int, shots: int, size: int, device: torch.device,
+                    seed: int | None = None) -> dict[str, torch.Tensor]:
+    """Random images (seed: ``size * 10 + shots`` unless given); support masks and query label with a
+    foreground box, background and a 255 border; class ids 1..batch."""
+    gen = torch.Generator().manual_seed(size * 10 + shots if seed is None else seed)
     masks = torch.zeros(batch, shots, size, size, dtype=torch.long)
     masks[..., size // 4: size * 3 // 4, size // 5: size * 2 // 3] = 1
     masks[..., :3, :] = 255

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 import torch
 
+from bench.speed import episode_tensors
 from model.mianet import MIANet
 from util.config import load_config
 
@@ -22,17 +23,9 @@ def lite0(**overrides: Any) -> MIANet:
 
 
 def episode(batch: int, shots: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random images; masks with a foreground box, background and a 255 border; class ids 1..batch."""
-    gen = torch.Generator().manual_seed(seed)
-    query = torch.randn(batch, 3, size, size, generator=gen)
-    supports = torch.randn(batch, shots, 3, size, size, generator=gen)
-    masks = torch.zeros(batch, shots, size, size, dtype=torch.long)
-    masks[..., size // 4: size * 3 // 4, size // 5: size * 2 // 3] = 1
-    masks[..., :3, :] = 255
-    label = torch.zeros(batch, size, size, dtype=torch.long)
-    label[:, size // 3:, : size // 2] = 1
-    label[:, -2:, :] = 255
-    return query, supports, masks, torch.arange(1, batch + 1), label
+    """The benchmark's random episode as (query, supports, support masks, class ids, query label)."""
+    tensors = episode_tensors(batch, shots, size, torch.device("cpu"), seed=seed)
+    return tuple(tensors[k] for k in ("query", "supports", "support_masks", "class_ids", "query_label"))
 
 
 def record_shapes(model: MIANet) -> dict[str, Any]:
