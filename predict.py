@@ -32,7 +32,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from model.mianet import MIANet
-from util.checkpoint import BEST, check_checkpoint_config, load_checkpoint, load_model_state, meta_run_dir
+from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
+                              meta_run_dir)
 from util.classes import class_names
 from util.config import Config, load_config
 from util.errors import UserError, cli_entry
@@ -136,7 +137,7 @@ def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, an
 def load_model(cfg: Config, weight: Path, device: torch.device) -> MIANet:
     """The stage-2 model of ``weight`` (checked against ``cfg``) on ``device``, in eval mode."""
     state = load_checkpoint(weight)
-    check_checkpoint_config(state, cfg, weight, ("dataset", "backbone", "use_gim", "use_hpm"))
+    check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
     model = MIANet.from_config(cfg)
     load_model_state(model, state["model"], weight)
     return model.to(device).eval()

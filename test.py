@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from model.mianet import MIANet
-from util.checkpoint import BEST, check_checkpoint_config, load_checkpoint, load_model_state, meta_run_dir
+from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
+                              meta_run_dir)
 from util.cli import config_from_cli
 from util.distributed import init_distributed, shutdown_distributed
 from util.dataset import EpisodeDataset
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seed_everything(cfg.seed)
         weight = Path(cfg.weight) if cfg.weight else meta_run_dir(cfg) / BEST
         state = load_checkpoint(weight)
-        check_checkpoint_config(state, cfg, weight, ("dataset", "backbone", "use_gim", "use_hpm"))
+        check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
         model = MIANet.from_config(cfg)
         load_model_state(model, state["model"], weight)
         model.to(ctx.device)

@@ -18,6 +18,7 @@ from model.gim import GeneralInformationGenerator, local_feature_generator, trip
 from model.hpm import hierarchical_priors, pyramid_bins, weighted_sum
 from model.ifm import InformationFusion
 from util.embeddings import load_class_embeddings
+from util.errors import UserError
 
 PROTOTYPE_EPS = 5e-4
 
@@ -51,12 +52,18 @@ class MIANet(nn.Module):
     ``word_vectors`` [num_classes + 1, D]: row ``c`` is class id ``c``. Row 0 (background in the
     reference files) is replaced by zeros and means "class unknown": the general prototype is then
     generated from the instance prototype alone (used by ``predict.py`` without ``--class-name``).
+
+    ``prior_scale`` multiplies the HPM priors where the IFM reads them (1 = the reference). The priors lie
+    in [0, 1] and enter the IFM as one channel beside 256 feature channels; a larger scale makes the
+    prior's share of the first fusion layer comparable from the first iteration (README, "Quick start").
     """
 
     def __init__(self, backbone: Backbone, word_vectors: torch.Tensor, *, reduce_dim: int = 256, use_gim: bool = True,
-                 use_hpm: bool = True, freeze_backbone_bn: bool = True, triplet_margin: float = 0.5,
-                 aux_weight: float = 1.0, zoom_factor: int = 8, ignore_label: int = 255) -> None:
+                 use_hpm: bool = True, prior_scale: float = 1.0, freeze_backbone_bn: bool = True,
+                 triplet_margin: float = 0.5, aux_weight: float = 1.0, zoom_factor: int = 8, ignore_label: int = 255) -> None:
         super().__init__()
+        if not prior_scale > 0:
+            raise UserError(f"config key 'prior_scale' must be a number > 0 (1 = the reference), got {prior_scale!r}")
         self.backbone = backbone.requires_grad_(False)
         self.down_features = DownFeatures(
             nn.Conv2d(backbone.channels[2] + backbone.channels[3], reduce_dim, 1, bias=False),
@@ -65,7 +72,7 @@ class MIANet(nn.Module):
         vectors = word_vectors.detach().float().clone()
         vectors[0] = 0
         self.register_buffer("word_vectors", vectors, persistent=False)
-        self.use_gim, self.use_hpm = use_gim, use_hpm
+        self.use_gim, self.use_hpm, self.prior_scale = use_gim, use_hpm, prior_scale
         if use_gim:
             self.gig = GeneralInformationGenerator(vectors.shape[1], reduce_dim)
             self.lfg = local_feature_generator(reduce_dim)
@@ -81,7 +88,7 @@ class MIANet(nn.Module):
         return cls(
             build_backbone(cfg["backbone"]), load_class_embeddings(cfg["embedding_file"], cfg["dataset"]),
             reduce_dim=cfg["reduce_dim"], use_gim=cfg["use_gim"], use_hpm=cfg["use_hpm"],
-            freeze_backbone_bn=cfg["freeze_backbone_bn"], triplet_margin=cfg["triplet_margin"],
+            prior_scale=cfg["prior_scale"], freeze_backbone_bn=cfg["freeze_backbone_bn"], triplet_margin=cfg["triplet_margin"],
             aux_weight=cfg["aux_weight"], zoom_factor=cfg["zoom_factor"], ignore_label=cfg["ignore_label"],
         )
 
@@ -146,6 +153,8 @@ class MIANet(nn.Module):
         if self.use_hpm:
             support_layer4 = layer4[batch:].view(batch, shots, *layer4.shape[1:])
             priors = hierarchical_priors(layer4[:batch], support_layer4, masks, bins)
+            if self.prior_scale != 1:
+                priors = [prior * self.prior_scale for prior in priors]
         else:
             priors = [query_feat.new_zeros(batch, 1, b, b) for b in bins]
         logits, aux_logits = self.ifm(query_feat, general, priors, aux=self.training)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from util.checkpoint import (base_run_dir, base_weight_path, check_checkpoint_config, load_checkpoint,
+from util.checkpoint import (MODEL_CONFIG_KEYS, base_run_dir, base_weight_path, check_checkpoint_config, load_checkpoint,
                              load_model_state, meta_run_dir, restore_rng_state, resume_path, rng_state, save_atomic)
 from util.config import load_config
 from util.errors import UserError
@@ -70,6 +70,10 @@ def test_model_mismatch_names_the_keys():
     with pytest.raises(UserError, match=r"made with backbone='vgg16_bn' \(now 'resnet50'\)"):
         check_checkpoint_config({"config": {"backbone": "vgg16_bn", "dataset": "pascal"}},
                                 load_config(None, ["dataset", "pascal"]), "x.pth", ("dataset", "backbone"))
+    synth = load_config("config/synth/efficientnet_lite0/split0.yaml", [])
+    with pytest.raises(UserError, match=r"made with prior_scale=1\.0 \(now 100\.0\)"):
+        check_checkpoint_config({"config": dict(synth) | {"prior_scale": 1.0}}, synth, "x.pth", MODEL_CONFIG_KEYS)
+    check_checkpoint_config({"config": {"dataset": "synth"}}, synth, "old.pth", MODEL_CONFIG_KEYS)  # keys it lacks pass
 
 
 def test_run_directories_and_resume_paths(tmp_path):

@@ -8,6 +8,7 @@ import torch
 from bench.speed import episode_tensors
 from model.mianet import MIANet
 from util.config import load_config
+from util.errors import UserError
 
 TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
 
@@ -151,6 +152,30 @@ def test_without_hpm_priors_are_zero_and_both_modes_run():
     assert all(torch.equal(p, torch.zeros_like(p)) for p in seen["prior_values"])
     out = model.train()(query, supports, masks, class_ids, label)
     assert set(out) == TRAIN_KEYS and torch.isfinite(out["loss"])
+
+
+def test_prior_scale_multiplies_the_prior_the_ifm_reads():
+    """Scaling the prior input by s equals scaling the prior column of every init_merge weight by s; the HPM's
+    own chain (query features reweighted by the unscaled prior) is untouched."""
+    scaled, reference = lite0(prior_scale=20.0).eval(), lite0().eval()
+    seen_scaled, seen_reference = record_shapes(scaled), record_shapes(reference)
+    with torch.no_grad():
+        for merge in reference.ifm.init_merge:
+            merge[0].weight[:, -1] *= 20.0
+        query, supports, masks, class_ids, _ = episode(1, 1, 65, seed=6)
+        out_scaled = scaled(query, supports, masks, class_ids)
+        out_reference = reference(query, supports, masks, class_ids)
+    assert all(torch.allclose(a, 20.0 * b) for a, b in zip(seen_scaled["prior_values"], seen_reference["prior_values"]))
+    assert max(p.max().item() for p in seen_scaled["prior_values"]) == pytest.approx(20.0, rel=1e-4)
+    assert torch.allclose(out_scaled, out_reference, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(lite0().eval()(query, supports, masks, class_ids), out_scaled, atol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_prior_scale_must_be_positive(scale):
+    with pytest.raises(UserError, match="config key 'prior_scale' must be a number > 0"):
+        lite0(prior_scale=scale)
 
 
 def test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic():

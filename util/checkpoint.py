@@ -117,6 +117,10 @@ def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.
         )
 
 
+MODEL_CONFIG_KEYS = ("dataset", "backbone", "use_gim", "use_hpm", "prior_scale")
+"""Config keys a stage-2 checkpoint must agree on with the config it is evaluated under."""
+
+
 def check_checkpoint_config(state: Mapping[str, Any], cfg: Mapping[str, Any], source: str | Path, keys: tuple[str, ...]) -> None:
     """Refuse a checkpoint whose recorded config differs from ``cfg`` in any of ``keys``."""
     recorded = state.get("config") or {}

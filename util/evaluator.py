@@ -166,7 +166,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def protocol_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that define a test's numbers, recorded with them."""
     keys = ("dataset", "split", "shot", "backbone", "ann_type", "test_seeds", "test_episodes", "ori_resize",
-            "val_size", "test_batch_size", "coco_split_style", "min_class_pixels", "use_gim", "use_hpm", "amp")
+            "val_size", "test_batch_size", "coco_split_style", "min_class_pixels", "use_gim", "use_hpm", "prior_scale", "amp")
     return {key: cfg[key] for key in keys}
 
 
