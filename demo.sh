@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 1, on a fresh machine: install, generate the synth dataset, its lists and class
 # embeddings if missing, then stage 1, stage 2 and the test of synth fold 0 1-shot, and print the
-# results table (688 s on an idle 2-core CPU; figures in README, "Quick start").
+# results table (668 s on an idle 2-core CPU; figures in README, "Quick start").
 #   bash demo.sh [key value ...]      e.g. bash demo.sh use_gim false use_hpm false exp_dir exp/ablation
 set -euo pipefail
 cd "$(dirname "$0")"
