@@ -198,7 +198,7 @@ def test_corrupt_image(pascal_copy):
     root, lists = pascal_copy
     (root / "JPEGImages" / "v01_0.jpg").write_bytes(b"\xff\xd8 truncated")
     dataset = EpisodeDataset(data_config(root, lists, dataset="pascal"), "val", episodes=15)
-    with pytest.raises(UserError, match="v01_0.jpg: cannot decode the image"):
+    with pytest.raises(UserError, match="v01_0.jpg: the JPEG is truncated"):
         dataset[query_of(dataset, "v01_0.jpg")]
 
 

@@ -22,7 +22,7 @@ from util.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
 from util.embeddings import load_class_embeddings
 from util.errors import UserError
-from util.image_io import read_label, write_label
+from util.image_io import JPEG_END, JPEG_START, is_truncated_jpeg, read_label, write_label
 from util.make_lists import make_lists
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,6 +144,26 @@ def test_corrupt_jpeg(voc_copy, tmp_path):
     dataset = BaseClassDataset(data_config(root, lists, dataset="pascal"), "train")
     message = user_error(dataset.__getitem__, base_item(dataset, "t06_0.jpg"))
     assert message.startswith(f"{root}/JPEGImages/t06_0.jpg: cannot decode the image") and "re-download it" in message
+
+
+def test_truncated_jpeg(voc_copy):
+    root, lists = voc_copy
+    image = root / "JPEGImages" / "t06_0.jpg"
+    data = image.read_bytes()
+    dataset = BaseClassDataset(data_config(root, lists, dataset="pascal"), "train")
+    image.write_bytes(data + b"\x00" * 16)  # padding after the end marker is fine
+    dataset[base_item(dataset, "t06_0.jpg")]
+    image.write_bytes(data[: len(data) // 2])
+    message = user_error(dataset.__getitem__, base_item(dataset, "t06_0.jpg"))
+    assert message == f"{image}: the JPEG is truncated (no end-of-image marker); replace or re-download it"
+
+
+def test_jpeg_with_exif_thumbnail_is_not_taken_for_truncated():
+    thumbnail = JPEG_START + b"\x00" * 100 + JPEG_END
+    whole = JPEG_START + b"\xff\xe1" + thumbnail + b"\x11" * 5000 + JPEG_END
+    assert not is_truncated_jpeg(whole)
+    assert is_truncated_jpeg(whole[:3000])
+    assert not is_truncated_jpeg(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)  # only JPEGs are checked
 
 
 def test_truncated_png_label(voc_copy, tmp_path):

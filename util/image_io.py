@@ -10,12 +10,27 @@ from PIL import Image, UnidentifiedImageError
 from util.errors import UserError
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+JPEG_TAIL = 1024  # the end-of-image marker must lie this close to the end (an EXIF thumbnail has its own, early)
+
+
+def is_truncated_jpeg(data: bytes) -> bool:
+    """True for JPEG bytes without an end-of-image marker near their end, e.g. a download cut short.
+
+    OpenCV decodes such a file without an error and fills the missing rows with grey.
+    """
+    return data.startswith(JPEG_START) and JPEG_END not in data[-JPEG_TAIL:]
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 RGB ``[H, W, 3]``; UserError if it is missing or cannot be decoded."""
+    """Read an image as uint8 RGB ``[H, W, 3]``; UserError if it is missing, truncated or cannot be decoded."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: image not found; check data_root and the list file, or regenerate the lists")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = path.read_bytes()
+    if is_truncated_jpeg(data):
+        raise UserError(f"{path}: the JPEG is truncated (no end-of-image marker); replace or re-download it")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path}: cannot decode the image (corrupt or not an image); replace or re-download it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
