@@ -60,7 +60,8 @@ class MIANet(nn.Module):
 
     def __init__(self, backbone: Backbone, word_vectors: torch.Tensor, *, reduce_dim: int = 256, use_gim: bool = True,
                  use_hpm: bool = True, prior_scale: float = 1.0, freeze_backbone_bn: bool = True,
-                 triplet_margin: float = 0.5, aux_weight: float = 1.0, zoom_factor: int = 8, ignore_label: int = 255) -> None:
+                 triplet_margin: float = 0.5, aux_weight: float = 1.0, zoom_factor: int = 8,
+                 ignore_label: int = 255) -> None:
         super().__init__()
         if not prior_scale > 0:
             raise UserError(f"config key 'prior_scale' must be a number > 0 (1 = the reference), got {prior_scale!r}")
@@ -87,8 +88,8 @@ class MIANet(nn.Module):
         """Build from a config; the backbone is random until :meth:`load_base_learner` or a checkpoint load."""
         return cls(
             build_backbone(cfg["backbone"]), load_class_embeddings(cfg["embedding_file"], cfg["dataset"]),
-            reduce_dim=cfg["reduce_dim"], use_gim=cfg["use_gim"], use_hpm=cfg["use_hpm"],
-            prior_scale=cfg["prior_scale"], freeze_backbone_bn=cfg["freeze_backbone_bn"], triplet_margin=cfg["triplet_margin"],
+            reduce_dim=cfg["reduce_dim"], use_gim=cfg["use_gim"], use_hpm=cfg["use_hpm"], prior_scale=cfg["prior_scale"],
+            freeze_backbone_bn=cfg["freeze_backbone_bn"], triplet_margin=cfg["triplet_margin"],
             aux_weight=cfg["aux_weight"], zoom_factor=cfg["zoom_factor"], ignore_label=cfg["ignore_label"],
         )
 

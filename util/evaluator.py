@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from util.checkpoint import MODEL_CONFIG_KEYS
 from util.classes import class_names, novel_classes
 from util.dataset import EpisodeDataset, collate_episodes
 from util.image_io import read_label
@@ -165,8 +166,8 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 def protocol_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that define a test's numbers, recorded with them."""
-    keys = ("dataset", "split", "shot", "backbone", "ann_type", "test_seeds", "test_episodes", "ori_resize",
-            "val_size", "test_batch_size", "coco_split_style", "min_class_pixels", "use_gim", "use_hpm", "prior_scale", "amp")
+    keys = MODEL_CONFIG_KEYS + ("split", "shot", "ann_type", "test_seeds", "test_episodes", "ori_resize", "val_size",
+                                "test_batch_size", "coco_split_style", "min_class_pixels", "amp")
     return {key: cfg[key] for key in keys}
 
 
