@@ -1,8 +1,14 @@
 """HPM, the hierarchical prior module: parameter-free query/support cosine priors at several scales.
 
-At each level the prior of a query position is the mean, over ALL support positions (masked-out ones
-count as 0), of its cosine similarity with the masked support layer4 features, min-max normalised over
+The reference chain, per level of the bins (60, 30, 15, 8 at 473 px): the ORIGINAL support layer4 is resized
+to the level's size and multiplied by the support mask, whose own chain of resizes starts from the mask at
+layer3's size and is cumulative. The prior of a query position is the mean, over ALL support positions
+(masked-out ones count as 0), of its cosine similarity with those masked features, min-max normalised over
 the query positions. The query features are reweighted by the prior and pooled to the next level.
+
+When layer4 is smaller than the first bin (VGG16-BN: 30 vs 60 at 473 px), the first prior is computed from
+the query, the support and the mask all upsampled to the first bin; it does not reweight the query, and the
+remaining levels start again from the original query layer4 and the layer3-size mask.
 
 ``mean_j cos(q, s_j) = q/|q| . mean_j s_j/|s_j|``, so the prior costs O(HW*C) instead of building the
 HW x HW similarity matrix; neither unit-length copy of the features is materialised either.
@@ -12,7 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from model.resize import average_pool, bilinear
 
 EPS = 1e-7
 NORM_EPS = 1e-12
@@ -21,12 +28,6 @@ NORM_EPS = 1e-12
 def pyramid_bins(first: int, levels: int = 4) -> list[int]:
     """Bin sizes halving from ``first``: 60 -> [60, 30, 15, 8]; 81 -> [81, 41, 21, 11]."""
     return [math.ceil(first / 2 ** i) for i in range(levels)]
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
 
 
 def weighted_sum(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -58,25 +59,35 @@ def cosine_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     return _normalised_priors(query, _mean_direction(support)[:, None])
 
 
+def _shot_mean_prior(main: torch.Tensor, masked_support: torch.Tensor, shots: int) -> torch.Tensor:
+    """Mean over the K shots of each shot's prior: ``main`` [B, C, s, s], ``masked_support`` [B*K, C, s, s] -> [B, 1, s, s]."""
+    directions = _mean_direction(masked_support).view(main.shape[0], shots, -1)
+    return _normalised_priors(main, directions).mean(dim=1, keepdim=True)
+
+
 def hierarchical_priors(query_layer4: torch.Tensor, support_layer4: torch.Tensor, support_masks: torch.Tensor,
                         bins: list[int]) -> list[torch.Tensor]:
-    """Priors [B, 1, b, b] for each bin ``b``.
+    """Priors [B, 1, b, b] for each bin ``b`` (module docstring: the reference chain).
 
-    query_layer4 [B, C, h, w]; support_layer4 [B, K, C, hs, ws]; support_masks [B, K, H, W] in {0, 1}.
-    Each shot keeps its own chain of resized support features and masks; the K priors of a level are
-    averaged. The query chain is reweighted by that average and pooled to the next bin.
+    query_layer4 [B, C, h, w]; support_layer4 [B, K, C, h, w]; support_masks [B, K, h3, w3], the support masks
+    already resized (bilinear) to layer3's size. Each shot keeps its own mask chain and resizes of its original
+    layer4; the K priors of a level are averaged, and the query is reweighted by that average.
     """
-    batch, shots = support_layer4.shape[:2]
-    main = _resize(query_layer4, bins[0])
-    aux = support_layer4.flatten(0, 1)
-    mask = support_masks.flatten(0, 1).unsqueeze(1).float()
+    shots = support_layer4.shape[1]
+    support = support_layer4.flatten(0, 1)
+    start_mask = support_masks.flatten(0, 1).unsqueeze(1)
+    main = query_layer4
     priors = []
-    for level, size in enumerate(bins):
-        mask = _resize(mask, size)
-        aux = _resize(aux, size) * mask
-        directions = _mean_direction(aux).view(batch, shots, -1)
-        prior = _normalised_priors(main, directions).mean(dim=1, keepdim=True)
+    levels = bins
+    if main.shape[-1] < bins[0]:
+        size = bins[0]
+        priors.append(_shot_mean_prior(bilinear(main, size), bilinear(support, size) * bilinear(start_mask, size), shots))
+        levels = bins[1:]
+    mask = start_mask
+    for level, size in enumerate(levels):
+        mask = bilinear(mask, size)
+        prior = _shot_mean_prior(main, bilinear(support, size) * mask, shots)
         priors.append(prior)
-        if level + 1 < len(bins):
-            main = F.adaptive_avg_pool2d(main * prior, bins[level + 1])
+        if level + 1 < len(levels):
+            main = average_pool(main * prior, levels[level + 1])
     return priors

@@ -6,11 +6,11 @@ Parameter names follow the reference (``init_merge``, ``alpha_conv``, ``beta_con
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from model.resize import average_pool, bilinear
 
 
 def _conv_relu(cin: int, cout: int, kernel: int) -> list[nn.Module]:
@@ -44,9 +44,12 @@ class InformationFusion(nn.Module):
                 aux: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``aux=False`` skips the per-bin auxiliary classifiers (they only feed the training loss) and returns [].
 
-        Same function as the concatenations of the reference, computed without building them: the
-        prototype's share of ``init_merge`` is a per-sample bias (a 1x1 conv of a constant map), and
-        ``res1`` (a 1x1 conv) is applied to each bin before upsampling, which commutes with it.
+        As in the reference, each level's merged features are resized to the query features' size, and the
+        next level reads that resized map resized again to its own bin. The concatenations of the reference
+        are not built: the prototype's share of ``init_merge`` is a per-sample bias (a 1x1 conv of a constant
+        map), and each level's share of ``res1`` (a 1x1 conv, linear) is applied before the bilinear upsampling
+        (linear), with which it commutes. Both are checked against a literal transcription of the reference
+        (``tests/reference_forward.py``).
         """
         size = query_feat.shape[-2:]
         channels = query_feat.shape[1]
@@ -54,16 +57,15 @@ class InformationFusion(nn.Module):
         fused, previous, aux_logits = None, None, []
         for level, prior in enumerate(priors):
             bin_size = prior.shape[-1]
-            query_bin = _resize(query_feat, (bin_size, bin_size), F.adaptive_avg_pool2d)
-            merge = self._init_merge(level, query_bin, prototype, prior)
+            merge = self._init_merge(level, average_pool(query_feat, bin_size), prototype, prior)
             if previous is not None:
-                previous = _resize(previous, (bin_size, bin_size), _bilinear)
-                merge = self.alpha_conv[level - 1](torch.cat([merge, previous], dim=1)) + merge
+                merge = self.alpha_conv[level - 1](torch.cat([merge, bilinear(previous, bin_size)], dim=1)) + merge
             merge = self.beta_conv[level](merge) + merge
-            previous = merge
             if aux:
                 aux_logits.append(self.inner_cls[level](merge))
-            share = _resize(F.conv2d(merge, res1_weights[level]), size, _bilinear)
+            if level + 1 < len(priors):
+                previous = bilinear(merge, size)
+            share = bilinear(F.conv2d(merge, res1_weights[level]), size)
             fused = share if fused is None else fused + share
         fused = fused.relu_()
         fused = self.res2(fused) + fused
@@ -76,13 +78,3 @@ class InformationFusion(nn.Module):
         query_weight, prototype_weight, prior_weight = weight.split([channels, channels, 1], dim=1)
         bias = torch.addcmul((prototype @ prototype_weight.T)[:, :, None, None], prior_weight[None, :, :, None], prior)
         return (F.conv2d(query_bin, query_weight[:, :, None, None]) + bias).relu_()
-
-
-def _bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int],
-            resize: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]) -> torch.Tensor:
-    """``resize(x, size)``, or ``x`` itself when it already has that size (both resizes are then the identity)."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else resize(x, size)

@@ -17,6 +17,7 @@ from model.backbone import Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
 from model.hpm import hierarchical_priors, pyramid_bins, weighted_sum
 from model.ifm import InformationFusion
+from model.resize import bilinear
 from util.embeddings import load_class_embeddings
 from util.errors import UserError
 
@@ -35,8 +36,7 @@ class DownFeatures(nn.Sequential):
     """
 
     def forward(self, layer3: torch.Tensor, layer2: torch.Tensor) -> torch.Tensor:
-        if layer2.shape[-2:] != layer3.shape[-2:]:
-            layer2 = F.interpolate(layer2, size=layer3.shape[-2:], mode="bilinear", align_corners=True)
+        layer2 = bilinear(layer2, layer3.shape[-2:])
         weight3, weight2 = self[0].weight.split([layer3.shape[1], layer2.shape[1]], dim=1)
         return (F.conv2d(layer3, weight3) + F.conv2d(layer2, weight2)).relu_()
 
@@ -113,20 +113,20 @@ class MIANet(nn.Module):
         """``down_features`` of layer3+layer2 (before its dropout) and layer4, for the query batch followed by
         the flattened supports: [B + B*K, ...] each. Every image goes through the backbone once.
 
-        Backbone BN in train mode (``freeze_backbone_bn: false``): query and supports go through separately,
-        as in the reference, so each group has its own batch statistics. Frozen BN: one batch on GPU; on CPU
-        one channels-last image at a time, measured 15-30% faster than one NCHW batch (ResNet-50 at 473 and
-        641 px, 2 cores: smaller working set per layer, no layout reorder per convolution).
+        Backbone BN in train mode (``freeze_backbone_bn: false``): the query batch and each shot's batch go
+        through separately, as in the reference, so each group has its own batch statistics. Frozen BN: one
+        batch on GPU; on CPU one channels-last image at a time, measured 15-30% faster than one NCHW batch
+        (ResNet-50 at 473 and 641 px, 2 cores: smaller working set per layer, no layout reorder per convolution).
         """
-        images = torch.cat([query, supports.flatten(0, 1)])
-        if self.backbone.training:
-            groups = [images[:query.shape[0]], images[query.shape[0]:]]
-        elif images.device.type == "cpu":
-            groups = images.split(1)
-        else:
-            groups = [images]
         with torch.no_grad():
-            features = [self.backbone(cpu_layout(group))[2:] for group in groups]
+            if self.backbone.training:
+                shots = [self.backbone(cpu_layout(supports[:, k]))[2:] for k in range(supports.shape[1])]
+                features = [self.backbone(cpu_layout(query))[2:],
+                            [torch.stack(layer, dim=1).flatten(0, 1) for layer in zip(*shots)]]
+            else:
+                images = torch.cat([query, supports.flatten(0, 1)])
+                groups = images.split(1) if images.device.type == "cpu" else [images]
+                features = [self.backbone(cpu_layout(group))[2:] for group in groups]
         mid = _join([self.down_features(layer3, layer2) for layer2, layer3, _ in features])
         return mid, _join([layer4 for _, _, layer4 in features])
 
@@ -144,16 +144,14 @@ class MIANet(nn.Module):
         dropout = self.down_features[2]
         query_feat, support_feat = dropout(mid[:batch]), dropout(mid[batch:])
 
-        masks = (support_masks == 1).float()
-        small_masks = F.interpolate(masks.flatten(0, 1).unsqueeze(1), size=support_feat.shape[-2:],
-                                    mode="bilinear", align_corners=True)
+        small_masks = bilinear((support_masks == 1).to(support_feat.dtype).flatten(0, 1).unsqueeze(1), support_feat.shape[-2:])
         prototype = masked_average(support_feat, small_masks).view(batch, shots, -1).mean(dim=1)
         general = self.gig(self.word_vectors[class_ids], prototype) if self.use_gim else prototype
 
         bins = pyramid_bins((height - 1) // 8 + 1)
         if self.use_hpm:
             support_layer4 = layer4[batch:].view(batch, shots, *layer4.shape[1:])
-            priors = hierarchical_priors(layer4[:batch], support_layer4, masks, bins)
+            priors = hierarchical_priors(layer4[:batch], support_layer4, small_masks.view(batch, shots, *small_masks.shape[-2:]), bins)
             if self.prior_scale != 1:
                 priors = [prior * self.prior_scale for prior in priors]
         else:
@@ -161,28 +159,22 @@ class MIANet(nn.Module):
         logits, aux_logits = self.ifm(query_feat, general, priors, aux=self.training)
         logits = logits.contiguous()
         if self.zoom_factor != 1:
-            size = ((height - 1) // 8 * self.zoom_factor + 1, (width - 1) // 8 * self.zoom_factor + 1)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+            logits = bilinear(logits, ((height - 1) // 8 * self.zoom_factor + 1, (width - 1) // 8 * self.zoom_factor + 1))
         if not self.training or query_label is None:
             return logits
 
         label = query_label.long()
-        loss_main = F.cross_entropy(self._to_label(logits, label), label, ignore_index=self.ignore_label)
+        loss_main = F.cross_entropy(bilinear(logits, label.shape[-2:]), label, ignore_index=self.ignore_label)
         loss_aux = torch.stack([
-            F.cross_entropy(self._to_label(aux, label), label, ignore_index=self.ignore_label) for aux in aux_logits
+            F.cross_entropy(bilinear(aux, label.shape[-2:]), label, ignore_index=self.ignore_label) for aux in aux_logits
         ]).mean()
         if self.use_gim:
             local = self.lfg(support_feat)
-            cell_masks = F.interpolate(support_masks.flatten(0, 1).unsqueeze(1).float(), size=local.shape[-2:], mode="nearest")
+            # the reference's cell labels: the layer3-size mask sampled nearest and truncated, so 1 only where it is exactly 1
+            cell_masks = F.interpolate(small_masks, size=local.shape[-2:], mode="nearest").long()
             local = local.reshape(batch, shots, local.shape[1], -1).transpose(2, 3).flatten(1, 2)
             loss_triplet = triplet_loss(general, local, cell_masks.view(batch, -1), self.triplet_margin)
         else:
             loss_triplet = loss_main.new_zeros(())
         loss = loss_main + self.aux_weight * loss_aux + loss_triplet
         return {"logits": logits, "loss_main": loss_main, "loss_aux": loss_aux, "loss_triplet": loss_triplet, "loss": loss}
-
-    @staticmethod
-    def _to_label(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-2:] == label.shape[-2:]:
-            return logits
-        return F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
