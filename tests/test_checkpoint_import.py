@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from model.backbone import Backbone, build_backbone
+from model.hpm import pyramid_bins
 from model.mianet import MIANet
 from util.checkpoint import load_checkpoint
 from util.checkpoint_import import (base_learner_backbone_state, import_checkpoint, mianet_from_reference,
@@ -21,6 +22,8 @@ from util.checkpoint_import import (base_learner_backbone_state, import_checkpoi
 from util.classes import base_classes
 from util.config import Config, load_config
 from util.errors import UserError
+from tests.reference_forward import reference_forward
+from tests.test_model_reference import assert_logits_close, episode
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference key lists not found in {REFERENCE}")
@@ -48,11 +51,13 @@ def backbone_twin(key: str) -> str | None:
 
 
 def fake_value(key: str, shape: tuple[int, ...], index: int, gen: torch.Generator) -> torch.Tensor:
-    """Random, finite-in-a-forward values; counters get distinct integers."""
+    """Random values that keep a forward pass well conditioned; counters get distinct integers."""
     if key.endswith("num_batches_tracked"):
         return torch.tensor(1000 + index, dtype=torch.long)
     if key.endswith("running_var"):
         return torch.rand(shape, generator=gen).add_(0.5)
+    if key.endswith("weight") and len(shape) == 1:  # BatchNorm scales near 1, so deep features do not collapse
+        return torch.randn(shape, generator=gen).mul_(0.2).add_(1.0)
     scale = 1 / math.sqrt(math.prod(shape[1:])) if len(shape) >= 2 else 0.1
     return torch.randn(shape, generator=gen).mul_(scale)
 
@@ -195,6 +200,27 @@ def test_imported_mianet_loads_strictly_matches_official_trainable_count_and_run
         again = model(query, supports, masks, torch.tensor([3]))
     assert first.shape == (1, 2, 65, 65) and torch.isfinite(first).all()
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("backbone", sorted(OFFICIAL))
+def test_imported_official_mianet_computes_what_the_reference_computes(imported_mianet, word300, backbone):
+    """The fake official file through the importer into MIANet, and the same file as it is into the oracle (its own
+    backbone copy loaded from the file's layerN.* keys): the same logits (float64, 233 px, 1-shot)."""
+    source, out, cfg = imported_mianet(backbone)
+    reference = {k: v.double() if v.is_floating_point() else v for k, v in reference_state(source).items()}
+    model = MIANet.from_config(cfg)
+    model.load_state_dict(load_checkpoint(out)["model"], strict=True)
+    model.double().eval()
+    oracle_backbone = build_backbone(backbone).double().eval()
+    oracle_backbone.load_state_dict({k: v for k, v in reference.items() if k.startswith(STAGES)}, strict=True)
+    words = torch.from_numpy(np.load(word300)).double()
+    data = episode(1, 1, 233, seed=13)
+    with torch.no_grad():
+        ours = model(data["query"], data["supports"], data["support_masks"], data["class_ids"])
+        expected = reference_forward(oracle_backbone, reference, words, data["query"], data["supports"],
+                                     data["support_masks"], data["class_ids"], pyramid_bins((233 - 1) // 8 + 1))
+    assert float(expected["logits"].abs().max()) > 1e-3
+    assert_logits_close(ours, expected["logits"])
 
 
 @pytest.mark.parametrize("dataset, backbone, key_list, prefix", [

@@ -2,7 +2,7 @@
 forward and losses): random weights with non-trivial BatchNorm statistics, support masks holding 0, 1 and 255.
 
 Both run in float64, so what is compared is the function, not float32 rounding: eval logits must agree within
-1e-4 x max |logit| (+1e-6), the HPM priors within 5e-5 (the O(HW*C) prior leaves out the 1e-7 the reference adds to every product of norms; measured at most 1.5e-5), and training losses (every dropout off, backbone BN in
+1e-4 x max |logit| (+1e-6), the HPM priors within 1e-7 at the first two levels and 5e-5 at the deeper ones (see PRIOR_TOLERANCE), and training losses (every dropout off, backbone BN in
 train mode as the reference leaves it) within 1e-4 relative. (In float32 the deepest priors are ill-conditioned:
 their min-max normalisation divides by a spread of ~1e-3, so float32 rounding alone moves them by ~1e-3 in the
 reference and in ours alike; one test checks that our float32 logits stay within the same 1e-4 of the exact ones.)
@@ -21,7 +21,10 @@ from model.mianet import MIANet
 from tests.reference_forward import reference_forward, reference_names
 
 LOGIT_TOLERANCE = 1e-4
-PRIOR_TOLERANCE = 5e-5  # the O(HW*C) prior leaves out the 1e-7 the reference adds to each product of norms
+# The O(HW*C) prior leaves out the 1e-7 the reference adds to each product of norms. That matters only where
+# the norms are small: the query shrinks level after level (it is reweighted by priors in [0, 1]), so the
+# deeper levels get the looser bound (measured at most 2.7e-5, VGG level 3; at most 1.2e-8 at levels 0-1).
+PRIOR_TOLERANCE = (1e-7, 1e-7, 5e-5, 5e-5)
 LOSS_TOLERANCE = 1e-4
 WORD_DIM = 50
 CLASSES = 20
@@ -91,7 +94,7 @@ def assert_logits_close(ours: torch.Tensor, reference: torch.Tensor) -> float:
 def assert_priors_close(ours: list[torch.Tensor], reference: list[torch.Tensor]) -> None:
     assert [tuple(p.shape) for p in ours] == [tuple(p.shape) for p in reference]
     for level, (got, want) in enumerate(zip(ours, reference)):
-        assert float((got - want).abs().max()) <= PRIOR_TOLERANCE, level
+        assert float((got - want).abs().max()) <= PRIOR_TOLERANCE[level], level
 
 
 def compare_eval(model: MIANet, words: torch.Tensor, data: dict[str, torch.Tensor]) -> None:
@@ -162,3 +165,8 @@ def test_float32_logits_stay_within_tolerance_of_the_exact_reference():
         exact_data = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
         exact = run_oracle(exact_model, words.double(), exact_data, with_label=False)
     assert_logits_close(ours.double(), exact["logits"])
+
+
+def test_eval_matches_the_reference_with_resnet101():
+    model, words = build("resnet101", seed=14)
+    compare_eval(model, words, episode(2, 1, 233, seed=15))
