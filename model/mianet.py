@@ -31,7 +31,7 @@ def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 class DownFeatures(nn.Sequential):
     """``ReLU(Conv1x1(cat(layer3, layer2)))`` computed as two convolutions on the weight's halves, so the
-    concatenation is never built. The children are the reference's ``down_features`` (0 conv, 1 ReLU,
+    concatenation is never built (checked against the reference's concatenation, ``tests/test_model_reference.py``). The children are the reference's ``down_features`` (0 conv, 1 ReLU,
     2 Dropout2d) so its checkpoints import unchanged; the caller applies the dropout (``self[2]``).
     """
 
@@ -144,14 +144,16 @@ class MIANet(nn.Module):
         dropout = self.down_features[2]
         query_feat, support_feat = dropout(mid[:batch]), dropout(mid[batch:])
 
-        small_masks = bilinear((support_masks == 1).to(support_feat.dtype).flatten(0, 1).unsqueeze(1), support_feat.shape[-2:])
+        # the support masks at layer3's size: for the prototype, HPM and the triplet loss's cell labels
+        small_masks = bilinear((support_masks == 1).to(support_feat.dtype).flatten(0, 1).unsqueeze(1),
+                               support_feat.shape[-2:])
         prototype = masked_average(support_feat, small_masks).view(batch, shots, -1).mean(dim=1)
         general = self.gig(self.word_vectors[class_ids], prototype) if self.use_gim else prototype
 
         bins = pyramid_bins((height - 1) // 8 + 1)
         if self.use_hpm:
-            support_layer4 = layer4[batch:].view(batch, shots, *layer4.shape[1:])
-            priors = hierarchical_priors(layer4[:batch], support_layer4, small_masks.view(batch, shots, *small_masks.shape[-2:]), bins)
+            priors = hierarchical_priors(layer4[:batch], layer4[batch:].view(batch, shots, *layer4.shape[1:]),
+                                         small_masks.view(batch, shots, *small_masks.shape[-2:]), bins)
             if self.prior_scale != 1:
                 priors = [prior * self.prior_scale for prior in priors]
         else:

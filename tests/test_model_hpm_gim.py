@@ -1,4 +1,4 @@
-"""HPM priors against a direct HW x HW computation, the triplet loss and the masked-average prototype by hand."""
+"""HPM priors against the oracle's HW x HW reference chain, the triplet loss and the masked-average prototype by hand."""
 import math
 
 import pytest
@@ -8,41 +8,16 @@ import torch.nn.functional as F
 from model.gim import triplet_loss
 from model.hpm import cosine_prior, hierarchical_priors, pyramid_bins
 from model.mianet import masked_average
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
-
-
-def direct_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Spec formula with the full similarity matrix: query [C,h,w], support [C,hs,ws] -> [h,w]."""
-    q, s = query.flatten(1).double(), support.flatten(1).double()
-    similarity = (q.T @ s) / (q.norm(dim=0)[:, None] * s.norm(dim=0)[None, :] + 1e-7)  # [h*w, hs*ws]
-    prior = similarity.mean(dim=1)
-    prior = (prior - prior.min()) / (prior.max() - prior.min() + 1e-7)
-    return prior.view(query.shape[1:]).float()
+from tests.reference_forward import cosine_prior as oracle_prior, hpm_priors
 
 
 def direct_hierarchy(query: torch.Tensor, supports: torch.Tensor, masks: torch.Tensor,
                      bins: list[int]) -> list[torch.Tensor]:
-    """Per sample and per shot, following the spec's recipe step by step: [B,1,b,b] per bin."""
-    levels = [[] for _ in bins]
-    for b in range(query.shape[0]):
-        main = resize(query[b:b + 1], bins[0])
-        auxes = [supports[b, k:k + 1] for k in range(supports.shape[1])]
-        shot_masks = [masks[b, k][None, None].float() for k in range(masks.shape[1])]
-        for level, size in enumerate(bins):
-            shot_priors = []
-            for k in range(len(auxes)):
-                shot_masks[k] = resize(shot_masks[k], size)
-                auxes[k] = resize(auxes[k], size) * shot_masks[k]
-                shot_priors.append(direct_prior(main[0], auxes[k][0]))
-            prior = torch.stack(shot_priors).mean(dim=0)[None, None]
-            levels[level].append(prior)
-            main = main * prior
-            if level + 1 < len(bins):
-                main = F.adaptive_avg_pool2d(main, bins[level + 1])
-    return [torch.cat(level) for level in levels]
+    """The oracle's reference HPM, one sample at a time: [B,1,b,b] per bin."""
+    per_sample = [hpm_priors(query[b:b + 1], [supports[b, k:k + 1] for k in range(supports.shape[1])],
+                             [masks[b, k][None, None].float() for k in range(masks.shape[1])], bins)
+                  for b in range(query.shape[0])]
+    return [torch.cat([sample[level] for sample in per_sample]) for level in range(len(bins))]
 
 
 def relu_features(*shape: int, seed: int) -> torch.Tensor:
@@ -73,19 +48,20 @@ def test_cosine_prior_matches_full_similarity_matrix_with_masked_out_support():
     support[:, :, :, 6:] = 0  # masked-out support positions
     support[1, :, :4] = 0
     prior = cosine_prior(query, support)
-    expected = torch.stack([direct_prior(query[b], support[b]) for b in range(2)])[:, None]
+    expected = torch.stack([oracle_prior(query[b], support[b]) for b in range(2)])[:, None]
     assert prior.shape == (2, 1, 9, 9)
     assert (prior - expected).abs().max() < 1e-4
     assert prior.flatten(1).amin(dim=1).abs().max() < 1e-6
     assert (prior.flatten(1).amax(dim=1) - 1).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("layer4, shots", [(12, 1), (12, 2), (6, 2)])  # 6: VGG-like, query upsampled to bins[0]
-def test_hierarchical_priors_match_direct_computation(layer4, shots):
+@pytest.mark.parametrize("layer4, shots", [(12, 1), (12, 2), (6, 2)])  # 6: VGG-like, layer4 below bins[0]
+def test_hierarchical_priors_match_the_reference_chain(layer4, shots):
     bins = pyramid_bins(12)
     query = relu_features(2, 24, layer4, layer4, seed=2)
     supports = relu_features(2, shots, 24, layer4, layer4, seed=3)
-    masks = box_masks(2, shots, 89)
+    masks = F.interpolate(box_masks(2, shots, 89), size=(layer4, layer4), mode="bilinear",
+                                            align_corners=True)  # HPM gets the layer3-size masks
     priors = hierarchical_priors(query, supports, masks, bins)
     expected = direct_hierarchy(query, supports, masks, bins)
     assert [tuple(p.shape) for p in priors] == [(2, 1, b, b) for b in bins]

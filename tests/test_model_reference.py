@@ -2,8 +2,9 @@
 forward and losses): random weights with non-trivial BatchNorm statistics, support masks holding 0, 1 and 255.
 
 Both run in float64, so what is compared is the function, not float32 rounding: eval logits must agree within
-1e-4 x max |logit| (+1e-6), the HPM priors within 1e-7 at the first two levels and 5e-5 at the deeper ones (see PRIOR_TOLERANCE), and training losses (every dropout off, backbone BN in
-train mode as the reference leaves it) within 1e-4 relative. (In float32 the deepest priors are ill-conditioned:
+1e-4 x max |logit| (+1e-6), the HPM priors within 1e-7 at the first two levels and 5e-5 at the deeper ones
+(see PRIOR_TOLERANCE), and training losses (every dropout off, backbone BN in train mode as the reference
+leaves it) within 1e-4 relative. (In float32 the deepest priors are ill-conditioned:
 their min-max normalisation divides by a spread of ~1e-3, so float32 rounding alone moves them by ~1e-3 in the
 reference and in ours alike; one test checks that our float32 logits stay within the same 1e-4 of the exact ones.)
 """
