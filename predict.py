@@ -37,7 +37,7 @@ from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, l
 from util.classes import class_names
 from util.config import Config, load_config
 from util.errors import UserError, cli_entry
-from util.image_io import read_image, write_label
+from util.image_io import PIL_FORMATS, read_image, write_label
 from util.metrics import IGNORE_INDEX, predict_on_label
 from util.runtime import autocast, resolve_device
 from util.transform import PairedTransform, bbox_mask, build_transform
@@ -55,7 +55,7 @@ def read_support_mask(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: support mask not found; give --support IMAGE MASK with existing files")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             if img.mode in ("RGB", "RGBA"):
                 return (np.array(img.convert("RGB")) > 0).any(axis=2).astype(np.uint8)
             values = np.array(img.convert("L") if img.mode in ("LA", "1") else img)

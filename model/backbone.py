@@ -16,6 +16,7 @@ import torch.nn as nn
 from torchvision.models import resnet
 from torchvision.models.vgg import cfgs, make_layers
 
+from util.checkpoint import read_checkpoint_file
 from util.errors import UserError
 
 BACKBONES = ("resnet50", "resnet101", "vgg16_bn", "efficientnet_lite0")
@@ -130,7 +131,7 @@ _DEEP_STEM = {"conv1": "layer0.0", "bn1": "layer0.1", "conv2": "layer0.3", "bn2"
 
 
 def _imagenet_state(backbone: Backbone, path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint_file(path)
     state = state.get("state_dict", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if backbone.name == "vgg16_bn":

@@ -8,7 +8,9 @@ crash or a full disk mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +23,7 @@ from util.errors import UserError
 
 LAST = "last.pth"
 BEST = "best.pth"
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only unpickler names what it refused
 
 
 def base_run_dir(cfg: Mapping[str, Any]) -> Path:
@@ -73,12 +76,24 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def read_checkpoint_file(path: str | Path, missing_hint: str = "check the path") -> Any:
-    """``torch.load`` onto the CPU (tensors only); a missing or unreadable file is a :class:`UserError`."""
+    """``torch.load`` onto the CPU (tensors only); a missing or unreadable file is a :class:`UserError`.
+
+    ``weights_only=True``: torch rebuilds only tensors and plain Python values, so a file that names any other
+    function or class (a pickle that would run code) is refused, and the message names what it asked for.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; {missing_hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:
+            raise UserError(f"checkpoint {path} cannot be read (UnpicklingError); it is corrupt or not a torch checkpoint") from None
+        raise UserError(
+            f"checkpoint {path}: refuses to load '{refused.group(1)}' from it (checkpoints hold only tensors and plain "
+            "values); it is not a weights file, do not open it with other tools unless you trust its source"
+        ) from None
     except Exception as err:  # torch raises many types for a corrupt/foreign file
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a torch checkpoint") from None
 

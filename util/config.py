@@ -54,10 +54,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path (configs live in config/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())  # safe_load: python/* tags are refused, nothing is called
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a config is a YAML file of 'key: value' lines") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
+        if isinstance(err, yaml.constructor.ConstructorError):
+            raise ConfigError(f"{path}:{where} holds a value that safe YAML loading refuses to build ({err.problem}); "
+                              "a config holds only plain values (numbers, strings, lists, mappings)") from None
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
     if data is None:
         return {}

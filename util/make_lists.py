@@ -35,8 +35,12 @@ def read_pool(data_root: Path, dataset: str, subset: str) -> list[tuple[str, str
         hint = {"pascal": "python -m util.prepare_pascal", "coco": "python -m util.prepare_coco",
                 "synth": "python -m util.make_synth --root " + str(data_root)}[dataset]
         raise UserError(f"{path}: image list not found; check data_root or create it with {hint}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file of 'image_path label_path' lines; regenerate the image list") from None
     pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue

@@ -70,7 +70,7 @@ def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str,
             categories = sorted(c["id"] for c in data["categories"])
             images = sorted(data["images"], key=lambda im: im["file_name"])
             annotations = data["annotations"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # ValueError: not JSON, or not text at all
             raise UserError(f"{ann_path}: not a COCO instances file; re-download it") from None
         if len(categories) != 80:
             raise UserError(f"{ann_path}: expected the 80 COCO categories, found {len(categories)}")

@@ -32,7 +32,11 @@ NUM_CLASSES = 20
 def _read_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: id list not found; check the --voc-root / --sbd-root folder layout (see README)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file of image ids; re-download VOC / SBD") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def sbd_dataset_dir(sbd_root: Path) -> Path:
@@ -45,7 +49,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
     try:
         data = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
         return np.asarray(data["GTcls"].Segmentation, dtype=np.uint8)
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+    except Exception:  # scipy raises many types for a file that is not MATLAB v5 (MatReadError, IndexError, ...)
         raise UserError(f"{path}: not an SBD cls .mat file with GTcls.Segmentation; re-download SBD") from None
 
 

@@ -87,6 +87,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"result file {path} is not valid JSON ({err.msg}); re-run test.py") from None
+    except UnicodeDecodeError:
+        raise UserError(f"result file {path} is not a text (JSON) file; re-run test.py") from None
 
 
 @cli_entry
