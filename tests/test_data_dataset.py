@@ -182,11 +182,20 @@ def test_default_lengths(pascal):
     ({"dataset": "voc"}, "unknown dataset 'voc'"),
     ({"split": 4}, r"fold \(config key 'split'\) must be 0..3"),
     ({"ann_type": "scribble"}, "'ann_type' must be one of"),
+    ({"novel_in_train": "drop"}, r"'novel_in_train' must be one of \['drop_any', 'drop_counted', 'keep_as_background'\]"),
+    ({"episode_class": "big"}, r"'episode_class' must be one of \['any_size', 'counted'\]"),
+    ({"train_crop": "centre"}, r"'train_crop' must be one of \['uniform_retry', 'foreground_anchor'\]"),
 ])
 def test_config_errors(pascal, overrides, message):
     cfg = data_config(*pascal, **{"dataset": "pascal", **overrides})
     with pytest.raises(UserError, match=message):
         EpisodeDataset(cfg, "train")
+
+
+def test_base_images_error(pascal):
+    cfg = data_config(*pascal, dataset="pascal", base_images="some")
+    with pytest.raises(UserError, match=r"'base_images' must be one of \['all', 'fold_lists'\]"):
+        BaseClassDataset(cfg, "train")
 
 
 def test_missing_data_root_and_list(pascal, tmp_path):
