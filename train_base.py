@@ -20,7 +20,11 @@ from util.runtime import epoch_seed
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
-    """Stage 1 as a :class:`TrainJob`: PSPNet over base classes, validated by base-class mIoU."""
+    """Stage 1 as a :class:`TrainJob`: PSPNet over base classes, validated by base-class mIoU.
+
+    Two SGD groups as in BAM: the backbone at ``base_learner_lr``, PPM + classifier at ``base_head_lr_mult``
+    times it; the run stops early after ``base_stop_patience`` epochs without a better validation mIoU.
+    """
     model = PSPNet.from_config(cfg)
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
     val_set = BaseClassDataset(cfg, "val")
@@ -32,12 +36,13 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     return TrainJob(
         stage="base",
         model=model,
-        parameters=[p for p in model.parameters() if p.requires_grad],
+        parameters=model.parameter_groups(cfg.base_learner_lr, cfg.base_head_lr_mult),
         make_train_set=lambda epoch: BaseClassDataset(cfg, "train", seed=epoch_seed(cfg.seed, epoch)),
         step=lambda net, batch: net(batch["image"], batch["label"]),
         run_dir=base_run_dir(cfg),
         schedule=Schedule(cfg.base_epochs, cfg.base_batch_size, cfg.base_learner_lr, cfg.max_iters),
         validate=validate,
+        stop_patience=cfg.base_stop_patience,
     )
 
 

@@ -56,6 +56,12 @@ class PSPNet(nn.Module):
         num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
         return cls(backbone, num_classes, ignore_label=cfg["ignore_label"])
 
+    def parameter_groups(self, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+        """SGD groups as BAM's base learner has them: the backbone at ``lr``, PPM + classifier at ``lr * head_lr_mult``."""
+        head = [*self.ppm.parameters(), *self.cls.parameters()]
+        return [{"params": [p for p in self.backbone.parameters() if p.requires_grad], "lr": lr},
+                {"params": [p for p in head if p.requires_grad], "lr": lr * head_lr_mult}]
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """Per-class logits at the input size; with ``labels`` (train) also the cross-entropy ``loss``."""
         layer4 = self.backbone(cpu_layout(images))[4]

@@ -59,8 +59,9 @@ def pascal_pool(root: Path) -> dict[str, dict[str, np.ndarray]]:
         for k in range(3):
             train[f"t{c:02d}_{k}"] = block_label(64, 64, [(c, 2, 2, 50, 50)] + ([(other, 54, 2, 8, 40)] if k else []))
             val[f"v{c:02d}_{k}"] = block_label(64, 64, [(c, 4, 4, 48, 48)])
-    # rule cases: class 6 (base in fold 0) with a 2048-px novel class 1 -> dropped unless keepnovel;
-    # class 7 with a 2047-px novel class 2 -> the novel class does not count, image kept.
+    # rule cases (fold 0, novel 1..5): class 6 with a 2048-px novel class 1 -> dropped unless keep_as_background;
+    # class 7 with a 2047-px novel class 2 -> the novel class does not count: kept unless drop_any;
+    # class 8 with a 10-px novel class 3 -> dropped under drop_any only.
     big = np.zeros((80, 80), np.uint8)
     big[:, :40] = 6
     big[:51, 40:80] = 1
@@ -71,6 +72,10 @@ def pascal_pool(root: Path) -> dict[str, dict[str, np.ndarray]]:
     small[:51, 40:80] = 2
     small[51, 40:47] = 2   # 2047 pixels of class 2
     train["rule_novel2047"] = small
+    tiny = np.zeros((80, 80), np.uint8)
+    tiny[:, :40] = 8
+    tiny[70:72, 60:65] = 3  # 10 pixels of class 3
+    train["rule_novel10"] = tiny
     write_pool(root, "ImageSets/SegmentationAug/train.txt", train, seed=1)
     write_pool(root, "ImageSets/SegmentationAug/val.txt", val, seed=2)
     return {"train": train, "val": val}

@@ -71,3 +71,24 @@ def test_unknown_key_inside_a_dataset_file_names_that_file(tmp_path):
     bad.write_text(f"_base_: {CONFIG_DIR / 'synth' / 'efficientnet_lite0' / 'split0.yaml'}\nval_szie: 200\n")
     with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key 'val_szie'; did you mean 'val_size'\?"):
         load_config(bad)
+
+
+REFERENCE_PROTOCOL = {"novel_in_train": "drop_any", "episode_class": "any_size", "train_crop": "uniform_retry",
+                      "base_images": "all"}
+FORMER_PROTOCOL = {"novel_in_train": "drop_counted", "episode_class": "counted", "train_crop": "foreground_anchor",
+                   "base_images": "fold_lists", "base_head_lr_mult": 1.0, "base_stop_patience": 0}
+
+
+@pytest.mark.parametrize("path", [p for p in FOLD_FILES if p.parts[-3] in ("pascal", "coco")],
+                         ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_pascal_and_coco_run_the_reference_protocol(path):
+    cfg = load_config(path)
+    assert {key: cfg[key] for key in REFERENCE_PROTOCOL} == REFERENCE_PROTOCOL
+
+
+def test_synth_sets_the_former_protocol_in_its_own_file():
+    """The demo's measured figures were tuned with these; they must not follow a change of the defaults."""
+    own = yaml.safe_load((CONFIG_DIR / "synth" / "defaults.yaml").read_text())
+    assert {key: own[key] for key in FORMER_PROTOCOL} == FORMER_PROTOCOL
+    assert (own["base_train_size"], own["base_val_size"]) == (own["train_size"], own["val_size"])
+    assert (own["base_scale_min"], own["base_scale_max"]) == (own["scale_min"], own["scale_max"])

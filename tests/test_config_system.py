@@ -90,3 +90,10 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     assert cfg.base_lr == 0.001 and cfg.weight_decay == 0.0005
     with pytest.raises(ConfigError, match="must be a float"):
         load_config(None, ["base_lr", "1e-3x"])
+
+
+def test_a_replaced_key_says_what_to_write_instead(tmp_path):
+    old = write(tmp_path / "old.yaml", "keep_novel_as_background: true\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: unknown key 'keep_novel_as_background' \(it was replaced\); "
+                                          r"use 'novel_in_train: keep_as_background' for true"):
+        load_config(old)

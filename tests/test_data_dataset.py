@@ -84,7 +84,9 @@ def test_episode_sampling_rules(pascal):
 
 
 def test_sample_shapes_and_binary_labels(synth):
-    cfg = data_config(*synth, shot=2)
+    # the foreground-anchored crop always keeps part of the target; the reference's uniform crop may not
+    # when the target cannot fit (tests/test_protocol_rules.py)
+    cfg = data_config(*synth, shot=2, train_crop="foreground_anchor")
     sample = EpisodeDataset(cfg, "train", seed=0)[0]
     assert sample["query"].shape == (3, 48, 48) and sample["query"].dtype == torch.float32
     assert sample["supports"].shape == (2, 3, 48, 48) and sample["support_masks"].shape == (2, 48, 48)
@@ -129,7 +131,9 @@ def test_bbox_support_annotation_is_a_filled_box(synth):
 
 
 def test_base_class_dataset_remaps_labels(pascal):
-    cfg = data_config(*pascal, dataset="pascal", split=0, train_size=80)
+    # base_images fold_lists: the fold's training list (here drop_counted), val images with a counted base class
+    cfg = data_config(*pascal, dataset="pascal", split=0, base_images="fold_lists", novel_in_train="drop_counted",
+                      base_train_size=80)
     dataset = BaseClassDataset(cfg, "train", seed=0)
     names = [image for image, _, _ in dataset.items]
     assert "JPEGImages/rule_novel2048.jpg" not in names
@@ -137,15 +141,32 @@ def test_base_class_dataset_remaps_labels(pascal):
     assert sample["image"].shape == (3, 80, 80)
     # class 7 is the 2nd base class of fold 0 -> 2; novel class 2 -> background
     assert set(sample["label"].unique().tolist()) <= {0, 2, 255} and (sample["label"] == 2).any()
-    val = BaseClassDataset(data_config(*pascal, dataset="pascal", split=1), "val")
+    val = BaseClassDataset(data_config(*pascal, dataset="pascal", split=1, base_images="fold_lists"), "val")
     labels = torch.cat([val[i]["label"].flatten() for i in range(len(val))]).unique().tolist()
     assert set(labels) == set(range(16)) | {255}
 
 
-def test_keep_novel_as_background_uses_the_other_list(pascal):
-    cfg = data_config(*pascal, dataset="pascal", keep_novel_as_background=True)
-    names = [image for image, _, _ in EpisodeDataset(cfg, "train").items]
-    assert "JPEGImages/rule_novel2048.jpg" in names
+def test_base_class_dataset_all_images_as_bam(pascal):
+    """base_images all (the default): every image of the pools, novel classes as background, stage-1 sizes."""
+    root, _ = pascal
+    cfg = data_config(*pascal, dataset="pascal", split=0, base_train_size=40, base_val_size=36)
+    train, val = BaseClassDataset(cfg, "train", seed=0), BaseClassDataset(cfg, "val")
+    pool = [line.split()[0] for line in (root / "ImageSets/SegmentationAug/train.txt").read_text().splitlines()]
+    assert [image for image, _, _ in train.items] == pool and len(val) == 60
+    sample = train[pool.index("JPEGImages/rule_novel2048.jpg")]
+    # class 6 (first base class of fold 0) -> 1, the 2048 px of novel class 1 -> background
+    assert sample["image"].shape == (3, 40, 40) and set(sample["label"].unique().tolist()) <= {0, 1, 255}
+    only_novel = val[[image for image, _, _ in val.items].index("JPEGImages/v01_0.jpg")]["label"]
+    assert only_novel.shape == (36, 36) and set(only_novel.unique().tolist()) == {0, 255}
+
+
+@pytest.mark.parametrize("rule, kept", [("drop_any", set()), ("drop_counted", {"rule_novel2047", "rule_novel10"}),
+                                        ("keep_as_background", {"rule_novel2048", "rule_novel2047", "rule_novel10"})])
+def test_novel_in_train_picks_the_training_list(pascal, rule, kept):
+    cfg = data_config(*pascal, dataset="pascal", novel_in_train=rule)
+    names = {image for image, _, _ in EpisodeDataset(cfg, "train").items}
+    rule_cases = {name.removeprefix("JPEGImages/").removesuffix(".jpg") for name in names if "rule_" in name}
+    assert rule_cases == kept
 
 
 def test_default_lengths(pascal):
@@ -161,11 +182,20 @@ def test_default_lengths(pascal):
     ({"dataset": "voc"}, "unknown dataset 'voc'"),
     ({"split": 4}, r"fold \(config key 'split'\) must be 0..3"),
     ({"ann_type": "scribble"}, "'ann_type' must be one of"),
+    ({"novel_in_train": "drop"}, r"'novel_in_train' must be one of \['drop_any', 'drop_counted', 'keep_as_background'\]"),
+    ({"episode_class": "big"}, r"'episode_class' must be one of \['any_size', 'counted'\]"),
+    ({"train_crop": "centre"}, r"'train_crop' must be one of \['uniform_retry', 'foreground_anchor'\]"),
 ])
 def test_config_errors(pascal, overrides, message):
     cfg = data_config(*pascal, **{"dataset": "pascal", **overrides})
     with pytest.raises(UserError, match=message):
         EpisodeDataset(cfg, "train")
+
+
+def test_base_images_error(pascal):
+    cfg = data_config(*pascal, dataset="pascal", base_images="some")
+    with pytest.raises(UserError, match=r"'base_images' must be one of \['all', 'fold_lists'\]"):
+        BaseClassDataset(cfg, "train")
 
 
 def test_missing_data_root_and_list(pascal, tmp_path):

@@ -78,11 +78,11 @@ def test_normalization_by_backbone_and_override():
     assert torch.allclose(out[:, 0, 0], torch.tensor([0.9, 0.8, 0.7]))
 
 
-def test_crop_keeps_a_small_foreground():
+def test_foreground_anchored_crop_keeps_a_small_foreground():
     label = np.zeros((200, 200), np.uint8)
     label[150:170, 20:40] = 1
     image = np.zeros((200, 200, 3), np.float32)
-    crop = RandomCrop(64, (0.0, 0.0, 0.0), 255)
+    crop = RandomCrop(64, (0.0, 0.0, 0.0), 255, "foreground_anchor")
     kept = [(crop(image, label, np.random.default_rng(s))[1] == 1).sum() for s in range(20)]
     assert min(kept) >= 200  # at least half of the 400 foreground pixels every time
 

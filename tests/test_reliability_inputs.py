@@ -261,7 +261,7 @@ def test_shot_larger_than_the_data_allows(voc):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         message = user_error(EpisodeDataset, data_config(*voc, dataset="pascal", shot=40), "train")
-    assert message == (f"{lists}/pascal/fold0/train_min2048.json: no class has at least shot + 1 = 41 eligible "
+    assert message == (f"{lists}/pascal/fold0/train_min2048_drop_any.json: no class has at least shot + 1 = 41 eligible "
                        "images; use a smaller shot or more data")
 
 

@@ -19,7 +19,8 @@ from util.checkpoint import load_checkpoint
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
-TINY = ["train_size", "65", "val_size", "65", "train_episodes", "8", "val_episodes", "4", "test_episodes", "6",
+TINY = ["train_size", "65", "val_size", "65", "base_train_size", "65", "base_val_size", "65",
+        "train_episodes", "8", "val_episodes", "4", "test_episodes", "6",
         "batch_size", "2", "base_batch_size", "2", "pretrained_backbone", "false", "device", "cpu", "workers", "0",
         "test_seeds", "[5, 6]", "print_freq", "1"]
 KILL_RUN = ["epochs", "4", "checkpoint_interval", "1"]

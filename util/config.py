@@ -18,6 +18,10 @@ from util.errors import UserError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "config" / "base.yaml"
 BASE_KEY = "_base_"
+REPLACED_KEYS = {  # a key that no longer exists -> what to write instead
+    "keep_novel_as_background": "use 'novel_in_train: keep_as_background' for true, 'novel_in_train: drop_counted' "
+                                "for the former false (or drop_any, the reference)",
+}
 
 
 class ConfigError(UserError):
@@ -138,6 +142,8 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
 
 
 def _suggest(key: str, known: Iterable[str]) -> str:
+    if key in REPLACED_KEYS:
+        return f" (it was replaced); {REPLACED_KEYS[key]}"
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else "; see config/base.yaml for the keys that exist"
 

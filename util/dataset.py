@@ -1,11 +1,14 @@
 """Datasets: episodic few-shot (``EpisodeDataset``) and base-class segmentation for stage 1 (``BaseClassDataset``).
 
-Both read the per-fold lists written by ``python -m util.make_lists`` (layout in ``util/fss_lists.py``):
-``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train,val,base_val}_min<N>[_keepnovel].json``
-with paths relative to ``cfg.data_root``. A missing list raises a UserError that names the command.
+Episodes read the per-fold lists written by ``python -m util.make_lists`` (layout in ``util/fss_lists.py``):
+``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train_min<N>_<novel_in_train>,val_min<N>}.json``
+with paths relative to ``cfg.data_root``; stage 1 reads the image pools (``base_images: all``) or the
+fold's lists (``fold_lists``). A missing list raises a UserError that names the command.
 
-Episodes follow the protocol: the query image's class is drawn uniformly among its eligible classes,
-K distinct supports are drawn uniformly among the class's other images. Episode ``i`` -- which images,
+Episodes follow the protocol: the query image's class is drawn uniformly among the subset's classes
+it holds (``episode_class``: ``any_size`` = present at any size, the reference; ``counted`` = only
+those with at least ``min_class_pixels``), and K distinct supports are drawn uniformly among the
+other images in which that class counts. Episode ``i`` -- which images,
 which class, and every augmentation draw -- is a pure function of ``(seed, i)``: one
 ``numpy.random.SeedSequence([seed, i])`` feeds everything, so DataLoader workers and order don't matter.
 For training, give each epoch its own seed (``dataset.seed = cfg.seed + epoch``) to see new episodes.
@@ -24,16 +27,19 @@ from torch.utils.data import Dataset, default_collate
 
 from util.classes import base_classes, num_classes
 from util.errors import UserError
-from util.fss_lists import FoldList, check_dataset_fold, fold_list_path, make_lists_command, read_fold_list
+from util.fss_lists import (FoldList, check_dataset_fold, fold_list_path, make_lists_command, read_fold_list,
+                            pool_list_path, read_pool, train_subset)
 from util.image_io import check_label_values, read_image, read_label
 from util.transform import bbox_mask, binary_label, build_transform
 
 __all__ = ["Episode", "EpisodeDataset", "BaseClassDataset", "collate_episodes", "read_image", "read_label",
-           "load_fold_list"]
+           "load_fold_list", "load_pool"]
 
 cv2.setNumThreads(0)
 
 ANN_TYPES = ("mask", "bbox")
+EPISODE_CLASSES = ("any_size", "counted")
+BASE_IMAGES = ("all", "fold_lists")
 
 
 @dataclass(frozen=True)
@@ -46,23 +52,39 @@ class Episode:
     class_id: int
 
 
-def load_fold_list(cfg, subset: str) -> FoldList:
-    """The per-fold list ``subset`` for ``cfg`` (dataset, split, style, min_class_pixels), checking data_root."""
+def _check_data_root(cfg) -> None:
     check_dataset_fold(cfg.dataset, cfg.split, cfg.coco_split_style)
     if not Path(cfg.data_root).is_dir():
         raise UserError(f"data_root '{cfg.data_root}' does not exist (config key data_root); "
                         f"prepare the dataset there (see README, Data preparation)"
                         + (f" or run: python -m util.make_synth --root {cfg.data_root}" if cfg.dataset == "synth" else ""))
-    path = fold_list_path(cfg.list_root, cfg.dataset, cfg.split, subset, cfg.min_class_pixels, cfg.coco_split_style)
-    fold_list = read_fold_list(path, make_lists_command(cfg.dataset, cfg.data_root, cfg.list_root, cfg.min_class_pixels))
-    root = Path(cfg.data_root)
-    for number, (image, label, _) in enumerate(fold_list.items, start=1):
+
+
+def _check_files(root: Path, pairs, where: str, hint: str) -> None:
+    """UserError naming ``where`` and the item number for the first image or label missing under ``root``."""
+    for number, (image, label, *_) in enumerate(pairs, start=1):
         for relative, kind in ((image, "image"), (label, "label")):
             if not (root / relative).is_file():
-                raise UserError(f"{path}: item {number}: {kind} {root / relative} not found; fix data_root "
-                                f"or regenerate the lists with: "
-                                + make_lists_command(cfg.dataset, cfg.data_root, cfg.list_root, cfg.min_class_pixels))
+                raise UserError(f"{where}: item {number}: {kind} {root / relative} not found; fix data_root or {hint}")
+
+
+def load_fold_list(cfg, subset: str) -> FoldList:
+    """The per-fold list ``subset`` for ``cfg`` (dataset, split, style, min_class_pixels), checking data_root."""
+    _check_data_root(cfg)
+    path = fold_list_path(cfg.list_root, cfg.dataset, cfg.split, subset, cfg.min_class_pixels, cfg.coco_split_style)
+    command = make_lists_command(cfg.dataset, cfg.data_root, cfg.list_root, cfg.min_class_pixels)
+    fold_list = read_fold_list(path, command)
+    _check_files(Path(cfg.data_root), fold_list.items, str(path), f"regenerate the lists with: {command}")
     return fold_list
+
+
+def load_pool(cfg, subset: str) -> list[tuple[str, str]]:
+    """Every ``(image, label)`` pair of the image pool ``subset`` (train/val) of ``cfg``'s data root."""
+    _check_data_root(cfg)
+    pairs = read_pool(cfg.data_root, cfg.dataset, subset)
+    where = str(pool_list_path(cfg.data_root, cfg.dataset, subset))
+    _check_files(Path(cfg.data_root), pairs, where, "regenerate the image list")
+    return pairs
 
 
 def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,13 +117,16 @@ class EpisodeDataset(Dataset):
         self.cfg, self.mode, self.shot = cfg, mode, cfg.shot
         self.seed = _seed(seed, cfg)
         self.root = Path(cfg.data_root)
-        subset = "val" if mode == "val" else ("train_keepnovel" if cfg.keep_novel_as_background else "train")
-        fold_list = load_fold_list(cfg, subset)
+        if cfg.episode_class not in EPISODE_CLASSES:
+            raise UserError(f"config key 'episode_class' must be one of {list(EPISODE_CLASSES)}, got {cfg.episode_class!r}")
+        fold_list = load_fold_list(cfg, "val" if mode == "val" else train_subset(cfg.novel_in_train))
 
+        # a class's support pool: the images in which it counts
         by_class: dict[int, list[int]] = {c: [] for c in fold_list.classes}
-        for index, (_, _, classes) in enumerate(fold_list.items):
-            for c in classes:
+        for index, (_, _, counted, _) in enumerate(fold_list.items):
+            for c in counted:
                 by_class[c].append(index)
+        # with at least K + 1 images in its pool, a class has K supports besides any query
         kept = {c for c, images in by_class.items() if len(images) >= self.shot + 1}
         for c in sorted(set(by_class) - kept):
             warnings.warn(f"{fold_list.path}: class {c} has {len(by_class[c])} eligible image(s), fewer than "
@@ -109,20 +134,22 @@ class EpisodeDataset(Dataset):
         if not kept:
             raise UserError(f"{fold_list.path}: no class has at least shot + 1 = {self.shot + 1} eligible images; "
                             "use a smaller shot or more data")
+        any_size = cfg.episode_class == "any_size"
         old_to_new: dict[int, int] = {}
         items = []
-        for index, (image, label, classes) in enumerate(fold_list.items):
-            eligible = tuple(c for c in classes if c in kept)
-            if eligible:
+        for index, (image, label, counted, present) in enumerate(fold_list.items):
+            drawable = tuple(c for c in (present if any_size else counted) if c in kept)
+            if drawable:
                 old_to_new[index] = len(items)
-                items.append((image, label, eligible))
+                items.append((image, label, drawable))
+        # (image, label, classes the episode's class is drawn from)
         self.items: list[tuple[str, str, tuple[int, ...]]] = items
         self.class_images = {c: [old_to_new[i] for i in by_class[c]] for c in sorted(kept)}
         self.classes = sorted(kept)
         if episodes is None:
             episodes = (cfg.train_episodes or len(items)) if mode == "train" else cfg.test_episodes
         self.episodes = int(episodes)
-        self.transform = build_transform(cfg, train=mode == "train")
+        self.transform = build_transform(cfg, train=mode == "train", stage="meta")
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -200,24 +227,33 @@ def collate_episodes(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class BaseClassDataset(Dataset):
-    """Stage 1: semantic segmentation over the fold's base classes (base class c -> its rank + 1, others -> 0)."""
+    """Stage 1: semantic segmentation over the fold's base classes (base class c -> its rank + 1, others -> 0).
+
+    ``base_images: all`` (BAM's base learner): every image of the train / val pool, novel classes as
+    background. ``fold_lists``: training on the fold's stage-2 training list (``novel_in_train``),
+    validation on the val images with a counted base class.
+    """
 
     def __init__(self, cfg, mode: str, seed: int | None = None):
         if mode not in ("train", "val"):
             raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+        if cfg.base_images not in BASE_IMAGES:
+            raise UserError(f"config key 'base_images' must be one of {list(BASE_IMAGES)}, got {cfg.base_images!r}")
         self.cfg, self.mode, self.seed = cfg, mode, _seed(seed, cfg)
         self.root = Path(cfg.data_root)
-        subset = "base_val" if mode == "val" else ("train_keepnovel" if cfg.keep_novel_as_background else "train")
-        fold_list = load_fold_list(cfg, subset)
-        if not fold_list.items:
-            raise UserError(f"{fold_list.path}: the list has no images; check the data and regenerate the lists")
-        self.items = fold_list.items
+        if cfg.base_images == "all":
+            self.items = [(image, label, ()) for image, label in load_pool(cfg, mode)]
+        else:
+            fold_list = load_fold_list(cfg, "base_val" if mode == "val" else train_subset(cfg.novel_in_train))
+            if not fold_list.items:
+                raise UserError(f"{fold_list.path}: the list has no images; check the data and regenerate the lists")
+            self.items = [(image, label, counted) for image, label, counted, _ in fold_list.items]
         lookup = np.zeros(256, dtype=np.uint8)
         for rank, c in enumerate(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)):
             lookup[c] = rank + 1
         lookup[cfg.ignore_label] = cfg.ignore_label
         self.lookup = lookup
-        self.transform = build_transform(cfg, train=mode == "train")
+        self.transform = build_transform(cfg, train=mode == "train", stage="base")
 
     def __len__(self) -> int:
         return len(self.items)

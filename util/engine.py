@@ -52,20 +52,25 @@ class Schedule:
 class TrainJob:
     """What differs between the stages; the loop in :func:`train` is the same for both.
 
+    ``parameters`` are the tensors to optimise at ``schedule.lr``, or SGD parameter groups (dicts with
+    ``params`` and their own ``lr``); the poly schedule scales every group's rate alike.
     ``step(model, batch)`` runs the forward pass of one batch (already on the device) and returns a dict
     of named losses including ``"loss"`` (the one minimised). ``validate(model)`` returns metrics whose
     ``"miou"`` selects ``best.pth`` (it is called on every rank; it reduces over ranks itself).
+    ``stop_patience`` > 0 ends the run at the start of an epoch once that many epochs have passed
+    since the best validation (the poly schedule still spans all epochs).
     """
 
     stage: str
     model: nn.Module
-    parameters: list[nn.Parameter]
+    parameters: list[nn.Parameter] | list[dict[str, Any]]
     make_train_set: Callable[[int], Dataset]
     step: Callable[[nn.Module, dict], Mapping[str, torch.Tensor]]
     run_dir: Path
     schedule: Schedule
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     collate: Callable[[list], Any] | None = None
+    stop_patience: int = 0
 
 
 @dataclass
@@ -94,7 +99,8 @@ def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, sca
 
 
 def _check_finite_weights(job: TrainJob, iteration: int) -> None:
-    if not all(bool(torch.isfinite(p).all()) for p in job.parameters):
+    tensors = (p for entry in job.parameters for p in (entry["params"] if isinstance(entry, dict) else [entry]))
+    if not all(bool(torch.isfinite(p).all()) for p in tensors):
         raise TrainingDiverged(f"weights stopped being finite at iteration {iteration}; " + _last_good(job.run_dir))
 
 
@@ -176,7 +182,8 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
 
     log.info(
         f"{job.stage}: {total} iterations ({iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "
-        f"{schedule.max_iters}), batch {schedule.batch_size} x {ctx.world_size} process(es), lr {schedule.lr}, "
+        f"{schedule.max_iters}), batch {schedule.batch_size} x {ctx.world_size} process(es), "
+        f"lr {' / '.join(format(group['initial_lr'], 'g') for group in optimizer.param_groups)}, "
         f"amp {cfg['amp']}, device {ctx.device}, run dir {run_dir}"
     )
 
@@ -189,6 +196,10 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
 
     epoch = iteration // iters_per_epoch
     while iteration < total:
+        since_best = epoch - best["iteration"] // iters_per_epoch
+        if job.stop_patience and best["iteration"] >= 0 and since_best >= job.stop_patience:
+            log.info(f"early stop before epoch {epoch + 1}: {since_best} epochs without a better validation mIoU")
+            break
         if epoch > 0:
             train_set = job.make_train_set(epoch)
         done_in_epoch = iteration - epoch * iters_per_epoch

@@ -167,7 +167,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def protocol_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that define a test's numbers, recorded with them."""
     keys = MODEL_CONFIG_KEYS + ("split", "shot", "ann_type", "test_seeds", "test_episodes", "ori_resize", "val_size",
-                                "test_batch_size", "coco_split_style", "min_class_pixels", "amp")
+                                "test_batch_size", "coco_split_style", "min_class_pixels", "episode_class", "amp")
     return {key: cfg[key] for key in keys}
 
 

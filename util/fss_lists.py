@@ -5,15 +5,19 @@ Image pools (inputs, inside the data root; one ``image label`` pair of root-rela
     pascal, synth:  <data_root>/ImageSets/SegmentationAug/{train,val}.txt
     coco:           <data_root>/masks/{train,val}.txt
 
-Per-fold lists (outputs, under ``<list_root>/<dataset>/``; for COCO one level more, ``fwb/`` or ``panet/``):
+Per-fold lists (outputs, under ``<list_root>/<dataset>/``; for COCO one level more, ``fwb/`` or ``panet/``),
+where a class *counts* in an image if it covers at least N pixels and is *present* if it has any pixel:
 
-    fold<k>/train_min<N>.json            training queries: images whose classes (>= N pixels) are all base
-    fold<k>/train_min<N>_keepnovel.json  training queries: every image with a base class (novel pixels -> background)
-    fold<k>/val_min<N>.json              test queries: val images with a novel class
-    fold<k>/base_val_min<N>.json         stage-1 validation: val images with a base class
+    fold<k>/train_min<N>_drop_any.json            training queries: a counted base class, no novel pixel at all (BAM)
+    fold<k>/train_min<N>_drop_counted.json        training queries: a counted base class, no counted novel class
+    fold<k>/train_min<N>_keep_as_background.json  training queries: a counted base class (novel pixels -> background)
+    fold<k>/val_min<N>.json                       test queries: val images with a counted novel class
+    fold<k>/base_val_min<N>.json                  stage-1 validation (``base_images: fold_lists``): a counted base class
 
-Each JSON file holds a header (dataset, fold, split style, subset, classes, min_class_pixels) and
-``items``: ``[image, label, [eligible class ids of the subset]]``, sorted by image path, one per line.
+The three training lists are the three values of the config key ``novel_in_train``. Each JSON file
+holds a header (``format``, dataset, fold, split style, subset, classes, min_class_pixels) and
+``items``: ``[image, label, [counted classes of the subset], [present classes of the subset]]``,
+sorted by image path, one per line.
 """
 from __future__ import annotations
 
@@ -29,16 +33,20 @@ POOL_LISTS = {
     "synth": "ImageSets/SegmentationAug/{subset}.txt",
     "coco": "masks/{subset}.txt",
 }
-SUBSETS = ("train", "train_keepnovel", "val", "base_val")
+NOVEL_IN_TRAIN = ("drop_any", "drop_counted", "keep_as_background")
+SUBSETS = tuple(f"train_{rule}" for rule in NOVEL_IN_TRAIN) + ("val", "base_val")
+LIST_FORMAT = 2  # 2: items carry the present classes as well as the counted ones
+
+Item = tuple[str, str, tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
 class FoldList:
-    """One per-fold list: the subset's classes and its images with their eligible classes."""
+    """One per-fold list: the subset's classes and its images as ``(image, label, counted, present)``."""
 
     path: Path
     classes: tuple[int, ...]
-    items: tuple[tuple[str, str, tuple[int, ...]], ...]
+    items: tuple[Item, ...]
 
 
 def check_dataset_fold(dataset: str, fold: int, split_style: str = "fwb") -> None:
@@ -51,10 +59,41 @@ def pool_list_path(data_root: str | Path, dataset: str, subset: str) -> Path:
     return Path(data_root) / POOL_LISTS[dataset].format(subset=subset)
 
 
+def read_pool(data_root: str | Path, dataset: str, subset: str) -> list[tuple[str, str]]:
+    """``(image, label)`` root-relative pairs of a pool list; UserError naming the file and line if broken."""
+    path = pool_list_path(data_root, dataset, subset)
+    if not path.is_file():
+        hint = {"pascal": "python -m util.prepare_pascal", "coco": "python -m util.prepare_coco",
+                "synth": f"python -m util.make_synth --root {data_root}"}[dataset]
+        raise UserError(f"{path}: image list not found; check data_root or create it with {hint}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file of 'image_path label_path' lines; regenerate the image list") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise UserError(f"{path}:{number}: expected 'image_path label_path', got '{line.strip()}'")
+        pairs.append((fields[0].lstrip("/"), fields[1].lstrip("/")))
+    if not pairs:
+        raise UserError(f"{path}: the image list is empty; regenerate it")
+    return pairs
+
+
 def dataset_list_dir(list_root: str | Path, dataset: str, split_style: str = "fwb") -> Path:
     """``<list_root>/<dataset>`` (``<list_root>/coco/<split_style>`` for COCO)."""
     root = Path(list_root) / dataset
     return root / split_style if dataset == "coco" else root
+
+
+def train_subset(novel_in_train: str) -> str:
+    """The training list of a ``novel_in_train`` rule; UserError for an unknown rule."""
+    if novel_in_train not in NOVEL_IN_TRAIN:
+        raise UserError(f"config key 'novel_in_train' must be one of {list(NOVEL_IN_TRAIN)}, got {novel_in_train!r}")
+    return f"train_{novel_in_train}"
 
 
 def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, min_class_pixels: int,
@@ -62,8 +101,10 @@ def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, 
     """Path of a per-fold list; ``subset`` is one of ``SUBSETS``."""
     if subset not in SUBSETS:
         raise ValueError(f"unknown list subset {subset!r}")
-    keep = subset.endswith("_keepnovel")
-    name = f"{subset.removesuffix('_keepnovel')}_min{min_class_pixels}" + ("_keepnovel" if keep else "")
+    if subset.startswith("train_"):
+        name = f"train_min{min_class_pixels}_{subset.removeprefix('train_')}"
+    else:
+        name = f"{subset}_min{min_class_pixels}"
     return dataset_list_dir(list_root, dataset, split_style) / f"fold{fold}" / f"{name}.json"
 
 
@@ -74,13 +115,18 @@ def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Pat
 
 
 def read_fold_list(path: Path, rerun_hint: str) -> FoldList:
-    """Load a per-fold list; UserError naming the command to run if it is missing or malformed."""
+    """Load a per-fold list; UserError naming the command to run if it is missing, malformed or of an older format."""
     if not path.is_file():
         raise UserError(f"{path}: list not found; generate it with: {rerun_hint}")
     try:
         data = json.loads(path.read_text())
-        items = tuple((str(image), str(label), tuple(int(c) for c in classes)) for image, label, classes in data["items"])
+        version = data.get("format", 1)
+        if version != LIST_FORMAT:
+            raise UserError(f"{path}: list format {version}, this code reads format {LIST_FORMAT} "
+                            f"(items with the present classes); regenerate the lists with: {rerun_hint}")
+        items = tuple((str(image), str(label), tuple(int(c) for c in counted), tuple(int(c) for c in present))
+                      for image, label, counted, present in data["items"])
         classes = tuple(int(c) for c in data["classes"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{path}: not a valid list file; regenerate it with: {rerun_hint}") from None
     return FoldList(path, classes, items)

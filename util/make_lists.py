@@ -1,9 +1,10 @@
 """Write the per-fold few-shot lists of a dataset (layout and format: ``util/fss_lists.py``).
 
 Every label of the train and val pools is read once (in parallel) to count its pixels per class;
-a class counts in an image only with at least ``--min-class-pixels`` pixels. Then, for every fold
-(and for COCO both split styles), the lists are written, sorted, so the output is identical byte
-for byte on every run and for any number of workers.
+a class counts in an image only with at least ``--min-class-pixels`` pixels, and is present with any.
+Then, for every fold (and for COCO both split styles), the lists are written -- the training list
+once per ``novel_in_train`` rule -- sorted, so the output is identical byte for byte on every run and
+for any number of workers.
 
     python -m util.make_lists --dataset synth --data-root data/synth [--list-root lists] [--min-class-pixels 2048]
 """
@@ -21,35 +22,10 @@ import numpy as np
 
 from util.classes import COCO_SPLIT_STYLES, NUM_FOLDS, base_classes, novel_classes, num_classes
 from util.errors import UserError, cli_entry
-from util.fss_lists import check_dataset_fold, fold_list_path, pool_list_path
+from util.fss_lists import LIST_FORMAT, Item, check_dataset_fold, fold_list_path, pool_list_path, read_pool
 from util.image_io import check_label_values, image_size, read_label
 
-Item = tuple[str, str, tuple[int, ...]]
 CHUNK = 64
-
-
-def read_pool(data_root: Path, dataset: str, subset: str) -> list[tuple[str, str]]:
-    """``(image, label)`` root-relative pairs of a pool list; UserError naming the file and line if broken."""
-    path = pool_list_path(data_root, dataset, subset)
-    if not path.is_file():
-        hint = {"pascal": "python -m util.prepare_pascal", "coco": "python -m util.prepare_coco",
-                "synth": "python -m util.make_synth --root " + str(data_root)}[dataset]
-        raise UserError(f"{path}: image list not found; check data_root or create it with {hint}")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file of 'image_path label_path' lines; regenerate the image list") from None
-    pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise UserError(f"{path}:{number}: expected 'image_path label_path', got '{line.strip()}'")
-        pairs.append((fields[0].lstrip("/"), fields[1].lstrip("/")))
-    if not pairs:
-        raise UserError(f"{path}: the image list is empty; regenerate it")
-    return pairs
 
 
 def count_classes(job: tuple[str, str, str, int, str, int]) -> dict[int, int]:
@@ -83,18 +59,24 @@ def pixel_counts(data_root: Path, dataset: str, subset: str, workers: int) -> li
     return [(image, label, count) for (image, label), count in zip(pairs, counts)]
 
 
-def select(pool: Iterable[tuple[str, str, dict[int, int]]], classes: Sequence[int], excluded: Sequence[int],
-           min_pixels: int) -> list[Item]:
-    """Images with at least one counted class in ``classes`` and none in ``excluded``, sorted by path."""
-    wanted, banned = set(classes), set(excluded)
+def select(pool: Iterable[tuple[str, str, dict[int, int]]], classes: Sequence[int], banned: Sequence[int],
+           min_pixels: int, ban_any_pixel: bool = False) -> list[Item]:
+    """Images with at least one counted class in ``classes`` and none in ``banned``, sorted by path.
+
+    A banned class excludes an image when it counts there, or with ``ban_any_pixel`` when it has any
+    pixel there (BAM's ``filter_intersection``). Each item carries the counted and the present classes
+    of ``classes``.
+    """
+    wanted, banned = set(classes), set(banned)
     items = []
     for image, label, counts in pool:
+        present = set(counts)
         counted = {c for c, n in counts.items() if n >= min_pixels}
-        if counted & banned:
+        if (present if ban_any_pixel else counted) & banned:
             continue
         eligible = tuple(sorted(counted & wanted))
         if eligible:
-            items.append((image, label, eligible))
+            items.append((image, label, eligible, tuple(sorted(present & wanted))))
     return sorted(items)
 
 
@@ -102,7 +84,8 @@ def write_list(path: Path, header: dict, items: list[Item]) -> None:
     """JSON with the header fields and one item per line (stable, diff-friendly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     head = ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items())
-    body = ",\n".join("  " + json.dumps([image, label, list(classes)]) for image, label, classes in items)
+    body = ",\n".join("  " + json.dumps([image, label, list(counted), list(present)])
+                       for image, label, counted, present in items)
     path.write_text("{\n" + head + ',\n "items": [\n' + body + "\n ]\n}\n")
 
 
@@ -124,17 +107,18 @@ def make_lists(dataset: str, data_root: str | Path, list_root: str | Path = "lis
         for fold in range(NUM_FOLDS):
             novel = novel_classes(dataset, fold, style or "fwb")
             base = base_classes(dataset, fold, style or "fwb")
-            plans = {
-                "train": ("train", base, novel),
-                "train_keepnovel": ("train", base, ()),
-                "val": ("val", novel, ()),
-                "base_val": ("val", base, ()),
+            plans = {  # subset: (pool, classes, banned classes, banned at any pixel count)
+                "train_drop_any": ("train", base, novel, True),
+                "train_drop_counted": ("train", base, novel, False),
+                "train_keep_as_background": ("train", base, (), False),
+                "val": ("val", novel, (), False),
+                "base_val": ("val", base, (), False),
             }
-            for subset, (pool, classes, excluded) in plans.items():
+            for subset, (pool, classes, banned, ban_any_pixel) in plans.items():
                 path = fold_list_path(list_root, dataset, fold, subset, min_class_pixels, style or "fwb")
-                header = {"dataset": dataset, "fold": fold, "split_style": style, "subset": subset,
-                          "min_class_pixels": min_class_pixels, "classes": list(classes)}
-                write_list(path, header, select(pools[pool], classes, excluded, min_class_pixels))
+                header = {"format": LIST_FORMAT, "dataset": dataset, "fold": fold, "split_style": style,
+                          "subset": subset, "min_class_pixels": min_class_pixels, "classes": list(classes)}
+                write_list(path, header, select(pools[pool], classes, banned, min_class_pixels, ban_any_pixel))
                 written.append(path)
     return written
 

@@ -12,11 +12,16 @@ import cv2
 import numpy as np
 import torch
 
+from util.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
-CROP_RETRIES = 10
-KEEP_FOREGROUND_FRACTION = 0.5
+TRAIN_CROPS = ("uniform_retry", "foreground_anchor")
+UNIFORM_RETRIES = 31           # the reference re-draws while its counter is <= 30: at most 31 more crops
+UNIFORM_KEEP_FRACTION = 0.85
+ANCHOR_RETRIES = 10
+ANCHOR_KEEP_FRACTION = 0.5
 BLUR_KERNEL = 5
 
 Mapping = tuple[np.ndarray, np.ndarray]
@@ -103,15 +108,23 @@ def _pad(image: np.ndarray, label: np.ndarray, top: int, bottom: int, left: int,
 
 
 class RandomCrop:
-    """Pad (centred, mean/ignore) to at least ``size``, then crop ``size x size`` at a random place.
+    """Pad (centred, mean/ignore) to at least ``size``, then crop ``size x size``; ``rule`` picks the place.
 
-    Foreground is every label value other than 0 and the ignore label. The first place is uniform;
-    if it keeps less than half of the foreground, up to ``CROP_RETRIES`` more places are drawn around
-    a random foreground pixel until one does; otherwise the best place tried is used.
+    ``uniform_retry`` (the reference, BAM's ``Crop``): the target is label value 1 (the episode's
+    class; in stage 1 the fold's first base class, as the reference runs the same crop there). A
+    uniform place is drawn; while it keeps less than 85% of the target, a new uniform place is drawn,
+    at most ``UNIFORM_RETRIES`` times, and the last one is used.
+
+    ``foreground_anchor``: the foreground is every label value other than 0 and the ignore label.
+    The first place is uniform; if it keeps less than half of the foreground, up to ``ANCHOR_RETRIES``
+    more places are drawn around a random foreground pixel until one does; otherwise the best place
+    tried is used.
     """
 
-    def __init__(self, size: int, image_fill: Sequence[float], ignore_label: int):
-        self.size, self.image_fill, self.ignore_label = size, tuple(image_fill), ignore_label
+    def __init__(self, size: int, image_fill: Sequence[float], ignore_label: int, rule: str = "uniform_retry"):
+        if rule not in TRAIN_CROPS:
+            raise ValueError(f"crop rule must be one of {TRAIN_CROPS}, got {rule!r}")
+        self.size, self.image_fill, self.ignore_label, self.rule = size, tuple(image_fill), ignore_label, rule
 
     def _place(self, rng: np.random.Generator, height: int, width: int, anchor: tuple[int, int] | None) -> tuple[int, int]:
         if anchor is None:
@@ -121,29 +134,47 @@ class RandomCrop:
         left_range = (max(0, x - self.size + 1), min(x, width - self.size))
         return int(rng.integers(top_range[0], top_range[1] + 1)), int(rng.integers(left_range[0], left_range[1] + 1))
 
-    def __call__(self, image, label, rng):
+    def _kept(self, integral: np.ndarray, top: int, left: int) -> int:
+        bottom, right = top + self.size, left + self.size
+        return int(integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left])
+
+    def _uniform_retry(self, label: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         height, width = label.shape
-        pad_h, pad_w = max(self.size - height, 0), max(self.size - width, 0)
-        image, label = _pad(image, label, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2,
-                            self.image_fill, self.ignore_label)
+        integral = cv2.integral((label == 1).astype(np.uint8))
+        total = int(integral[-1, -1])
+        top, left = self._place(rng, height, width, None)
+        for _ in range(UNIFORM_RETRIES):
+            if self._kept(integral, top, left) >= UNIFORM_KEEP_FRACTION * total:
+                break
+            top, left = self._place(rng, height, width, None)
+        return top, left
+
+    def _foreground_anchor(self, label: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
         height, width = label.shape
         foreground = (label != 0) & (label != self.ignore_label)
         integral = cv2.integral(foreground.astype(np.uint8))
         total = int(integral[-1, -1])
         points, anchor = None, None
         best, best_kept = (0, 0), -1
-        for attempt in range(CROP_RETRIES + 1):
+        for attempt in range(ANCHOR_RETRIES + 1):
             if attempt and total:
                 points = np.argwhere(foreground) if points is None else points
                 anchor = tuple(points[int(rng.integers(len(points)))])
             top, left = self._place(rng, height, width, anchor)
-            bottom, right = top + self.size, left + self.size
-            kept = int(integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left])
+            kept = self._kept(integral, top, left)
             if kept > best_kept:
                 best, best_kept = (top, left), kept
-            if kept >= KEEP_FOREGROUND_FRACTION * total:
+            if kept >= ANCHOR_KEEP_FRACTION * total:
                 break
-        top, left = best
+        return best
+
+    def __call__(self, image, label, rng):
+        height, width = label.shape
+        pad_h, pad_w = max(self.size - height, 0), max(self.size - width, 0)
+        image, label = _pad(image, label, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2,
+                            self.image_fill, self.ignore_label)
+        place = self._uniform_retry if self.rule == "uniform_retry" else self._foreground_anchor
+        top, left = place(label, rng)
         return (image[top:top + self.size, left:left + self.size],
                 label[top:top + self.size, left:left + self.size])
 
@@ -182,22 +213,32 @@ class PairedTransform:
                 torch.from_numpy(label.astype(np.int64)))
 
 
-def build_transform(cfg, train: bool, size: int | None = None) -> PairedTransform:
-    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad)."""
+def build_transform(cfg, train: bool, size: int | None = None, stage: str = "meta") -> PairedTransform:
+    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad).
+
+    ``stage="base"`` takes stage 1's sizes and scale range (``base_train_size``, ``base_val_size``,
+    ``base_scale_min/max``); ``"meta"`` those of the episodes. ``size`` overrides the size.
+    """
+    if stage not in ("meta", "base"):
+        raise ValueError(f"stage must be 'meta' or 'base', got {stage!r}")
+    if cfg.train_crop not in TRAIN_CROPS:
+        raise UserError(f"config key 'train_crop' must be one of {list(TRAIN_CROPS)}, got {cfg.train_crop!r}")
+    base = stage == "base"
     mean, std = normalization_for(cfg)
     fill = tuple(255.0 * m for m in mean)
     ignore = cfg.ignore_label
     if train:
-        size = size or cfg.train_size
+        size = size or (cfg.base_train_size if base else cfg.train_size)
+        scale = (cfg.base_scale_min, cfg.base_scale_max) if base else (cfg.scale_min, cfg.scale_max)
         steps: list[Step] = [
-            RandomScale(cfg.scale_min, cfg.scale_max),
+            RandomScale(*scale),
             RandomRotate(cfg.rotate_min, cfg.rotate_max, fill, ignore),
             RandomGaussianBlur(),
             RandomHorizontalFlip(),
-            RandomCrop(size, fill, ignore),
+            RandomCrop(size, fill, ignore, cfg.train_crop),
         ]
     else:
-        steps = [ResizePad(size or cfg.val_size, fill, ignore)]
+        steps = [ResizePad(size or (cfg.base_val_size if base else cfg.val_size), fill, ignore)]
     return PairedTransform(steps, mean, std)
 
 
