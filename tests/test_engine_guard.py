@@ -65,6 +65,23 @@ def test_resume_auto_on_a_finished_stage_is_a_no_op_whatever_else_changed(tmp_pa
     assert files(run) == before and (run / "config.yaml").read_text() == config_before
 
 
+def test_best_pth_of_an_earlier_iteration_is_marked_finished_and_counts_alone(tmp_path):
+    """Validation peaks at the first epoch: best.pth is older than the end, and still says the run finished (a user
+    may delete last.pth to save space)."""
+    run = tmp_path / "run"
+    cfg = tiny_config()
+    job = tiny_job(cfg, run)
+    job.validate = lambda net: {"miou": 0.5}
+    train(cfg, job, CPU)
+    best = run_record(run / "best.pth")
+    assert best["best"]["iteration"] == 4 and best["finished"]
+    (run / "last.pth").unlink()
+    before = files(run)
+    auto = tiny_config(resume="auto")
+    assert train(auto, tiny_job(auto, run), CPU).iteration == 4  # the finished run's best, nothing trained
+    assert files(run) == before
+
+
 def test_an_imported_checkpoint_counts_as_finished_and_is_never_replaced_unasked(tmp_path):
     run = tmp_path / "run"
     save_atomic({"model": {}, "stage": "imported", "source": "/ref/best.pth"}, run / "best.pth")
@@ -107,6 +124,12 @@ def test_resuming_a_run_keeps_writing_its_own_files(tmp_path):
 # ---------------------------------------------------------------- SIGINT / SIGTERM
 
 
+def _validations(run_dir: Path) -> list[int]:
+    """The iterations after which the run's log shows a validation."""
+    lines = (run_dir / "train_meta.log").read_text().splitlines()
+    return [int(line.split("validation after iteration ")[1].split(":")[0]) for line in lines if "validation after" in line]
+
+
 def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -129,6 +152,7 @@ def test_a_real_signal_saves_the_current_iteration_and_resume_ends_bitwise_equal
     resumed_cfg = tiny_config(checkpoint_interval=100, resume="auto")
     resumed = train(resumed_cfg, tiny_job(resumed_cfg, tmp_path / "stopped"), CPU)
     assert resumed.iteration == straight.iteration == 12 and resumed.last_metrics == straight.last_metrics
+    assert _validations(tmp_path / "stopped") == _validations(tmp_path / "straight") == [4, 8, 12]  # none skipped
     for name in ("last.pth", "best.pth"):
         a, b = load_checkpoint(tmp_path / "straight" / name), load_checkpoint(tmp_path / "stopped" / name)
         assert _states_equal(a["model"], b["model"]) and a["best"] == b["best"] and a["iteration"] == b["iteration"]
