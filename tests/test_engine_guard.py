@@ -225,3 +225,13 @@ def test_a_lock_written_on_another_host_is_refused(tmp_path):
     with RunLock(tmp_path / "other") as lock:
         assert lock.taken_over is None
         assert (tmp_path / "other" / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} host {socket.gethostname()}")
+
+
+def test_a_run_directory_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the run directory should be")
+    cfg = tiny_config()
+    with pytest.raises(UserError) as info:
+        train(cfg, tiny_job(cfg, blocker / "run"), CPU)
+    assert str(info.value) == f"cannot use run directory {blocker / 'run'} (Not a directory); choose a writable exp_dir"
+    assert blocker.read_text() == "a file where the run directory should be"

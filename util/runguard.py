@@ -149,18 +149,31 @@ class RunLock:
         return UserError(f"run directory {self.path.parent} is in use by {who}; wait for that run to end, choose "
                          f"another {self.dir_key}, or, if it is no longer running, delete {self.path}")
 
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise UserError(f"cannot use run directory {self.path.parent} ({err.strerror}); "
+                            f"choose a writable {self.dir_key}") from None
+
+    def _read_holder(self) -> dict[str, str]:
+        try:
+            return _holder(self.path.read_text())
+        except OSError:
+            return {}
+
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True
             except OSError as err:
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
-                    raise self._refuse(_holder(self.path.read_text())) from None
+                    raise self._refuse(self._read_holder()) from None
                 locked = False  # no flock on this file system: the pid check below decides
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
