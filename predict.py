@@ -5,8 +5,10 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
 
 - The number of ``--support`` pairs is the shot K (any K, whatever shot the model was trained with).
 - Support masks: a black/white mask (only values 0 and 255: 255 = object), or a class-id / palette PNG
-  (0 = background, 255 = ignore as in VOC borders, any other value = object); RGB masks: any non-black
-  pixel = object. The mask must have its image's height and width. With ``ann_type bbox`` each mask is
+  (0 = background, 255 = ignore as in VOC borders, any other value = object). RGB masks are read by the
+  datasets' rule (``util.image_io.label_from_colours``): black = 0, white = 255, a VOC palette colour =
+  its class id, so a black/white RGB mask is a black/white mask and an RGB VOC label is a class-id mask;
+  any other colour is refused, naming the colours found. The mask must have its image's height and width. With ``ann_type bbox`` each mask is
   replaced by its filled bounding box, as in testing.
 - Images of any size go through the test geometry (longer side resized to ``val_size``, placed top-left,
   padded); the prediction is mapped back to the query's original size exactly as ``ori_resize`` scoring does.
@@ -29,7 +31,6 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from model.mianet import MIANet
 from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
@@ -37,9 +38,9 @@ from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, l
 from util.classes import class_names
 from util.config import Config, load_config
 from util.errors import UserError, cli_entry
-from util.image_io import PIL_FORMATS, read_image, write_label
-from util.metrics import IGNORE_INDEX, predict_on_label
-from util.runtime import autocast, resolve_device
+from util.image_io import read_image, read_label, write_label
+from util.metrics import IGNORE_INDEX, check_finite_logits, predict_on_label
+from util.runtime import autocast, check_amp, resolve_device
 from util.transform import PairedTransform, bbox_mask, build_transform
 from util.visualize import PRED_COLOUR, overlay_mask
 
@@ -54,17 +55,8 @@ def read_support_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: support mask not found; give --support IMAGE MASK with existing files")
-    try:
-        with Image.open(path, formats=PIL_FORMATS) as img:
-            if img.mode in ("RGB", "RGBA"):
-                return (np.array(img.convert("RGB")) > 0).any(axis=2).astype(np.uint8)
-            values = np.array(img.convert("L") if img.mode in ("LA", "1") else img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise UserError(f"{path}: cannot decode the mask ({err}); give a PNG mask") from None
-    if values.ndim != 2:
-        raise UserError(f"{path}: a mask must be a single image plane, got shape {values.shape}")
-    present = set(np.unique(values).tolist())
-    if present <= {0, MASK_FOREGROUND}:
+    values = read_label(path)
+    if set(np.unique(values).tolist()) <= {0, MASK_FOREGROUND}:
         return (values == MASK_FOREGROUND).astype(np.uint8)
     mask = (values != 0).astype(np.uint8)
     mask[values == IGNORE_INDEX] = IGNORE_INDEX
@@ -106,7 +98,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight", default=None, help="stage-2 checkpoint (default: config key weight, else <run dir>/best.pth)")
     parser.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMAGE", "MASK"),
                         help="a support image and its mask (PNG of the image's size: 0/255, or class ids / palette "
-                             "with 0 = background and 255 = ignore, or RGB with non-black = object); repeat for K shots")
+                             "with 0 = background and 255 = ignore, or RGB in black/white or VOC palette colours); "
+                             "repeat for K shots")
     parser.add_argument("--query", required=True, help="image to segment")
     parser.add_argument("--class-name", default=None,
                         help="the object's class among the config dataset's classes (optional; without it the "
@@ -150,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: the mask is written as PNG (lossless); give a .png path")
     cfg = load_config(args.config, args.overrides)
+    device = resolve_device(cfg.device)
+    check_amp(cfg.amp, device)
     class_id = class_id_for(args.class_name, cfg.dataset)
     transform = build_transform(cfg, train=False)
     supports, masks = read_supports(args.support, transform, cfg.ann_type)
@@ -157,11 +152,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)
 
-    device = resolve_device(cfg.device)
     model = load_model(cfg, Path(args.weight or cfg.weight or meta_run_dir(cfg) / BEST), device)
     with torch.inference_mode(), autocast(device, cfg.amp):
         logits = model(query[None].to(device), supports[None].to(device), masks[None].to(device),
                        torch.tensor([class_id], device=device))
+    check_finite_logits(logits, cfg.amp, [args.query])
     pred = predict_on_label(logits[0], (height, width), ori_size=(height, width)).cpu().numpy().astype(np.uint8)
 
     write_label(out, pred * MASK_FOREGROUND)

@@ -18,11 +18,11 @@ from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, l
 from util.cli import config_from_cli
 from util.distributed import init_distributed, shutdown_distributed
 from util.dataset import EpisodeDataset
-from util.errors import UserError, cli_entry
+from util.errors import cli_entry
 from util.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
 from util.report import format_run_table, results_path
 from util.runlog import RunLog
-from util.runtime import seed_everything
+from util.runtime import check_amp, seed_everything
 
 VIS_DIR = "vis"
 
@@ -30,10 +30,9 @@ VIS_DIR = "vis"
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = config_from_cli(argv, __doc__)
-    if cfg.vis < 0:
-        raise UserError(f"config key 'vis' is the number of episodes to draw; give 0 (none) or more, got {cfg.vis}")
     ctx = init_distributed(cfg.device)
     try:
+        check_amp(cfg.amp, ctx.device)
         seed_everything(cfg.seed)
         weight = Path(cfg.weight) if cfg.weight else meta_run_dir(cfg) / BEST
         state = load_checkpoint(weight)

@@ -3,7 +3,9 @@
 #   bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
 #   e.g. bash train.sh pascal all resnet50 1        NPROC=4 bash train.sh coco 0 resnet50 5
 # Config: config/<dataset>/<backbone>/split<fold>.yaml, shot and extra `key value` pairs as overrides.
-# Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed one continues).
+# Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed or interrupted one
+# continues). Stage 1 is skipped when it is done: a finished or imported best.pth in its run directory, or
+# an existing base_weight file (util/runguard.py decides).
 # NPROC > 1 launches each stage with torchrun (DDP, one process per GPU).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,6 +25,11 @@ for k in $folds; do
     echo "error: $cfg not found; datasets/backbones with configs: $(cd config && ls -d */*/ | tr '\n' ' ')" >&2
     exit 2
   fi
-  "${launch[@]}" train_base.py --config "$cfg" resume auto "$@"
+  base_done=$(python -m util.runguard --stage1-done --config "$cfg" resume auto "$@")
+  if [ -n "$base_done" ]; then
+    echo "stage 1 done ($base_done), skipping"
+  else
+    "${launch[@]}" train_base.py --config "$cfg" resume auto "$@"
+  fi
   "${launch[@]}" train.py --config "$cfg" shot "$shot" resume auto "$@"
 done

@@ -1,6 +1,8 @@
 """Tiny stand-ins for the engine tests: a segmentation set whose items are pure functions of (seed, index), a small net."""
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -51,9 +53,10 @@ def tiny_config(**overrides) -> Config:
     return load_config(None, values)
 
 
-def tiny_job(cfg: Config, run_dir: Path, *, crash_at: int = 0, nan_at: int = 0, dropout: float = 0.2,
-             length: int = 8) -> TrainJob:
-    """A TrainJob on the stand-ins; ``crash_at``/``nan_at``: the step call (1-based) that raises / returns NaN."""
+def tiny_job(cfg: Config, run_dir: Path, *, crash_at: int = 0, nan_at: int = 0, signal_at: int = 0,
+             signum: int = signal.SIGINT, dropout: float = 0.2, length: int = 8) -> TrainJob:
+    """A TrainJob on the stand-ins; ``crash_at``/``nan_at``/``signal_at``: the step call (1-based) that raises /
+    returns NaN / sends ``signum`` to this process (a real signal, as Ctrl-C or ``kill`` would)."""
     torch.manual_seed(cfg.seed)
     model = TinySegNet(dropout)
     calls = {"n": 0}
@@ -64,6 +67,8 @@ def tiny_job(cfg: Config, run_dir: Path, *, crash_at: int = 0, nan_at: int = 0, 
         calls["n"] += 1
         if calls["n"] == crash_at:
             raise Crash(f"killed at step call {crash_at}")
+        if calls["n"] == signal_at:
+            os.kill(os.getpid(), signum)
         out = net(batch["image"], batch["label"])
         if calls["n"] == nan_at:
             out["loss"] = out["loss"] * float("nan")

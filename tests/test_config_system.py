@@ -1,10 +1,11 @@
 """The config system: schema defaults, inheritance, overrides, typed validation, saving."""
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from util.config import ConfigError, load_config, parse_overrides, schema
+from util.config import ConfigError, limits, load_config, parse_overrides, schema
 
 
 def write(path: Path, text: str) -> Path:
@@ -97,3 +98,55 @@ def test_a_replaced_key_says_what_to_write_instead(tmp_path):
     with pytest.raises(ConfigError, match=r"old\.yaml: unknown key 'keep_novel_as_background' \(it was replaced\); "
                                           r"use 'novel_in_train: keep_as_background' for true"):
         load_config(old)
+
+
+def test_every_numeric_key_has_a_range_and_every_range_is_checked():
+    defaults, ranges = schema(), limits()
+    numeric = {k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               or isinstance(v, list) and v and isinstance(v[0], int)}
+    assert numeric == set(ranges), "every numeric key of config/base.yaml needs an entry in _limits_ (and only those)"
+    assert load_config() == defaults  # the defaults lie inside their ranges
+    for key, bounds in ranges.items():
+        step = 1 if isinstance(defaults[key], (int, list)) else 0.5
+        outside = {"min": bounds.get("min", 0) - step, "max": bounds.get("max", 0) + step,
+                   "above": bounds.get("above"), "below": bounds.get("below")}
+        for bound in ("min", "max", "above", "below"):
+            if bound not in bounds:
+                continue
+            value = [outside[bound]] if isinstance(defaults[key], list) else outside[bound]
+            item = f"{key}[0]" if isinstance(value, list) else key
+            with pytest.raises(ConfigError, match=rf"^override: key '{re.escape(item)}' must be .*, got "):
+                load_config(None, [key, str(value)])
+            if bound in ("min", "max"):
+                edge = [bounds[bound]] if isinstance(defaults[key], list) else bounds[bound]
+                assert load_config(None, [key, str(edge)])[key] == edge
+        if "min_items" in bounds:
+            with pytest.raises(ConfigError, match=rf"^override: key '{key}' must list at least 1 value\(s\), got \[\]$"):
+                load_config(None, [key, "[]"])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", "0", "key 'batch_size' must be >= 1, got 0"),
+    ("test_episodes", "0", "key 'test_episodes' must be >= 1, got 0"),
+    ("workers", "-1", "key 'workers' must be >= 0, got -1"),
+    ("shot", "0", "key 'shot' must be >= 1, got 0"),
+    ("split", "4", "key 'split' must be in 0..3, got 4"),
+    ("momentum", "1", "key 'momentum' must be >= 0 and < 1, got 1.0"),
+    ("base_lr", "0", "key 'base_lr' must be > 0, got 0.0"),
+    ("test_seeds", "[1, -2]", "key 'test_seeds[1]' must be >= 0, got -2"),
+])
+def test_out_of_range_values_name_the_key_and_the_range(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=f"^override: {re.escape(message)}$"):
+        load_config(None, [key, value])
+    path = write(tmp_path / "exp.yaml", f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {re.escape(message)}$"):
+        load_config(path)
+
+
+def test_an_empty_config_file_is_refused_naming_it(tmp_path):
+    for text in ("", "# only a comment\n"):
+        path = write(tmp_path / "empty.yaml", text)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: the config file is empty; "):
+            load_config(path)
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key '_limits_'"):  # ranges live in the schema only
+        load_config(write(tmp_path / "mine.yaml", "_limits_: {shot: {min: 0}}\n"))

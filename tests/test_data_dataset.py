@@ -187,7 +187,8 @@ def test_default_lengths(pascal):
     ({"train_crop": "centre"}, r"'train_crop' must be one of \['uniform_retry', 'foreground_anchor'\]"),
 ])
 def test_config_errors(pascal, overrides, message):
-    cfg = data_config(*pascal, **{"dataset": "pascal", **overrides})
+    cfg = data_config(*pascal, dataset="pascal")
+    cfg.update(overrides)  # set after loading: the dataset's own checks (load_config refuses shot 0 and split 4 first)
     with pytest.raises(UserError, match=message):
         EpisodeDataset(cfg, "train")
 

@@ -87,10 +87,13 @@ def test_batch_larger_than_data_is_a_user_error(tmp_path):
         train(cfg, tiny_job(cfg, tmp_path / "run"), CPU)
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_modes_train_to_finite_weights(tmp_path, amp):
-    cfg = tiny_config(amp=amp, epochs=1)
-    result = train(cfg, tiny_job(cfg, tmp_path / amp), CPU)
+@pytest.mark.parametrize("amp, device", [
+    ("bf16", "cpu"),
+    pytest.param("fp16", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs CUDA")),
+])
+def test_amp_modes_train_to_finite_weights(tmp_path, amp, device):
+    cfg = tiny_config(amp=amp, epochs=1, device=device)
+    result = train(cfg, tiny_job(cfg, tmp_path / amp), DistContext(0, 1, torch.device(device)))
     state = load_checkpoint(tmp_path / amp / "last.pth")
     assert result.iteration == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert math.isfinite(result.best["miou"])

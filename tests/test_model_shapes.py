@@ -174,8 +174,11 @@ def test_prior_scale_multiplies_the_prior_the_ifm_reads():
 
 @pytest.mark.parametrize("scale", [0.0, -1.0])
 def test_prior_scale_must_be_positive(scale):
-    with pytest.raises(UserError, match="config key 'prior_scale' must be a number > 0"):
+    with pytest.raises(UserError, match=rf"override: key 'prior_scale' must be > 0, got {scale}"):
         lite0(prior_scale=scale)
+    cfg = load_config(None, {"backbone": "efficientnet_lite0", "dataset": "synth", "pretrained_backbone": False})
+    with pytest.raises(UserError, match="config key 'prior_scale' must be a number > 0"):  # a config made in code
+        MIANet.from_config(cfg | {"prior_scale": scale})
 
 
 def test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic():

@@ -48,7 +48,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- inputs
 
-@pytest.mark.parametrize("kind", ["black_white", "class_ids", "palette", "rgb", "binary_01"])
+@pytest.mark.parametrize("kind", ["black_white", "class_ids", "palette", "rgb_black_white", "rgb_palette", "binary_01"])
 def test_support_mask_formats(tmp_path, kind):
     label = np.zeros((6, 8), np.uint8)
     label[1:4, 2:6] = 1
@@ -63,12 +63,20 @@ def test_support_mask_formats(tmp_path, kind):
         path = write_png(tmp_path / "m.png", values, "P" if kind == "palette" else "L")
         expected = label.copy()
         expected[border] = 255
-    elif kind == "rgb":
+    elif kind == "rgb_black_white":
         rgb = np.zeros((6, 8, 3), np.uint8)
-        rgb[label == 1] = (200, 0, 0)
+        rgb[label == 1] = (255, 255, 255)
         path = tmp_path / "m.png"
         Image.fromarray(rgb).save(path)
         expected = label
+    elif kind == "rgb_palette":  # a VOC label saved as RGB: class 12's colour, the border colour = ignore
+        palette = imgviz.label_colormap()
+        rgb = palette[label * 12]
+        rgb[border] = palette[255]
+        path = tmp_path / "m.png"
+        Image.fromarray(rgb).save(path)
+        expected = label.copy()
+        expected[border] = 255
     else:
         path = write_png(tmp_path / "m.png", label)
         expected = label

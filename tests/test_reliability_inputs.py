@@ -6,6 +6,7 @@ the message; the subprocess tests check what a user sees from an entry point: ex
 """
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.fixtures_data import block_label, data_config, pascal_pool, write_pool, write_rgb
 from util.checkpoint import load_checkpoint, save_atomic
@@ -22,7 +24,7 @@ from util.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
 from util.embeddings import load_class_embeddings
 from util.errors import UserError
-from util.image_io import JPEG_END, JPEG_START, is_truncated_jpeg, read_label, write_label
+from util.image_io import JPEG_END, JPEG_START, VOC_PALETTE, is_truncated_jpeg, read_label, write_label
 from util.make_lists import make_lists
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +60,15 @@ def error_line(proc: subprocess.Popen) -> str:
 
 def run_cli(args: list[str], cwd: Path) -> str:
     return error_line(start_cli(args, cwd))
+
+
+def final_error_line(proc: subprocess.Popen) -> str:
+    """For a run that logs progress first: exit 2, no traceback, stderr ending with its only ``error: ...`` line."""
+    _, stderr = proc.communicate(timeout=600)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr
+    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +257,20 @@ def test_class_with_too_few_images_is_skipped_then_an_empty_fold_is_an_error(tmp
 @pytest.mark.parametrize("split", [4, -1])
 @pytest.mark.parametrize("make", [EpisodeDataset, BaseClassDataset])
 def test_fold_out_of_range(voc, split, make):
-    message = user_error(make, data_config(*voc, dataset="pascal", split=split), "train")
+    assert user_error(data_config, *voc, dataset="pascal", split=split) == (
+        f"override: key 'split' must be in 0..3, got {split}")
+    cfg = data_config(*voc, dataset="pascal")
+    cfg.split = split  # a config made in code, past the loader: the datasets check it too
+    message = user_error(make, cfg, "train")
     assert message == f"fold (config key 'split') must be 0..3, got {split}"
 
 
 @pytest.mark.parametrize("shot", [0, -3])
 def test_shot_below_one(voc, shot):
-    message = user_error(EpisodeDataset, data_config(*voc, dataset="pascal", shot=shot), "val")
+    assert user_error(data_config, *voc, dataset="pascal", shot=shot) == f"override: key 'shot' must be >= 1, got {shot}"
+    cfg = data_config(*voc, dataset="pascal")
+    cfg.shot = shot
+    message = user_error(EpisodeDataset, cfg, "val")
     assert message == f"config key 'shot' must be an integer >= 1, got {shot}"
 
 
@@ -405,3 +423,150 @@ def test_cli_train_base_unknown_key(train_base_runs):
     cwd, proc = train_base_runs["unknown_key"]
     assert error_line(proc) == "error: override: unknown key 'shots'; did you mean 'shot'?"
     assert list(cwd.iterdir()) == []
+
+
+# ---------------------------------------------------------------- out-of-range keys, empty configs, fp16: refused first
+
+SYNTH = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
+PREDICT_ARGS = ["--support", "s.jpg", "m.png", "--query", "q.jpg", "--out", "out.png"]
+FP16 = "config key 'amp' is fp16, which does not work on the CPU (the network's outputs become NaN); use amp bf16 or amp off"
+REFUSED = {  # case: (entry point and arguments, the one line it must print)
+    "train batch_size 0": (["train.py", "--config", SYNTH, "batch_size", "0"],
+                           "override: key 'batch_size' must be >= 1, got 0"),
+    "train_base workers -1": (["train_base.py", "--config", SYNTH, "workers", "-1"],
+                              "override: key 'workers' must be >= 0, got -1"),
+    "test test_episodes 0": (["test.py", "--config", SYNTH, "test_episodes", "0"],
+                             "override: key 'test_episodes' must be >= 1, got 0"),
+    "test test_seeds []": (["test.py", "--config", SYNTH, "test_seeds", "[]"],
+                           "override: key 'test_seeds' must list at least 1 value(s), got []"),
+    "test shot 0": (["test.py", "--config", SYNTH, "shot", "0"], "override: key 'shot' must be >= 1, got 0"),
+    "test shot -1": (["test.py", "--config", SYNTH, "shot", "-1"], "override: key 'shot' must be >= 1, got -1"),
+    "predict val_size 0": (["predict.py", "--config", SYNTH, *PREDICT_ARGS, "val_size", "0"],
+                           "override: key 'val_size' must be >= 1, got 0"),
+    "test empty config": (["test.py", "--config", "empty.yaml"],
+                          "{cwd}/empty.yaml: the config file is empty; give its settings (at least '_base_: <parent>.yaml'), "
+                          "or leave --config out to use the defaults of config/base.yaml"),
+    "train fp16": (["train.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
+    "test fp16": (["test.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
+    "predict fp16": (["predict.py", "--config", SYNTH, *PREDICT_ARGS, "amp", "fp16", "device", "cpu"], FP16),
+}
+
+
+@pytest.fixture(scope="module")
+def refused_runs(tmp_path_factory):
+    """Every REFUSED case run as a user would, each in its own empty working directory (three at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(case: str):
+        cwd = tmp_path_factory.mktemp("refused")
+        if "empty config" in case:
+            (cwd / "empty.yaml").write_text("")
+        before = sorted(p.name for p in cwd.iterdir())
+        proc = start_cli([str(REPO / REFUSED[case][0][0]), *REFUSED[case][0][1:]], cwd)
+        return case, (cwd, before, proc, error_line(proc))
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, REFUSED))
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_cli_refuses_before_creating_anything(refused_runs, case):
+    cwd, before, _, line = refused_runs[case]
+    assert line == f"error: {REFUSED[case][1].format(cwd=cwd)}"
+    assert sorted(p.name for p in cwd.iterdir()) == before  # no exp/, initmodel/, 0shot/ or log folder
+
+
+# ---------------------------------------------------------------- a data error inside a DataLoader worker
+
+
+class _BadItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        raise UserError(f"/data/item_{index}.jpg: cannot decode the image (corrupt or not an image); replace it")
+
+
+def test_a_user_error_raised_in_a_dataloader_worker_keeps_its_own_line():
+    loader = torch.utils.data.DataLoader(_BadItems(), batch_size=1, num_workers=2)
+    message = user_error(lambda: next(iter(loader)))
+    assert message == "/data/item_0.jpg: cannot decode the image (corrupt or not an image); replace it"
+
+
+def test_cli_train_base_data_error_in_a_worker_process(tmp_path):
+    from tests.fixtures_engine import make_tiny_synth
+
+    data_root, list_root = make_tiny_synth(tmp_path, num_train=12, num_val=8)
+    for image in (data_root / "JPEGImages").glob("train_*.jpg"):
+        image.write_bytes(image.read_bytes()[:300])
+    line = final_error_line(start_cli([
+        str(REPO / "train_base.py"), "--config", SYNTH, "data_root", str(data_root), "list_root", str(list_root),
+        "base_exp_dir", str(tmp_path / "base"), "workers", "2", "train_size", "65", "base_batch_size", "2",
+        "pretrained_backbone", "false", "device", "cpu", "max_iters", "1"], tmp_path))
+    assert re.fullmatch(rf"error: {re.escape(str(data_root))}/JPEGImages/train_\d+\.jpg: the JPEG is truncated "
+                        r"\(no end-of-image marker\); replace or re-download it", line), line
+    assert not (tmp_path / "base" / "last.pth").exists()
+
+
+# ---------------------------------------------------------------- RGB annotations: one rule for predict.py and the datasets
+
+
+def test_rgb_labels_in_voc_colours_read_as_the_class_ids(voc_copy, tmp_path):
+    root, lists = voc_copy
+    original = {path.name: read_label(path) for path in (root / "SegmentationClassAug").glob("*.png")}
+    for name, label in original.items():
+        Image.fromarray(VOC_PALETTE[label]).save(root / "SegmentationClassAug" / name)  # RGB, VOC colours, 255 = border
+    assert all(np.array_equal(read_label(root / "SegmentationClassAug" / n), label) for n, label in original.items())
+    rgb_lists = tmp_path / "rgb_lists"
+    make_lists("pascal", root, rgb_lists, workers=1)
+    for listed in (lists / "pascal").rglob("*.json"):
+        assert (rgb_lists / listed.relative_to(lists)).read_text() == listed.read_text()
+    episodes = EpisodeDataset(data_config(root, rgb_lists, dataset="pascal"), "val", episodes=3)
+    reference = EpisodeDataset(data_config(*voc_copy, dataset="pascal"), "val", episodes=3)
+    for i in range(3):
+        assert torch.equal(episodes[i]["query_label"], reference[i]["query_label"])
+
+
+def test_rgb_black_white_is_0_and_255_and_other_colours_are_refused_with_what_was_found(tmp_path):
+    from util.image_io import label_from_colours
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[1:3, 1:4] = (255, 255, 255)
+    assert np.array_equal(label_from_colours(rgb, "m.png"), (rgb[..., 0] > 0).astype(np.uint8) * 255)
+    rgb[0, :] = (255, 0, 0)            # 5 of 20 pixels: not a VOC colour
+    rgb[3, :2] = (0, 0, 7)             # 2 of 20
+    message = user_error(label_from_colours, rgb, "m.png")
+    assert message == ("m.png: an RGB annotation may hold only black, white and VOC palette colours, but it holds "
+                       "(255,0,0) 25.0%, (0,0,7) 10.0% (65.0% of the pixels are not black); save it as a single-channel "
+                       "PNG (0 background, 255 object or ignore, or class ids)")
+
+
+def test_cli_predict_refuses_an_rgb_mask_it_cannot_read_and_writes_nothing(tmp_path):
+    """The mask of the report: object R=255, border G=128, background B=7 (read as 100% object before)."""
+    mask = np.zeros((40, 60, 3), np.uint8)
+    mask[...] = (0, 0, 7)
+    mask[10:30, 20:40] = (0, 128, 0)
+    mask[12:28, 22:38] = (255, 0, 0)
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    write_rgb(tmp_path / "support.jpg", np.full((40, 60, 3), 128, np.uint8))
+    write_rgb(tmp_path / "query.jpg", np.full((40, 60, 3), 128, np.uint8))
+    line = run_cli([str(REPO / "predict.py"), "--config", SYNTH, "--support", "support.jpg", "mask.png", "--query",
+                    "query.jpg", "--out", "out.png", "device", "cpu"], tmp_path)
+    assert line == (f"error: mask.png: an RGB annotation may hold only black, white and VOC palette colours, but it "
+                    "holds (0,0,7) 83.3%, (255,0,0) 10.7% (100.0% of the pixels are not black); save it as a "
+                    "single-channel PNG (0 background, 255 object or ignore, or class ids)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "query.jpg", "support.jpg"]
+
+
+# ---------------------------------------------------------------- checkpoint permissions
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_checkpoints_get_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        path = save_atomic({"model": {"w": torch.ones(2)}}, tmp_path / "run" / "last.pth")
+        save_atomic({"model": {"w": torch.zeros(2)}}, path)  # replacing keeps the same rule
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode

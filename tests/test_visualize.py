@@ -329,5 +329,4 @@ def test_negative_vis_is_a_user_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         test_script.main(["--config", SYNTH_CONFIG, "vis", "-1"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == ("error: config key 'vis' is the number of episodes to draw; "
-                                               "give 0 (none) or more, got -1")
+    assert capsys.readouterr().err.strip() == "error: override: key 'vis' must be >= 0, got -1"

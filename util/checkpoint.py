@@ -1,9 +1,12 @@
 """Checkpoints: atomic writes, loading with actionable errors, RNG capture, run directories.
 
 A training checkpoint is a dict ``{"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
-"rng", "data_order", "best", "config", "stage"}``; ``best.pth`` files hold the same keys. Files are
-written to a temporary file in the same directory and moved over the target with ``os.replace``, so a
-crash or a full disk mid-write leaves the previous checkpoint intact.
+"rng", "data_order", "best", "config", "stage", "run_id", "finished"}``; ``best.pth`` files hold the
+same keys. ``run_id`` names the run that wrote the file (a resumed run keeps it), ``finished`` is true
+once the stage's schedule is complete. Imported checkpoints (util/checkpoint_import.py) have stage
+``imported``. Files are written to a temporary file in the same directory (with the permissions the
+umask gives) and moved over the target with ``os.replace``, so a crash or a full disk mid-write leaves
+the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +27,9 @@ from util.errors import UserError
 LAST = "last.pth"
 BEST = "best.pth"
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only unpickler names what it refused
+IMPORTED = "imported"
+STAGE_NAMES = {"base": "stage 1", "meta": "stage 2"}
+RUN_DIR_KEYS = {"base": "base_exp_dir", "meta": "exp_dir"}
 
 
 def base_run_dir(cfg: Mapping[str, Any]) -> Path:
@@ -48,9 +54,10 @@ def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a temporary file + ``os.replace``; the old file survives any failure."""
     path = Path(path)
+    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
     except OSError as err:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a directory" if blocker else err.strerror
@@ -75,17 +82,18 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint_file(path: str | Path, missing_hint: str = "check the path") -> Any:
+def read_checkpoint_file(path: str | Path, missing_hint: str = "check the path", mmap: bool = False) -> Any:
     """``torch.load`` onto the CPU (tensors only); a missing or unreadable file is a :class:`UserError`.
 
     ``weights_only=True``: torch rebuilds only tensors and plain Python values, so a file that names any other
     function or class (a pickle that would run code) is refused, and the message names what it asked for.
+    ``mmap``: map the tensors instead of reading them (for looking at a checkpoint's bookkeeping).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; {missing_hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         refused = _REFUSED_GLOBAL.search(str(err))
         if refused is None:
@@ -104,6 +112,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"checkpoint {path} has no 'model' entry; it was not written by this codebase's train scripts")
     return state
+
+
+def run_record(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint says about the run that wrote it (stage, iteration, finished, run_id, best, source),
+    read without loading its tensors."""
+    state = read_checkpoint_file(path, mmap=True)
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is not a dict of a model and its run; it was not written by this codebase")
+    return {key: state.get(key) for key in ("stage", "iteration", "finished", "run_id", "best", "source")}
+
+
+def is_finished(record: Mapping[str, Any]) -> bool:
+    """A checkpoint whose stage needs no more training: its schedule ended, or it was imported."""
+    return bool(record.get("finished")) or record.get("stage") == IMPORTED
+
+
+def finished_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint that shows the run in ``run_dir`` finished (``best.pth`` if present), else None.
+
+    ``last.pth`` decides when it exists (an unfinished one is continued by ``resume auto``); without it, a
+    finished or imported ``best.pth`` counts.
+    """
+    last, best = run_dir / LAST, run_dir / BEST
+    if last.is_file():
+        return (best if best.is_file() else last) if is_finished(run_record(last)) else None
+    if best.is_file() and is_finished(run_record(best)):
+        return best
+    return None
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:

@@ -2,12 +2,14 @@
 
 ``config/base.yaml`` is the schema: every key that exists has a default there, and the type of that
 default is the type every other file and override must give. A key whose default is ``null`` takes a
-string or null (paths, optional names). Files name their parent(s) with ``_base_`` (a path relative to
-the file, or a list of them, merged left to right); the child's keys win.
+string or null (paths, optional names). Its ``_limits_`` mapping gives the numeric keys their ranges.
+Files name their parent(s) with ``_base_`` (a path relative to the file, or a list of them, merged left
+to right); the child's keys win.
 """
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -22,6 +24,7 @@ REPLACED_KEYS = {  # a key that no longer exists -> what to write instead
     "keep_novel_as_background": "use 'novel_in_train: keep_as_background' for true, 'novel_in_train: drop_counted' "
                                 "for the former false (or drop_any, the reference)",
 }
+LIMITS_KEY = "_limits_"
 
 
 class ConfigError(UserError):
@@ -69,7 +72,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                               "a config holds only plain values (numbers, strings, lists, mappings)") from None
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: the config file is empty; give its settings (at least '_base_: <parent>.yaml'), "
+                          "or leave --config out to use the defaults of config/base.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of 'key: value' lines")
     return data
@@ -81,6 +85,8 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, tuple[Any, 
     if path in seen:
         raise ConfigError(f"{path}: '_base_' chain loops back to this file; remove the cycle")
     data = _read_yaml(path)
+    if path == SCHEMA_FILE:
+        data.pop(LIMITS_KEY)
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
@@ -163,14 +169,43 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 def schema() -> dict[str, Any]:
     """The defaults of every key (``config/base.yaml``)."""
-    return _read_yaml(SCHEMA_FILE)
+    defaults = _read_yaml(SCHEMA_FILE)
+    defaults.pop(LIMITS_KEY)
+    return defaults
+
+
+def limits() -> dict[str, dict[str, Any]]:
+    """The ranges of the numeric keys (``_limits_`` in ``config/base.yaml``): ``min``/``max`` inclusive,
+    ``above``/``below`` exclusive, ``min_items`` for lists (whose items take the bounds)."""
+    return _read_yaml(SCHEMA_FILE)[LIMITS_KEY]
+
+
+def _range_text(bounds: Mapping[str, Any]) -> str:
+    if "min" in bounds and "max" in bounds:
+        return f"in {bounds['min']}..{bounds['max']}"
+    words = {"min": ">=", "max": "<=", "above": ">", "below": "<"}
+    return " and ".join(f"{words[k]} {bounds[k]}" for k in words if k in bounds)
+
+
+def _check_range(key: str, value: Any, bounds: Mapping[str, Any], where: str) -> None:
+    """Raise a one-line ConfigError if ``value`` (or an item of a list value) lies outside ``bounds``."""
+    if isinstance(value, list):
+        if len(value) < bounds.get("min_items", 0):
+            raise ConfigError(f"{where}: key '{key}' must list at least {bounds['min_items']} value(s), got {value!r}")
+        for i, item in enumerate(value):
+            _check_range(f"{key}[{i}]", item, bounds, where)
+        return
+    inside = (value >= bounds.get("min", -math.inf) and value <= bounds.get("max", math.inf)
+              and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf))
+    if not inside:
+        raise ConfigError(f"{where}: key '{key}' must be {_range_text(bounds)}, got {value!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Config:
     """Load ``path`` (with its ``_base_`` chain) over the schema defaults, then apply overrides.
 
-    Unknown keys and wrongly typed values raise :class:`ConfigError` naming the file (or "override")
-    and the key, with a suggestion for near-miss key names.
+    Unknown keys, wrongly typed values and numbers outside their ``_limits_`` range raise
+    :class:`ConfigError` naming the file (or "override") and the key, with a suggestion for near-miss key names.
     """
     defaults = schema()
     values: dict[str, tuple[Any, str]] = {k: (v, str(SCHEMA_FILE)) for k, v in defaults.items()}
@@ -179,9 +214,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
     items = overrides.items() if isinstance(overrides, Mapping) else parse_overrides(overrides).items()
     values.update({k: (v, "override") for k, v in items})
 
+    ranges = limits()
     resolved = Config()
     for key, (value, where) in values.items():
         if key not in defaults:
             raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, defaults)}")
         resolved[key] = _check_type(key, value, defaults[key], where)
+        if key in ranges:
+            _check_range(key, resolved[key], ranges[key], where)
     return resolved

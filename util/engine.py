@@ -7,17 +7,21 @@ Resumability: the data order of epoch e is a pure function of (seed, e) (:class:
 the dataset of epoch e comes from ``make_train_set(e)`` whose items are pure functions of their index,
 so a run resumed from a checkpoint skips the iterations already done in that epoch and then sees
 exactly the batches, dropout draws (restored RNG states) and learning rates of an uninterrupted run.
-Resumable checkpoints (``last.pth``) are written every ``checkpoint_interval`` iterations and at the
-end of every epoch after its validation; ``best.pth`` whenever the validation score improves.
+Resumable checkpoints (``last.pth``) are written every ``checkpoint_interval`` iterations, at the
+end of every epoch after its validation and when SIGINT/SIGTERM stops the run; ``best.pth`` whenever
+the validation score improves. Both are marked ``finished`` at the end of the schedule. What protects
+the user's files (lock, overwrite rule, finished stages, stop signals) is in :mod:`util.runguard`.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,13 +29,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, resume_path, rng_state, save_atomic
+from util.checkpoint import (BEST, LAST, RUN_DIR_KEYS, load_checkpoint, restore_rng_state, rng_state, run_record,
+                              save_atomic)
 from util.cli import config_from_cli
 from util.config import Config
 from util.distributed import DistContext, EpochSampler, all_reduce_mean, barrier, init_distributed, shutdown_distributed
 from util.errors import UserError
+from util.runguard import (RunInterrupted, StartPoint, StopRequest, plan_start, run_dir_lock, skip_message,
+                           worker_signals)
 from util.runlog import RunLog
-from util.runtime import autocast, grad_scaler, seed_everything, to_device
+from util.runtime import autocast, check_amp, grad_scaler, seed_everything, to_device
 
 
 class TrainingDiverged(UserError):
@@ -81,9 +88,12 @@ class TrainResult:
 
 
 def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, scaler, iteration: int,
-                iters_per_epoch: int, world_size: int, best: dict[str, Any]) -> dict[str, Any]:
+                iters_per_epoch: int, world_size: int, best: dict[str, Any], run_id: str | None,
+                finished: bool) -> dict[str, Any]:
     return {
         "stage": job.stage,
+        "run_id": run_id,
+        "finished": finished,
         "model": job.model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -98,27 +108,94 @@ def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, sca
     }
 
 
-def _check_finite_weights(job: TrainJob, iteration: int) -> None:
+def _check_finite_weights(job: TrainJob, iteration: int, amp: str) -> None:
     tensors = (p for entry in job.parameters for p in (entry["params"] if isinstance(entry, dict) else [entry]))
     if not all(bool(torch.isfinite(p).all()) for p in tensors):
-        raise TrainingDiverged(f"weights stopped being finite at iteration {iteration}; " + _last_good(job.run_dir))
+        raise TrainingDiverged(f"weights stopped being finite at iteration {iteration}; " + _last_good(job.run_dir, amp))
 
 
-def _last_good(run_dir: Path) -> str:
+def _last_good(run_dir: Path, amp: str) -> str:
+    fix = f"set amp off (the run used amp {amp})" if amp != "off" else "lower the learning rate"
     if (run_dir / LAST).is_file():
-        return f"the last good checkpoint ({run_dir / LAST}) is intact: lower the learning rate or set amp off, then resume"
-    return "no checkpoint had been written yet: lower the learning rate or set amp off and start again"
+        return f"the last good checkpoint ({run_dir / LAST}) is intact: {fix}, then resume"
+    return f"no checkpoint had been written yet: {fix} and start again"
+
+
+def _interrupted(signum: int, iteration: int, total: int, run_dir: Path, log: RunLog) -> RunInterrupted:
+    """The error that ends a run stopped by ``signum`` once ``last.pth`` holds ``iteration``."""
+    name = signal.Signals(signum).name
+    log.info(f"{name}: saved {run_dir / LAST} at iteration {iteration}")
+    return RunInterrupted(f"stopped by {name} at iteration {iteration}/{total}; {run_dir / LAST} holds that state: "
+                          "run the same command with resume auto to continue (train.sh does)", signum)
+
+
+def _batches(loader: DataLoader, steps: int, stop: StopRequest, world_size: int) -> Iterator[Any]:
+    """The first ``steps`` batches of ``loader``; if a stop signal also ended the loader's workers (SIGTERM to
+    the process group) while it waited for a batch, the epoch just ends early (one process: the loop then saves)."""
+    batches = itertools.islice(loader, steps)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError:  # torch: "DataLoader worker (pid(s) ...) exited unexpectedly"
+            if stop.signal is None or world_size > 1:
+                raise
+            return
+        yield batch
+
+
+def _validate(job: TrainJob, model: nn.Module, stop: StopRequest, world_size: int, iteration: int) -> dict[str, float]:
+    """``job.validate(model)``; if a stop signal also ended the validation loader's workers (SIGTERM to the
+    process group), the run stops with the last checkpoint saved before this validation."""
+    try:
+        return job.validate(model)
+    except RuntimeError:  # torch: "DataLoader worker (pid(s) ...) exited unexpectedly"
+        if stop.signal is None or world_size > 1:
+            raise
+        last = job.run_dir / LAST
+        kept = f"{last} holds iteration {run_record(last)['iteration']}" if last.is_file() else "no checkpoint was saved yet"
+        raise RunInterrupted(f"stopped by {signal.Signals(stop.signal).name} during the validation after iteration "
+                             f"{iteration}; {kept}: run the same command with resume auto to continue", stop.signal) from None
+
+
+def _skip_finished(job: TrainJob, done: Path, ctx: DistContext) -> TrainResult:
+    """A finished stage under ``resume auto``: say so and change nothing."""
+    if ctx.is_main:
+        print(skip_message(job.stage, done), file=sys.stderr)
+    record = run_record(done)
+    best = record.get("best") or {}
+    return TrainResult(iteration=record.get("iteration") or 0, best=best, last_metrics=best.get("metrics", {}))
+
+
+def _mark_finished(path: Path) -> None:
+    """Flag a checkpoint written before the schedule ended (``best.pth``; ``last.pth`` of a run resumed at
+    its end) as belonging to a finished run."""
+    if path.is_file() and not run_record(path).get("finished"):
+        save_atomic(load_checkpoint(path) | {"finished": True}, path)
 
 
 def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResult:
-    """Run (or resume, per ``cfg.resume``) a training job to the end of its schedule."""
-    if ctx.is_main:
-        cfg.save(job.run_dir / "config.yaml")
-    log = RunLog(job.run_dir, f"train_{job.stage}", enabled=ctx.is_main)
-    try:
-        return _train(cfg, job, ctx, log)
-    finally:
-        log.close()
+    """Run (or resume, per ``cfg.resume``) a training job to the end of its schedule.
+
+    Holds the run directory's lock, refuses to replace checkpoints another run wrote (``cfg.overwrite``),
+    does nothing for a stage already finished (``resume auto``), and on SIGINT/SIGTERM saves ``last.pth``
+    at the current iteration and raises :class:`RunInterrupted`.
+    """
+    with run_dir_lock(job.run_dir, ctx, RUN_DIR_KEYS.get(job.stage, "exp_dir")) as lock:
+        start = plan_start(cfg, job.stage, job.run_dir)
+        if start.finished is not None:
+            return _skip_finished(job, start.finished, ctx)
+        if ctx.is_main:
+            cfg.save(job.run_dir / "config.yaml")
+        log = RunLog(job.run_dir, f"train_{job.stage}", enabled=ctx.is_main)
+        try:
+            if lock is not None and lock.taken_over:
+                log.info(lock.taken_over)
+            with StopRequest() as stop:
+                return _train(cfg, job, ctx, log, start, stop)
+        finally:
+            log.close()
 
 
 def train_from_cli(argv: Sequence[str] | None, description: str,
@@ -127,13 +204,15 @@ def train_from_cli(argv: Sequence[str] | None, description: str,
     cfg = config_from_cli(argv, description)
     ctx = init_distributed(cfg.device)
     try:
+        check_amp(cfg.amp, ctx.device)
         seed_everything(cfg.seed)
         return train(cfg, build_job(cfg, ctx), ctx)
     finally:
         shutdown_distributed()
 
 
-def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog) -> TrainResult:
+def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog, start: StartPoint,
+           stop: StopRequest) -> TrainResult:
     schedule, run_dir = job.schedule, job.run_dir
     model = job.model.to(ctx.device)
     optimizer = torch.optim.SGD(job.parameters, lr=schedule.lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
@@ -154,7 +233,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
     best: dict[str, Any] = {"miou": -math.inf, "iteration": -1, "metrics": {}}
     last_metrics: dict[str, float] = {}
 
-    source = resume_path(cfg["resume"], run_dir)
+    source = start.source
     if source is not None:
         state = load_checkpoint(source)
         order = state.get("data_order", {})
@@ -188,10 +267,10 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
     )
 
     def save(name: str) -> None:
-        _check_finite_weights(job, iteration)
+        _check_finite_weights(job, iteration, cfg["amp"])
         if ctx.is_main:
             save_atomic(_checkpoint(job, cfg, optimizer, scheduler, scaler, iteration, iters_per_epoch,
-                                    ctx.world_size, best), run_dir / name)
+                                    ctx.world_size, best, start.run_id, iteration >= total), run_dir / name)
         barrier()
 
     epoch = iteration // iters_per_epoch
@@ -208,12 +287,13 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
         loader = DataLoader(
             train_set, batch_size=schedule.batch_size, sampler=sampler, num_workers=cfg["workers"],
             collate_fn=job.collate, drop_last=True, generator=torch.Generator().manual_seed(cfg["seed"] + epoch),
+            worker_init_fn=worker_signals,
         )
         model.train()
         with tqdm(total=steps, desc=f"{job.stage} epoch {epoch + 1}/{schedule.epochs}", disable=not ctx.is_main,
                   dynamic_ncols=True) as bar:
             started, done = time.perf_counter(), 0
-            for batch in itertools.islice(loader, steps):
+            for batch in _batches(loader, steps, stop, ctx.world_size):
                 batch = to_device(batch, ctx.device)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(ctx.device, cfg["amp"]):
@@ -223,7 +303,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
                 values = dict(zip(loss_names, losses.tolist()))
                 if not math.isfinite(values["loss"]):
                     raise TrainingDiverged(f"loss became {values['loss']} at iteration {iteration + 1} (epoch {epoch + 1}); "
-                                           + _last_good(run_dir))
+                                           + _last_good(run_dir, cfg["amp"]))
                 scaler.scale(outputs["loss"]).backward()
                 scaler.step(optimizer)
                 scaler.update()
@@ -241,12 +321,19 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
                         + " ".join(f"{k} {v:.4f}" for k, v in values.items())
                         + f" lr {lr:.3e} {per_iter:.2f}s/it"
                     )
-                if iteration % cfg["checkpoint_interval"] == 0 and iteration % iters_per_epoch and iteration < total:
-                    save(LAST)
+                if iteration % iters_per_epoch and iteration < total:  # mid-epoch; the epoch's end saves below
+                    signum = stop.agreed()
+                    if signum or iteration % cfg["checkpoint_interval"] == 0:
+                        save(LAST)
+                    if signum:
+                        raise _interrupted(signum, iteration, total, run_dir, log)
+            if done < steps:  # the stop signal ended the loader's workers
+                save(LAST)
+                raise _interrupted(stop.signal, iteration, total, run_dir, log)
 
         epoch = iteration // iters_per_epoch
         if job.validate is not None and (epoch % cfg["val_interval"] == 0 or iteration == total):
-            last_metrics = job.validate(model)
+            last_metrics = _validate(job, model, stop, ctx.world_size, iteration)
             log.scalars({f"val/{k}": v for k, v in last_metrics.items()}, iteration)
             log.info(f"validation after iteration {iteration}: " + " ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
             if last_metrics["miou"] > best["miou"]:
@@ -257,6 +344,14 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog)
             best = {"miou": math.nan, "iteration": iteration, "metrics": {}}
             save(BEST)
         save(LAST)
+        signum = stop.agreed()
+        if signum and iteration < total:
+            raise _interrupted(signum, iteration, total, run_dir, log)
+
+    if ctx.is_main:
+        for name in (BEST, LAST):
+            _mark_finished(run_dir / name)
+    barrier()
 
     log.info(f"{job.stage} done: {iteration} iterations; best mIoU {best['miou']:.4f} at iteration {best['iteration']}")
     return TrainResult(iteration=iteration, best=best, last_metrics=last_metrics)

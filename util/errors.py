@@ -2,20 +2,45 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+_WORKER_PREAMBLE = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
 class UserError(Exception):
-    """An error caused by the user's input (data, config, paths); the message says what to do."""
+    """An error caused by the user's input (data, config, paths); the message says what to do.
+
+    ``exit_code`` is what the entry point exits with (2; an interrupted run uses 128 + the signal).
+
+    A UserError raised inside a DataLoader worker is re-raised by torch in the main process as the same
+    class built from the worker's whole traceback; the message is then cut back to the original line.
+    """
+
+    exit_code = EXIT_USER_ERROR
+
+    def __init__(self, message: str):
+        super().__init__(_original_line(message, type(self)))
+
+
+def _original_line(message: str, kind: type) -> str:
+    """``message``, or the worker's own message if it is torch's "Caught X in DataLoader worker" wrapper."""
+    if not isinstance(message, str) or not _WORKER_PREAMBLE.match(message):
+        return message
+    last = message.rstrip().splitlines()[-1]
+    match = re.match(rf"(?:[\w.]+\.)?{re.escape(kind.__qualname__)}: (.*)", last)
+    return match.group(1) if match else message
 
 
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
-    """Wrap a command-line ``main`` so a :class:`UserError` prints ``error: <message>`` and exits 2."""
+    """Wrap a command-line ``main``: a :class:`UserError` prints ``error: <message>`` and exits with its
+    ``exit_code`` (2); Ctrl-C outside a training loop prints ``error: interrupted`` and exits 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -23,6 +48,9 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
             return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

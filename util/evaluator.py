@@ -21,7 +21,8 @@ from util.classes import class_names, novel_classes
 from util.dataset import EpisodeDataset, collate_episodes
 from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
-from util.metrics import IGNORE_INDEX, FewShotIoU, SemanticIoU, predict_on_label
+from util.metrics import IGNORE_INDEX, FewShotIoU, SemanticIoU, check_finite_logits, predict_on_label
+from util.runguard import worker_signals
 from util.runtime import autocast, to_device
 from util.transform import normalization_for
 from util.visualize import save_contact_sheet, save_sample_figure
@@ -53,6 +54,7 @@ def _episode_predictions(
         batch = to_device(batch, device)
         with autocast(device, amp):
             logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
+        check_finite_logits(logits, amp, batch.get("query_path"))
         for b in range(logits.shape[0]):
             if ori_resize:
                 h0, w0 = batch["query_size_ori"][b].tolist()
@@ -77,7 +79,7 @@ def evaluate_episodes(
     model.eval()
     scores = FewShotIoU(num_classes)
     loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
-                        num_workers=workers, collate_fn=collate)
+                        num_workers=workers, collate_fn=collate, worker_init_fn=worker_signals)
     bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
     for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp):
         scores.update(pred, label, int(batch["class_id"][b]))
@@ -101,7 +103,7 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
         stale.unlink()
     chosen = Subset(_WithOriginalSize(episodes), range(min(count, len(episodes))))
     loader = DataLoader(chosen, batch_size=cfg["test_batch_size"], num_workers=cfg["workers"],
-                        collate_fn=collate_episodes)
+                        collate_fn=collate_episodes, worker_init_fn=worker_signals)
     paths: list[Path] = []
     for batch, b, pred, label in _episode_predictions(model, loader, device, cfg["ori_resize"], cfg["amp"]):
         class_name = names[int(batch["class_id"][b]) - 1]
@@ -138,11 +140,13 @@ def evaluate_semantic(
     """Stage-1 validation: per-class IoU of ``model(image)`` over ``dataset``; mIoU over the classes 1..n-1."""
     model.eval()
     scores = SemanticIoU(num_classes)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
+                        worker_init_fn=worker_signals)
     for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False):
         batch = to_device(batch, ctx.device)
         with autocast(ctx.device, amp):
             logits = model(batch["image"])
+        check_finite_logits(logits, amp)
         for b in range(logits.shape[0]):
             label = batch["label"][b]
             scores.update(predict_on_label(logits[b], tuple(label.shape)), label)

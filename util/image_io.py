@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import imgviz
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -13,6 +14,10 @@ from util.errors import UserError
 PIL_FORMATS = ("PNG", "JPEG", "JPEG2000", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 """The formats Pillow may open here: raster formats it decodes itself. Pillow would hand an EPS file (whatever its
 name) to the Ghostscript program, which runs the PostScript in it."""
+VOC_PALETTE = imgviz.label_colormap()  # [256, 3]: colour k of a VOC palette PNG is class id k (255: the border)
+WHITE = (255, 255, 255)
+IGNORE_ID = 255
+SHOWN_COLOURS = 3
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 JPEG_TAIL = 1024  # the end-of-image marker must lie this close to the end (an EXIF thumbnail has its own, early)
@@ -40,23 +45,66 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _packed(rgb: np.ndarray) -> np.ndarray:
+    """RGB triples as one integer each (R << 16 | G << 8 | B)."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def label_from_colours(rgb: np.ndarray, path: str | Path) -> np.ndarray:
+    """An RGB label or mask ``[H, W, 3]`` as uint8 ids, the rule for every colour-coded annotation.
+
+    Black is 0, white is 255 (ignore in a label; the object in a black/white mask), and a colour of the
+    VOC palette is its index (class id; VOC's border colour is index 255, ignore). Any other colour
+    (e.g. a JPEG-compressed or hand-painted mask) is a UserError reporting the colours found and the
+    fraction of non-black pixels.
+    """
+    keys = np.concatenate([_packed(VOC_PALETTE), _packed(np.array([WHITE]))])
+    ids = np.concatenate([np.arange(len(VOC_PALETTE)), [IGNORE_ID]])
+    order = np.argsort(keys)
+    keys, ids = keys[order], ids[order]
+    pixels = _packed(rgb)
+    slot = np.clip(np.searchsorted(keys, pixels), 0, len(keys) - 1)
+    known = keys[slot] == pixels
+    if known.all():
+        return ids[slot].astype(np.uint8)
+    colours, counts = np.unique(pixels[~known], return_counts=True)
+    shown = ", ".join(f"({c >> 16},{(c >> 8) & 255},{c & 255}) {100 * n / pixels.size:.1f}%"
+                      for c, n in sorted(zip(colours.tolist(), counts.tolist()), key=lambda cn: -cn[1])[:SHOWN_COLOURS])
+    more = f" and {len(colours) - SHOWN_COLOURS} more" if len(colours) > SHOWN_COLOURS else ""
+    raise UserError(
+        f"{path}: an RGB annotation may hold only black, white and VOC palette colours, but it holds {shown}{more} "
+        f"({100 * float((pixels != 0).mean()):.1f}% of the pixels are not black); save it as a single-channel PNG "
+        "(0 background, 255 object or ignore, or class ids)"
+    )
+
+
 def read_label(path: str | Path) -> np.ndarray:
-    """Read a class-id label map as uint8 ``[H, W]`` (palette PNGs give their indices, i.e. class ids)."""
+    """Read a class-id label map (or a support mask) as uint8 ``[H, W]``.
+
+    Single-channel PNGs give their values, palette PNGs their indices (the class ids), 16-bit PNGs their
+    values if all are below 256; RGB(A) files go through :func:`label_from_colours`.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: label not found; check data_root and the list file, or regenerate the lists")
     try:
         with Image.open(path, formats=PIL_FORMATS) as img:
-            if img.mode not in ("L", "P"):
-                raise UserError(
-                    f"{path}: label must be a single-channel class-id PNG (mode L or P), got mode {img.mode}; "
-                    "convert it with util/prepare_pascal.py or util/prepare_coco.py"
-                )
-            return np.array(img, dtype=np.uint8)
+            if img.mode in ("RGB", "RGBA"):
+                return label_from_colours(np.array(img.convert("RGB")), path)
+            if img.mode in ("1", "LA"):
+                img = img.convert("L")
+            values = np.array(img)
     except UnidentifiedImageError:
         raise UserError(f"{path}: cannot decode the label (corrupt or not an image); replace or regenerate it") from None
     except (OSError, SyntaxError) as err:
         raise UserError(f"{path}: cannot decode the label ({err}); replace or regenerate it") from None
+    if values.ndim != 2 or values.dtype.kind not in "ui" or (values.size and (values.min() < 0 or values.max() > 255)):
+        raise UserError(
+            f"{path}: label must be a class-id PNG (single channel or palette, values 0..255, or RGB colours), "
+            f"got mode {img.mode}; convert it with util/prepare_pascal.py or util/prepare_coco.py"
+        )
+    return values.astype(np.uint8)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

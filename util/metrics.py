@@ -9,10 +9,13 @@ Pixels labelled ``ignore_index`` (255) count nowhere. Counts are int64, so sums 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from util.distributed import all_reduce_sum
+from util.errors import UserError
 
 IGNORE_INDEX = 255
 
@@ -51,6 +54,21 @@ def predict_on_label(logits: torch.Tensor, label_size: tuple[int, int], ori_size
     if ori_size is not None:
         pred = pred[: ori_size[0], : ori_size[1]]
     return pred
+
+
+def check_finite_logits(logits: torch.Tensor, amp: str, names: Sequence[str] | None = None) -> None:
+    """UserError if a sample of ``logits [B, ...]`` holds NaN/Inf: no score or mask is ever made from them.
+
+    ``names`` (one per sample, e.g. the query paths) say which input it was; ``amp`` is the autocast mode used.
+    """
+    finite = torch.isfinite(logits.flatten(1)).all(1)
+    if bool(finite.all()):
+        return
+    first = int(torch.nonzero(~finite)[0])
+    where = f"for {names[first]}" if names else f"for sample {first} of an evaluation batch"
+    fix = (f"it ran under amp {amp}: set amp off and run again" if amp != "off" else
+           "the weights give non-finite outputs on this input: check the checkpoint (did its training diverge?)")
+    raise UserError(f"the network's output {where} is not finite (NaN/Inf), so no score or mask is made from it; {fix}")
 
 
 class SemanticIoU:

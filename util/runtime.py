@@ -41,15 +41,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_amp(amp: str) -> None:
-    """Reject an unknown ``cfg.amp`` value with an actionable message."""
+def check_amp(amp: str, device: torch.device) -> None:
+    """Reject an unknown ``cfg.amp`` value, and fp16 on the CPU, where the models' outputs become NaN."""
     if amp != "off" and amp not in AMP_DTYPES:
         raise UserError(f"config key 'amp' must be one of off, bf16, fp16; got '{amp}'")
+    if amp == "fp16" and device.type == "cpu":
+        raise UserError("config key 'amp' is fp16, which does not work on the CPU (the network's outputs become NaN); "
+                        "use amp bf16 or amp off")
 
 
 def autocast(device: torch.device, amp: str) -> ContextManager:
     """A ``torch.autocast`` context for ``amp`` (bf16 | fp16), or a no-op context for ``off``."""
-    check_amp(amp)
+    check_amp(amp, device)
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
@@ -57,7 +60,7 @@ def autocast(device: torch.device, amp: str) -> ContextManager:
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """A GradScaler that is active only for fp16 (bf16 and fp32 need no loss scaling)."""
-    check_amp(amp)
+    check_amp(amp, device)
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
