@@ -160,10 +160,12 @@ def _validate(job: TrainJob, model: nn.Module, stop: StopRequest, world_size: in
 
 
 def _skip_finished(job: TrainJob, done: Path, ctx: DistContext) -> TrainResult:
-    """A finished stage under ``resume auto``: say so and change nothing."""
+    """A finished stage under ``resume auto``: say so and change nothing (the result is read from ``last.pth``, which
+    holds where the run ended, when it exists)."""
     if ctx.is_main:
         print(skip_message(job.stage, done), file=sys.stderr)
-    record = run_record(done)
+    last = job.run_dir / LAST
+    record = run_record(last if last.is_file() else done)
     best = record.get("best") or {}
     return TrainResult(iteration=record.get("iteration") or 0, best=best, last_metrics=best.get("metrics", {}))
 
