@@ -11,8 +11,8 @@ tracked files (``git ls-files``, as they are in the working tree) in a temporary
 ``shared/`` reference folder that sits beside the repository (the importer tests read its key lists); there the
 mutation is applied and ``python -m pytest -q -x -p no:cacheprovider <kill tests>`` runs with a timeout. Killed
 means pytest reports failed tests (exit status 1); a passing run is a survivor, and anything else (a skipped kill
-test, a collection error, an unknown test id, a timeout) is reported as an error of the check. Before judging, the union of the kill tests
-must pass on an unchanged copy (a test that fails anyway would kill every mutant).
+test, a collection error, an unknown test id, a timeout) is reported as an error of the check. Before judging, the
+union of the kill tests must pass on an unchanged copy (a test that fails anyway would kill every mutant).
 """
 from __future__ import annotations
 
@@ -53,18 +53,23 @@ MUTATIONS: tuple[Mutation, ...] = (
              'mode="bilinear", align_corners=True)[0]', 'mode="bilinear", align_corners=False)[0]',
              (T + "test_metrics.py::test_label_grid_resize_is_bilinear_align_corners",)),
     Mutation("evaluator squashes logits onto the original label", "util/evaluator.py",
-             "pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))", "pred = predict_on_label(logits[b], (h0, w0))",
-             (T + "test_engine_evaluator.py::test_spatially_varying_prediction_on_non_square_images_matches_hand_counts",)),
+             "pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))",
+             "pred = predict_on_label(logits[b], (h0, w0))",
+             (T + "test_engine_evaluator.py::"
+                  "test_spatially_varying_prediction_on_non_square_images_matches_hand_counts",)),
     Mutation("evaluator squashes logits (seen from predict.py)", "util/evaluator.py",
-             "pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))", "pred = predict_on_label(logits[b], (h0, w0))",
+             "pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))",
+             "pred = predict_on_label(logits[b], (h0, w0))",
              (T + "test_predict.py::test_synth_round_trip_gives_the_evaluators_prediction",)),
     Mutation("training loss with foreground and background swapped", "model/mianet.py",
              "        label = query_label.long()\n",
              "        label = torch.where(query_label == 255, 255, 1 - query_label).long()\n",
              (T + "test_model_shapes.py::test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored",)),
     Mutation("scale, rotate, blur and flip deleted from the training transform", "util/transform.py",
-             "            RandomScale(*scale),\n            RandomRotate(cfg.rotate_min, cfg.rotate_max, fill, ignore),\n"
-             "            RandomGaussianBlur(),\n            RandomHorizontalFlip(),\n", "",
+             "            RandomScale(*scale),\n"
+             "            RandomRotate(cfg.rotate_min, cfg.rotate_max, fill, ignore),\n"
+             "            RandomGaussianBlur(),\n"
+             "            RandomHorizontalFlip(),\n", "",
              (T + "test_data_transform.py::test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates",
               T + "test_data_transform.py::test_blur_changes_the_image_about_half_the_time")),
     Mutation("engine autocast forced off", "util/engine.py",
@@ -90,9 +95,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "label = cv2.warpAffine(label, matrix, (width, height), flags=cv2.INTER_LINEAR,",
              (T + "test_data_transform.py::test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates",)),
     Mutation("test geometry pads around the centre", "util/transform.py",
-             "return _pad(image, label, 0, self.size - new_h, 0, self.size - new_w, self.image_fill, self.ignore_label)",
-             "return _pad(image, label, (self.size - new_h) // 2, self.size - new_h - (self.size - new_h) // 2, "
-             "(self.size - new_w) // 2, self.size - new_w - (self.size - new_w) // 2, self.image_fill, self.ignore_label)",
+             "_pad(image, label, 0, self.size - new_h, 0, self.size - new_w,",
+             "_pad(image, label, (self.size - new_h) // 2, self.size - new_h - (self.size - new_h) // 2, "
+             "(self.size - new_w) // 2, self.size - new_w - (self.size - new_w) // 2,",
              (T + "test_data_transform.py::test_test_geometry_resizes_longer_side_and_pads_top_left",)),
     Mutation("binary label loses the ignore value", "util/transform.py",
              "    out[label == ignore_label] = ignore_label\n", "",
@@ -156,14 +161,16 @@ def apply(mutation: Mutation, root: Path) -> None:
     text = target.read_text()
     count = text.count(mutation.old)
     if count != 1:
-        raise StaleMutation(f"{mutation.path}: the text to replace occurs {count} times (must be once): {mutation.old!r}")
+        raise StaleMutation(f"{mutation.path}: the text to replace occurs {count} times (must be once): "
+                            f"{mutation.old!r}")
     target.write_text(text.replace(mutation.old, mutation.new))
 
 
 def tracked_files(repo: Path) -> list[str]:
     done = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"error: git ls-files failed in {repo} ({done.stderr.strip()}); run the check in a git checkout")
+        raise SystemExit(f"error: git ls-files failed in {repo} ({done.stderr.strip()}); "
+                         "run the check in a git checkout")
     return [name for name in done.stdout.split("\0") if name and (repo / name).is_file()]
 
 
@@ -190,8 +197,8 @@ def run_tests(root: Path, tests: tuple[str, ...], stop_first: bool) -> tuple[int
     """(pytest exit status, or None on timeout; its output; seconds) for ``tests`` run in ``root``."""
     threads = str(max(1, (os.cpu_count() or 1) // WORKERS))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(root.parent / "pytest"),
-               *(["-x"] if stop_first else []), *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--basetemp", str(root.parent / "pytest"), *(["-x"] if stop_first else []), *tests]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -262,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         for number, (mutation, future) in enumerate(zip(chosen, futures), start=1):
             outcome = future.result()
             outcomes.append(outcome)
-            print(f"{number:2d}. {outcome.label:8s} {outcome.seconds:5.0f} s  {mutation.name}: {outcome.detail}", flush=True)
+            print(f"{number:2d}. {outcome.label:8s} {outcome.seconds:5.0f} s  {mutation.name}: {outcome.detail}",
+                  flush=True)
         baseline = unchanged.result()
     print(f"unchanged copy: {baseline.label} ({baseline.detail}) in {baseline.seconds:.0f} s")
     killed = sum(o.label == "killed" for o in outcomes)

@@ -74,4 +74,5 @@ def test_committed_rows_are_the_package_vectors_averaged_and_normalised():
     for dataset, row, words in DIRECT_ROWS:
         mean = np.mean([vectors[w] for w in words], axis=0)
         committed = np.load(EMBEDDINGS / f"{dataset}_glove50.npy", allow_pickle=False)[row]
-        np.testing.assert_allclose(committed, mean / np.linalg.norm(mean), rtol=0, atol=1e-6, err_msg=f"{dataset} {row}")
+        np.testing.assert_allclose(committed, mean / np.linalg.norm(mean), rtol=0, atol=1e-6,
+                                   err_msg=f"{dataset} row {row}")

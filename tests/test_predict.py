@@ -231,7 +231,8 @@ def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path, monkeypatch)
             super().update(pred, label, class_id)
 
     monkeypatch.setattr(evaluator, "FewShotIoU", RecordingScores)
-    evaluator.evaluate_episodes(model, episodes, DistContext(0, 1, torch.device("cpu")), num_classes=20, ori_resize=True)
+    evaluator.evaluate_episodes(model, episodes, DistContext(0, 1, torch.device("cpu")), num_classes=20,
+                                ori_resize=True)
     assert len(scored) == 1
     assert 0 < scored[0].float().mean() < 1  # both classes predicted, so the geometry shows
     assert np.array_equal(written // 255, scored[0].numpy())
