@@ -1,11 +1,14 @@
 """The config system: schema defaults, inheritance, overrides, typed validation, saving."""
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
 from util.config import ConfigError, limits, load_config, parse_overrides, schema
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write(path: Path, text: str) -> Path:
@@ -14,10 +17,44 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_come_from_the_schema():
+def test_defaults_are_the_values_written_in_base_yaml():
+    """base.yaml read here as plain YAML: the keys, and a few values and types stated in the README (``amp`` the
+    string "off", which unquoted YAML would read as false; ``weight_decay`` a float, which 1e-4 would not be)."""
+    plain = yaml.safe_load((REPO / "config" / "base.yaml").read_text())
     cfg = load_config()
-    assert cfg == schema()
-    assert cfg.shot == 1 and cfg.split == 0
+    assert set(cfg) == set(plain) - {"_limits_"} and len(cfg) > 50  # _limits_: the ranges, not a key
+    expected = {"shot": 1, "split": 0, "amp": "off", "base_lr": 0.05, "weight_decay": 0.0001, "rotate_min": -10.0,
+                "ori_resize": True, "resume": None, "test_seeds": [321], "novel_in_train": "drop_any",
+                "train_crop": "uniform_retry", "episode_class": "any_size"}
+    for key, value in expected.items():
+        assert plain[key] == value and cfg[key] == value and type(cfg[key]) is type(value), key
+
+
+def readme_overrides() -> list[tuple[str, list[str]]]:
+    """(command, its ``key value`` tokens) of every README command that runs an entry point with overrides."""
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")  # continuation lines joined
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    lines += re.findall(r"`(bash demo\.sh[^`]*)`", text)
+    found = []
+    for line in lines:
+        tokens = shlex.split(line, comments=True)
+        for script, skip in (("train.sh", 5), ("test.sh", 5), ("demo.sh", 1)):
+            if script in tokens:
+                found.append((line, tokens[tokens.index(script) + skip:]))
+        if "--config" in tokens and any(t.endswith(("train.py", "test.py", "train_base.py")) for t in tokens):
+            found.append((line, tokens[tokens.index("--config") + 2:]))
+    return found
+
+
+def test_every_override_the_readme_shows_is_a_key_of_base_yaml():
+    plain = yaml.safe_load((REPO / "config" / "base.yaml").read_text())
+    commands = readme_overrides()
+    keys = {key for _, tokens in commands for key in tokens[::2]}
+    assert len(commands) >= 10 and {"shot", "base_lr", "use_gim", "prior_scale", "test_seeds", "vis"} <= keys
+    for line, tokens in commands:
+        assert len(tokens) % 2 == 0, line
+        assert set(tokens[::2]) <= set(plain), line
+        load_config(None, tokens)  # the values have the schema's types
 
 
 def test_inheritance_chain_child_wins(tmp_path):

@@ -92,3 +92,74 @@ def test_binary_and_bbox_masks():
     binary = binary_label(label, 3)
     assert binary.tolist() == [[0, 1, 1, 255], [0, 0, 1, 0], [0, 0, 0, 255]]
     assert bbox_mask(binary).tolist() == [[0, 1, 1, 255], [0, 1, 1, 0], [0, 0, 0, 255]]
+
+
+# ---------------------------------------------------------------- the random augmentations, measured over seeds
+
+SEEDS = range(80)
+SCALE, ANGLE = (0.6, 1.4), 20.0
+
+
+def bar_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A 90x120 noise image whose label holds a 16x48 horizontal bar (1) left of centre and a 255 band."""
+    image = np.random.default_rng(0).uniform(0, 255, (90, 120, 3)).astype(np.uint8)
+    label = np.zeros((90, 120), np.uint8)
+    label[30:46, 15:63] = 1
+    label[80:84, :] = 255
+    return image, label
+
+
+def bar_measures(label: np.ndarray) -> tuple[float, float, float]:
+    """(area, orientation in degrees, centroid column) of the label's 1 pixels, from image moments."""
+    moments = cv2.moments((label == 1).astype(np.uint8), binaryImage=True)
+    angle = 0.5 * np.degrees(np.arctan2(2 * moments["mu11"], moments["mu20"] - moments["mu02"]))
+    return moments["m00"], float(angle), moments["m10"] / moments["m00"]
+
+
+@pytest.mark.parametrize("crop", ["uniform_retry", "foreground_anchor"])
+def test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates(crop):
+    """Output 170 px: the largest scaled image (126x168) fits, so the crop only pads (centred) and the whole
+    augmented label is seen. Scale f multiplies the bar's area by f^2; rotation (p 0.5) turns it by up to 20
+    degrees; the flip (p 0.5) moves it right of the centre."""
+    cfg = load_config(None, {"train_size": 170, "scale_min": SCALE[0], "scale_max": SCALE[1], "rotate_min": -ANGLE,
+                             "rotate_max": ANGLE, "train_crop": crop})
+    transform = build_transform(cfg, train=True)
+    image, label = bar_scene()
+    area, angle, _ = bar_measures(label)
+    assert abs(angle) < 1e-6
+    ratios, angles, flipped = [], [], []
+    for seed in SEEDS:
+        _, out = transform(image, label, np.random.default_rng(seed))
+        out = out.numpy()
+        assert set(np.unique(out).tolist()) <= {0, 1, 255}  # labels are resampled, never interpolated
+        out_area, out_angle, column = bar_measures(out)
+        ratios.append(out_area / area)
+        angles.append(abs(out_angle))
+        flipped.append(column > out.shape[1] / 2)
+    # nearest-neighbour resizing of a 16-pixel-high bar moves its area by a few percent around f^2
+    assert SCALE[0] ** 2 * 0.9 <= min(ratios) and max(ratios) <= SCALE[1] ** 2 * 1.1
+    assert min(ratios) < 0.6 and max(ratios) > 1.5  # scales from both ends of the range are drawn
+    assert max(angles) <= ANGLE + 1.5 and max(angles) > 12
+    assert 0.3 <= np.mean(np.array(angles) > 1.0) <= 0.7
+    assert 0.3 <= np.mean(flipped) <= 0.7
+
+
+@pytest.mark.parametrize("crop", ["uniform_retry", "foreground_anchor"])
+def test_blur_changes_the_image_about_half_the_time(crop):
+    """With scale 1, angle 0 and a 96 px image cropped at 96, every step but the blur and the flip is the
+    identity: the output is the input or its mirror, exactly, unless blurred."""
+    cfg = load_config(None, {"train_size": 96, "scale_min": 1.0, "scale_max": 1.0, "rotate_min": 0.0,
+                             "rotate_max": 0.0, "train_crop": crop, "pixel_mean": [0.0, 0.0, 0.0],
+                             "pixel_std": [1 / 255, 1 / 255, 1 / 255]})
+    transform = build_transform(cfg, train=True)
+    image = np.random.default_rng(1).uniform(0, 255, (96, 96, 3)).astype(np.uint8)
+    label = np.zeros((96, 96), np.uint8)
+    label[20:50, 10:40] = 1
+    blurred = []
+    for seed in SEEDS:
+        out_image, out_label = transform(image, label, np.random.default_rng(seed))
+        mirrored = not np.array_equal(out_label.numpy(), label)
+        source = image[:, ::-1] if mirrored else image
+        difference = np.abs(out_image.permute(1, 2, 0).numpy() - source).max()
+        blurred.append(difference > 0.5)
+    assert 0.3 <= np.mean(blurred) <= 0.7

@@ -4,14 +4,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import test as test_script
 import train as train_script
 import train_base as train_base_script
+from model.mianet import MIANet
 from tests.fixtures_engine import Crash, make_tiny_synth
 from util.checkpoint import load_checkpoint
+from util.classes import class_names
+from util.config import load_config
+from util.dataset import EpisodeDataset
+from util.image_io import read_label
+from util.metrics import predict_on_label
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +56,47 @@ def test_stage1_stage2_test(tiny_runs):
     assert 0.0 <= saved["miou"]["mean"] <= 1.0 and 0.0 <= saved["fbiou"]["mean"] <= 1.0
     assert saved["protocol"]["weight"] == str(root / "meta" / "best.pth")
     assert (root / "meta" / "test" / "config.yaml").is_file()
+    for entry in saved["seeds"]:
+        assert_numbers_of_a_reevaluation(load_config(CONFIG, [*args[2:], *run]), root / "meta" / "best.pth", entry)
+    assert saved["miou"]["mean"] == pytest.approx(sum(s["miou"] for s in saved["seeds"]) / 2, abs=1e-12)
+
+
+def intersection_and_union(truth: np.ndarray, guess: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.array([(truth & guess & valid).sum(), ((truth | guess) & valid).sum()], np.int64)
+
+
+def assert_numbers_of_a_reevaluation(cfg, weight: Path, entry: dict) -> None:
+    """One seed's numbers in results.json against the saved weights run again here, one episode at a time, with
+    intersections and unions counted in numpy (foreground per class; background and foreground for FB-IoU),
+    and the every-object baseline counted from the label files."""
+    model = MIANet.from_config(cfg)
+    model.load_state_dict(load_checkpoint(weight)["model"])
+    model.eval()
+    episodes = EpisodeDataset(cfg, "val", episodes=cfg.test_episodes, seed=entry["seed"])
+    names = class_names(cfg.dataset)
+    per_class = {"model": {}, "baseline": {}}
+    fb = {"model": np.zeros((2, 2), np.int64), "baseline": np.zeros((2, 2), np.int64)}
+    for index in range(len(episodes)):
+        sample = episodes[index]
+        label = sample["query_label_ori"].numpy()
+        with torch.no_grad():
+            logits = model(sample["query"][None], sample["supports"][None], sample["support_masks"][None],
+                           sample["class_id"][None])
+        semantic = read_label(Path(cfg.data_root) / episodes.episode(index).query[1])
+        guesses = {"model": predict_on_label(logits[0], label.shape, ori_size=label.shape).numpy() == 1,
+                   "baseline": (semantic != 0) & (semantic != 255)}
+        valid, name = label != 255, names[int(sample["class_id"]) - 1]
+        for kind, guess in guesses.items():
+            fb[kind][0] += intersection_and_union(label == 0, ~guess, valid)
+            fb[kind][1] += intersection_and_union(label == 1, guess, valid)
+            per_class[kind][name] = per_class[kind].get(name, 0) + intersection_and_union(label == 1, guess, valid)
+    for kind, numbers in (("model", entry), ("baseline", entry["baseline"])):
+        class_iou = {name: (i / u if u else 0.0) for name, (i, u) in per_class[kind].items()}
+        assert numbers["episodes"] == len(episodes)
+        assert numbers["class_iou"] == pytest.approx(class_iou, abs=1e-12)
+        assert numbers["miou"] == pytest.approx(np.mean(list(class_iou.values())), abs=1e-12)
+        assert (fb[kind][:, 1] > 0).all()
+        assert numbers["fbiou"] == pytest.approx(np.mean(fb[kind][:, 0] / fb[kind][:, 1]), abs=1e-12)
 
 
 def test_resume_after_crash_gives_the_same_weights_and_test_numbers(tiny_runs, monkeypatch):

@@ -58,6 +58,43 @@ def test_all_foreground_scores_match_hand_counts_at_original_size(synth_cfg, bat
     assert scores.episodes() == 7
 
 
+class TopLeftTriangle(nn.Module):
+    """Foreground score ``t - (u + v) / 2`` over the network input's normalised coordinates u (column), v (row) in
+    [0, 1]: linear, so its bilinear resize is exact and the foreground of any resize is a triangle at the top left."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, query, supports, support_masks, class_ids):
+        size = query.shape[-1]
+        ramp = torch.linspace(0, 1, size)
+        score = self.threshold - (ramp[:, None] + ramp[None, :]) / 2
+        return torch.stack([torch.zeros(size, size), score]).expand(query.shape[0], -1, -1, -1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_spatially_varying_prediction_on_non_square_images_matches_hand_counts(synth_cfg, batch_size):
+    """ori_resize maps the L x L square (L = the longer side) onto the original: original pixel (i, j) is
+    foreground iff (i + j) / (L - 1) < 2t. Squashing the square onto h0 x w0 instead would use i / (h0 - 1) +
+    j / (w0 - 1), which differs on every non-square image."""
+    threshold = 0.2917  # 2t(L - 1) stays >= 0.007 away from an integer for every L in 100..400: no pixel on the edge
+    episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
+    shapes = {read_label(f"{synth_cfg.data_root}/{episodes.episode(i).query[1]}").shape for i in range(len(episodes))}
+    assert any(h != w for h, w in shapes)
+
+    def triangle(semantic: np.ndarray) -> np.ndarray:
+        height, width = semantic.shape
+        side = max(height, width)
+        return np.add.outer(np.arange(height), np.arange(width)) < 2 * threshold * (side - 1)
+
+    scores = evaluate_episodes(TopLeftTriangle(threshold), episodes, CPU, num_classes=20, batch_size=batch_size,
+                               ori_resize=True)
+    expected = _by_hand(episodes, synth_cfg.data_root, triangle)
+    assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
+    assert any(0 < inter < union for inter, union in expected.values())
+
+
 def test_every_object_baseline_matches_hand_counts(synth_cfg):
     episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
     scores = every_object_baseline(episodes, synth_cfg.data_root, CPU, 20)

@@ -9,6 +9,8 @@ from tests.fixtures_engine import Crash, tiny_config, tiny_job
 from util.checkpoint import load_checkpoint
 from util.distributed import DistContext
 from util.engine import TrainingDiverged, train
+from util.errors import UserError
+from util.runtime import AMP_DTYPES, autocast
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -97,3 +99,27 @@ def test_amp_modes_train_to_finite_weights(tmp_path, amp, device):
     state = load_checkpoint(tmp_path / amp / "last.pth")
     assert result.iteration == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert math.isfinite(result.best["miou"])
+
+
+def _autocast_supported_on_cpu(amp: str) -> bool:
+    """Whether ``amp`` runs a convolution in its low precision on this CPU (fp16 may be refused here)."""
+    try:
+        with autocast(torch.device("cpu"), amp):
+            out = torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 1, 1))
+    except (UserError, RuntimeError):
+        return False
+    return out.dtype == AMP_DTYPES[amp]
+
+
+@pytest.mark.parametrize("amp, dtype", [("off", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_training_forward_runs_in_the_amp_precision(tmp_path, amp, dtype):
+    """A forward hook on the first convolution sees the dtype of its output during the training steps."""
+    if amp != "off" and not _autocast_supported_on_cpu(amp):
+        pytest.skip(f"amp {amp} is not available on this CPU")
+    cfg = tiny_config(amp=amp, epochs=1)
+    job = tiny_job(cfg, tmp_path / amp)
+    seen: list[tuple[bool, torch.dtype]] = []
+    job.model.body[0].register_forward_hook(lambda module, args, out: seen.append((module.training, out.dtype)))
+    train(cfg, job, CPU)
+    in_training = [d for training, d in seen if training]
+    assert len(in_training) == 4 and set(in_training) == {dtype}

@@ -63,15 +63,41 @@ def test_ori_resize_crops_the_top_left_of_the_square():
     assert not torch.equal(squashed, label)
 
 
+def _align_corners_positions(size_in: int, size_out: int) -> list[float]:
+    """Where output pixel j of a 1-D resize from ``size_in`` to ``size_out`` samples the input (align_corners=True)."""
+    return [j * (size_in - 1) / (size_out - 1) for j in range(size_out)]
+
+
+def _linear_at(values: list[float], position: float) -> float:
+    left = min(int(position), len(values) - 2)
+    weight = position - left
+    return (1 - weight) * values[left] + weight * values[left + 1]
+
+
+# Column scores 1, -1.2, -1.2 resized from 3 to 5 columns: align_corners samples x = 0, .5, 1, 1.5, 2, so the
+# second column scores (1 - 1.2) / 2 = -0.1 (background). Nearest (x = 0, 0, 1, 1, 2) and bilinear without
+# align_corners (x = 0, 0.4, ...: 0.12) both make it foreground.
+COLUMN_SCORES = [1.0, -1.2, -1.2]
+
+
 def test_ori_resize_upsamples_bilinear_align_corners():
-    # 3x3 input, original 5 (h) x 3 (w): logits go to 5x5 (x samples 0, .5, 1, 1.5, 2), then the left 3 columns
-    score = torch.tensor([3.0, -1.0, -1.0]).expand(3, 3)
+    # 3x3 input, original 5 (h) x 3 (w): logits go to the 5x5 square, then its left 3 columns
+    row = [int(_linear_at(COLUMN_SCORES, x) > 0) for x in _align_corners_positions(3, 5)][:3]
+    assert row == [1, 0, 0]
+    score = torch.tensor(COLUMN_SCORES).expand(3, 3)
     pred = predict_on_label(_two_class_logits(score), (5, 3), ori_size=(5, 3))
-    expected = torch.tensor([1, 1, 0]).expand(5, 3)
+    expected = torch.tensor(row).expand(5, 3)
     assert torch.equal(pred, expected)
     scores = FewShotIoU(1)
     scores.update(pred, expected.clone(), 1)
     assert scores.miou() == 1.0 and scores.fbiou() == 1.0
+
+
+def test_label_grid_resize_is_bilinear_align_corners():
+    row = [int(_linear_at(COLUMN_SCORES, x) > 0) for x in _align_corners_positions(3, 5)]
+    assert row == [1, 0, 0, 0, 0]
+    pred = predict_on_label(_two_class_logits(torch.tensor(COLUMN_SCORES).expand(3, 3)), (4, 5))
+    assert torch.equal(pred, torch.tensor(row).expand(4, 5))
 
 
 def test_shape_mismatch_is_an_error():

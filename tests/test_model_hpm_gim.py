@@ -1,4 +1,5 @@
-"""HPM priors against the oracle's HW x HW reference chain, the triplet loss and the masked-average prototype by hand."""
+"""HPM priors against the oracle's HW x HW reference chain, the IFM against the oracle's fusion, the triplet loss and
+the masked-average prototype by hand."""
 import math
 
 import pytest
@@ -7,8 +8,9 @@ import torch.nn.functional as F
 
 from model.gim import triplet_loss
 from model.hpm import cosine_prior, hierarchical_priors, pyramid_bins
+from model.ifm import InformationFusion
 from model.mianet import masked_average
-from tests.reference_forward import cosine_prior as oracle_prior, hpm_priors
+from tests.reference_forward import cosine_prior as oracle_prior, hpm_priors, ifm as oracle_fusion
 
 
 def direct_hierarchy(query: torch.Tensor, supports: torch.Tensor, masks: torch.Tensor,
@@ -115,3 +117,23 @@ def test_masked_average_by_hand():
     expected = torch.tensor([[4.0, 40.0]]) / (2 + 5e-4)
     assert torch.allclose(masked_average(features, masks), expected, rtol=0, atol=1e-6)
     assert torch.equal(masked_average(features, torch.zeros_like(masks)), torch.zeros(1, 2))
+
+
+def test_information_fusion_matches_the_reference_fusion():
+    """Random weights (16 channels, float64, eval mode: no dropout), bins 20, 10, 5, 3: logits and the four auxiliary
+    outputs against the oracle's literal fusion (real concatenations, the previous level's map upsampled to the query
+    size, then resized to the next bin: 10 -> 20 -> 5 is not 10 -> 5, where 12 px bins would hide the difference)."""
+    torch.manual_seed(0)
+    fusion = InformationFusion(channels=16).double().eval()
+    query = relu_features(2, 16, 20, 20, seed=6).double()
+    prototype = torch.randn(2, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    priors = [torch.rand(2, 1, b, b, generator=torch.Generator().manual_seed(b), dtype=torch.float64)
+              for b in pyramid_bins(20)]
+    with torch.no_grad():
+        logits, aux = fusion(query, prototype, priors)
+        expected, expected_aux = oracle_fusion(fusion.state_dict(), query, prototype, priors)
+    assert logits.shape == (2, 2, 20, 20) and float(expected.abs().max()) > 1e-3
+    assert (logits - expected).abs().max() < 1e-10
+    assert [tuple(a.shape) for a in aux] == [(2, 2, b, b) for b in (20, 10, 5, 3)]
+    for got, want in zip(aux, expected_aux):
+        assert (got - want).abs().max() < 1e-10

@@ -110,6 +110,41 @@ def test_train_mode_losses_gradients_and_frozen_backbone():
         assert torch.equal(value, stats[key]), key
 
 
+def hand_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean over the pixels not labelled 255 of -log softmax(logits)[label], written out."""
+    valid = label != 255
+    log_norm = logits.exp().sum(dim=1).log()
+    picked = torch.where(label == 1, logits[:, 1], logits[:, 0])
+    return (log_norm - picked)[valid].mean()
+
+
+def test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored():
+    """loss_main on the logits (65 px in, 65 px out: no resize), loss_aux the mean over the pyramid levels of the
+    same loss on each auxiliary output resized to the label (bilinear, align_corners), against a hand-made label
+    with foreground, background and 255."""
+    model = lite0().train()
+    aux_outputs: list = []
+    model.ifm.register_forward_hook(lambda module, args, out: aux_outputs.extend(out[1]))
+    query, supports, masks, class_ids, _ = episode(2, 1, 65, seed=7)
+    label = torch.zeros(2, 65, 65, dtype=torch.long)
+    label[0, 10:40, 5:30] = 1
+    label[1, 30:, 20:] = 1
+    label[:, 25:29, :] = 255
+    label[1, :, :3] = 255
+    out = model(query, supports, masks, class_ids, label)
+    logits = out["logits"].detach()
+    assert logits.shape == (2, 2, 65, 65)
+    expected_main = hand_cross_entropy(logits, label)
+    swapped = torch.where(label == 255, 255, 1 - label)
+    assert abs(float(hand_cross_entropy(logits, swapped) - expected_main)) > 1e-3  # the label's sense shows
+    assert float(out["loss_main"].detach()) == pytest.approx(float(expected_main), rel=1e-5)
+    assert len(aux_outputs) == 4
+    resized = [torch.nn.functional.interpolate(aux.detach(), size=(65, 65), mode="bilinear", align_corners=True)
+               for aux in aux_outputs]
+    expected_aux = sum(hand_cross_entropy(r, label) for r in resized) / 4
+    assert float(out["loss_aux"].detach()) == pytest.approx(float(expected_aux), rel=1e-5)
+
+
 def test_backbone_bn_statistics_move_only_without_freeze():
     model = lite0(freeze_backbone_bn=False).train()
     assert model.backbone.training

@@ -204,10 +204,11 @@ def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
 
 
 @pytest.mark.filterwarnings("ignore:.*eligible image")
-def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path):
+def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path, monkeypatch):
+    from util import evaluator
     from util.dataset import EpisodeDataset
+    from util.distributed import DistContext
     from util.make_lists import make_lists
-    from util.metrics import predict_on_label
 
     data_root, list_root = tmp_path / "synth", tmp_path / "lists"
     make_synth(data_root, num_train=40, num_val=10, seed=0, workers=1)
@@ -215,7 +216,7 @@ def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path):
     overrides = [*SMALL, "data_root", str(data_root), "list_root", str(list_root)]
     weight, model = random_mianet(tmp_path / "random.pth", overrides)
     episodes = EpisodeDataset(load_config(SYNTH_CONFIG, overrides), "val", episodes=1)
-    spec, sample = episodes.episode(0), episodes[0]
+    spec = episodes.episode(0)
     support_image, support_label = (data_root / p for p in spec.supports[0])
     binary = np.where(read_label(support_label) == 255, 255, read_label(support_label) == spec.class_id)
     support_mask = write_png(tmp_path / "support_mask.png", binary)
@@ -227,12 +228,22 @@ def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path):
     written = read_mask(out)
     height, width = read_image(query).shape[:2]
     assert written.shape == (height, width) and set(np.unique(written).tolist()) <= {0, 255}
-    # the evaluator's prediction of the same episode (same model, dataset tensors, ori_resize mapping)
-    with torch.no_grad():
-        logits = model(sample["query"][None], sample["supports"][None], sample["support_masks"][None],
-                       sample["class_id"][None])
-    expected = predict_on_label(logits[0], (height, width), ori_size=(height, width)).numpy()
-    assert np.array_equal(written // 255, expected)
+    assert height != width  # a square query would not tell the ori_resize crop from a squash
+
+    # what the evaluator itself scores on this episode (the prediction handed to its FewShotIoU)
+    scored: list[torch.Tensor] = []
+
+    class RecordingScores(evaluator.FewShotIoU):
+        def update(self, pred, label, class_id):
+            scored.append(pred.clone())
+            super().update(pred, label, class_id)
+
+    monkeypatch.setattr(evaluator, "FewShotIoU", RecordingScores)
+    evaluator.evaluate_episodes(model, episodes, DistContext(0, 1, torch.device("cpu")), num_classes=20,
+                                ori_resize=True)
+    assert len(scored) == 1
+    assert 0 < scored[0].float().mean() < 1  # both classes predicted, so the geometry shows
+    assert np.array_equal(written // 255, scored[0].numpy())
 
 
 def test_voc_photo_round_trip(tmp_path, monkeypatch):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -307,22 +309,41 @@ def test_test_py_vis_with_a_5_shot_mianet_and_the_report_chart(synth_cfg, tmp_pa
 
 
 def test_test_sh_all_folds_ends_with_the_table_and_the_chart(tmp_path):
-    """test.sh's wiring, with a stand-in ``python`` on PATH that records its calls and names a results file."""
+    """test.sh in a copy of the repository layout (config/, util/, model/ linked) with the four folds' results
+    written beforehand where test.py writes them. A stand-in ``python`` on PATH records the test.py calls and hands
+    every other call to the real interpreter, so the real ``util.report`` finds the files (--results-path), prints
+    the fold table and draws the chart."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "test.sh", work)
+    for folder in ("config", "util", "model"):
+        (work / folder).symlink_to(REPO / folder)
+    for fold in range(4):
+        results = fold_results(fold, [f"class {fold}-{i}" for i in range(5)], 0.3 + 0.1 * fold)
+        results["protocol"]["shot"] = 5
+        path = work / "exp" / "synth" / f"split{fold}" / "efficientnet_lite0" / "5shot" / "test" / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(results))
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir()
-    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n'
-                    'if [ "$3" = --results-path ]; then echo "results/$5.json"; fi\n')
+    fake.write_text(f'#!/usr/bin/env bash\nif [ "$1" = test.py ]; then echo "$*" >> "$CALLS"; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n')
     fake.chmod(0o755)
     calls = tmp_path / "calls.txt"
-    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "CALLS": str(calls)}
-    done = subprocess.run(["bash", "test.sh", "synth", "all", "efficientnet_lite0", "5", "vis", "4"], cwd=REPO, env=env,
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
+           "MPLCONFIGDIR": str(tmp_path / "matplotlib")}
+    done = subprocess.run(["bash", "test.sh", "synth", "all", "efficientnet_lite0", "5", "vis", "4"], cwd=work, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    lines = calls.read_text().splitlines()
     configs = [f"config/synth/efficientnet_lite0/split{k}.yaml" for k in range(4)]
-    assert lines[0::2][:4] == [f"test.py --config {c} shot 5 vis 4" for c in configs]
-    assert lines[1::2] == [f"-m util.report --results-path --config {c} shot 5 vis 4" for c in configs]
-    assert lines[-1] == "-m util.report --chart " + " ".join(f"results/{c}.json" for c in configs)
+    assert calls.read_text().splitlines() == [f"test.py --config {c} shot 5 vis 4" for c in configs]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "synth efficientnet_lite0 5-shot, 2 seed(s) x 10 episodes"
+    assert lines[1].split() == ["fold0", "fold1", "fold2", "fold3", "mean"]
+    assert lines[2].split() == ["mIoU", "30.00", "40.00", "50.00", "60.00", "45.00"]
+    chart = work / "exp" / "synth" / "per_class_iou_synth_efficientnet_lite0_5shot.png"
+    assert lines[-1] == f"per-class IoU chart: {chart}"
+    assert count_colour(read_png(chart), hex_rgb(FOLD_COLOURS[3]), 2) > 0
 
 
 def test_negative_vis_is_a_user_error(capsys):

@@ -1,0 +1,285 @@
+"""The mutation check: each entry of ``MUTATIONS`` changes the code in one meaningful way, and the fast tests named
+beside it must fail on the changed code. A mutant that leaves them green is a hole in the suite.
+
+    python -m tests.mutation_check              # every mutant, 2 at a time; exit 1 if any survives
+    python -m tests.mutation_check -k triplet   # only the mutants whose name contains "triplet"
+    python -m tests.mutation_check --list       # the table
+
+Each mutation is an exact text replacement that must match exactly once in its file (a mutation whose text no
+longer occurs, or occurs twice, is stale: the check fails and says so). Each mutant gets its own copy of the
+tracked files (``git ls-files``, as they are in the working tree) in a temporary folder, next to a link to the
+``shared/`` reference folder that sits beside the repository (the importer tests read its key lists); there the
+mutation is applied and ``python -m pytest -q -x -p no:cacheprovider <kill tests>`` runs with a timeout. Killed
+means pytest reports failed tests (exit status 1); a passing run is a survivor, and anything else (a skipped kill
+test, a collection error, an unknown test id, a timeout) is reported as an error of the check. Before judging, the
+union of the kill tests must pass on an unchanged copy (a test that fails anyway would kill every mutant).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = 2
+TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Replace ``old`` (which must occur exactly once in ``path``) by ``new``; the ``kill`` tests must then fail."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    kill: tuple[str, ...]
+
+
+T = "tests/"
+MUTATIONS: tuple[Mutation, ...] = (
+    # ---- the audit's table (issue 20)
+    Mutation("predict_on_label resizes logits with nearest", "util/metrics.py",
+             'mode="bilinear", align_corners=True)[0]', 'mode="nearest")[0]',
+             (T + "test_metrics.py::test_ori_resize_upsamples_bilinear_align_corners",)),
+    Mutation("predict_on_label resizes bilinear without align_corners", "util/metrics.py",
+             'mode="bilinear", align_corners=True)[0]', 'mode="bilinear", align_corners=False)[0]',
+             (T + "test_metrics.py::test_label_grid_resize_is_bilinear_align_corners",)),
+    Mutation("evaluator squashes logits onto the original label", "util/evaluator.py",
+             "pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))",
+             "pred = predict_on_label(logits[b], (h0, w0))",
+             (T + "test_engine_evaluator.py::"
+                  "test_spatially_varying_prediction_on_non_square_images_matches_hand_counts",)),
+    Mutation("evaluator squashes logits (seen from predict.py)", "util/evaluator.py",
+             "pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))",
+             "pred = predict_on_label(logits[b], (h0, w0))",
+             (T + "test_predict.py::test_synth_round_trip_gives_the_evaluators_prediction",)),
+    Mutation("training loss with foreground and background swapped", "model/mianet.py",
+             "        label = query_label.long()\n",
+             "        label = torch.where(query_label == 255, 255, 1 - query_label).long()\n",
+             (T + "test_model_shapes.py::test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored",)),
+    Mutation("scale, rotate, blur and flip deleted from the training transform", "util/transform.py",
+             "            RandomScale(*scale),\n"
+             "            RandomRotate(cfg.rotate_min, cfg.rotate_max, fill, ignore),\n"
+             "            RandomGaussianBlur(),\n"
+             "            RandomHorizontalFlip(),\n", "",
+             (T + "test_data_transform.py::test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates",
+              T + "test_data_transform.py::test_blur_changes_the_image_about_half_the_time")),
+    Mutation("engine autocast forced off", "util/engine.py",
+             'with autocast(ctx.device, cfg["amp"]):', 'with autocast(ctx.device, "off"):',
+             (T + "test_engine_loop.py::test_training_forward_runs_in_the_amp_precision",)),
+    # ---- metrics and evaluator scoring
+    Mutation("ignore pixels counted in IoU", "util/metrics.py",
+             "valid = label != ignore_index", "valid = torch.ones_like(label, dtype=torch.bool)",
+             (T + "test_metrics.py::test_ignored_pixels_count_nowhere",)),
+    Mutation("class IoU from the background counts", "util/metrics.py",
+             "torch.stack([inter[1].cpu(), union[1].cpu(), torch.tensor(1)])",
+             "torch.stack([inter[0].cpu(), union[0].cpu(), torch.tensor(1)])",
+             (T + "test_metrics.py::test_class_iou_sums_counts_over_episodes_then_averages_classes",)),
+    Mutation("FB-IoU is the foreground IoU alone", "util/metrics.py",
+             "return float(self.fb.iou().nanmean())", "return float(self.fb.iou()[1])",
+             (T + "test_metrics.py::test_class_iou_sums_counts_over_episodes_then_averages_classes",)),
+    Mutation("evaluator scores against the batch's padded label", "util/evaluator.py",
+             'label = batch["query_label_ori"][b, :h0, :w0]', 'label = batch["query_label_ori"][b]',
+             (T + "test_engine_evaluator.py::test_all_foreground_scores_match_hand_counts_at_original_size",)),
+    # ---- transforms
+    Mutation("rotated label interpolated linearly", "util/transform.py",
+             "label = cv2.warpAffine(label, matrix, (width, height), flags=cv2.INTER_NEAREST,",
+             "label = cv2.warpAffine(label, matrix, (width, height), flags=cv2.INTER_LINEAR,",
+             (T + "test_data_transform.py::test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates",)),
+    Mutation("test geometry pads around the centre", "util/transform.py",
+             "_pad(image, label, 0, self.size - new_h, 0, self.size - new_w,",
+             "_pad(image, label, (self.size - new_h) // 2, self.size - new_h - (self.size - new_h) // 2, "
+             "(self.size - new_w) // 2, self.size - new_w - (self.size - new_w) // 2,",
+             (T + "test_data_transform.py::test_test_geometry_resizes_longer_side_and_pads_top_left",)),
+    Mutation("binary label loses the ignore value", "util/transform.py",
+             "    out[label == ignore_label] = ignore_label\n", "",
+             (T + "test_data_transform.py::test_binary_and_bbox_masks",)),
+    Mutation("uniform_retry crop accepts 50% of the target", "util/transform.py",
+             "UNIFORM_KEEP_FRACTION = 0.85", "UNIFORM_KEEP_FRACTION = 0.5",
+             (T + "test_protocol_rules.py::test_uniform_retry_keeps_85_percent_of_a_target_that_fits",)),
+    # ---- losses
+    Mutation("triplet loss: 255 cells are not negatives", "model/gim.py",
+             "negative = ~positive", "negative = masks == 0",
+             (T + "test_model_hpm_gim.py::test_triplet_loss_hand_computed_on_2d_features",)),
+    Mutation("triplet loss takes the easiest positive", "model/gim.py",
+             'distances.masked_fill(~positive, float("-inf")).amax(dim=1)',
+             'distances.masked_fill(~positive, float("inf")).amin(dim=1)',
+             (T + "test_model_hpm_gim.py::test_triplet_loss_hand_computed_on_2d_features",)),
+    Mutation("auxiliary loss summed over the levels", "model/mianet.py",
+             "        ]).mean()\n", "        ]).sum()\n",
+             (T + "test_model_shapes.py::test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored",)),
+    Mutation("support pixels labelled 255 taken as foreground", "model/mianet.py",
+             "small_masks = bilinear((support_masks == 1)", "small_masks = bilinear((support_masks != 0)",
+             (T + "test_model_shapes.py::test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic",)),
+    # ---- HPM
+    Mutation("HPM: query not reweighted by the prior", "model/hpm.py",
+             "main = average_pool(main * prior, levels[level + 1])", "main = average_pool(main, levels[level + 1])",
+             (T + "test_model_hpm_gim.py::test_hierarchical_priors_match_the_reference_chain",)),
+    Mutation("HPM: mask chain restarts from layer3's mask at every level", "model/hpm.py",
+             "mask = bilinear(mask, size)", "mask = bilinear(start_mask, size)",
+             (T + "test_model_hpm_gim.py::test_hierarchical_priors_match_the_reference_chain",)),
+    Mutation("HPM: K-shot prior is the maximum over shots", "model/hpm.py",
+             "return _normalised_priors(main, directions).mean(dim=1, keepdim=True)",
+             "return _normalised_priors(main, directions).amax(dim=1, keepdim=True)",
+             (T + "test_model_hpm_gim.py::test_k_shot_first_prior_is_the_mean_of_the_per_shot_priors",)),
+    # ---- IFM
+    Mutation("IFM: beta_conv residual dropped", "model/ifm.py",
+             "merge = self.beta_conv[level](merge) + merge", "merge = self.beta_conv[level](merge)",
+             (T + "test_model_hpm_gim.py::test_information_fusion_matches_the_reference_fusion",)),
+    Mutation("IFM: next level reads the merge at its own bin", "model/ifm.py",
+             "previous = bilinear(merge, size)", "previous = merge",
+             (T + "test_model_hpm_gim.py::test_information_fusion_matches_the_reference_fusion",)),
+    # ---- checkpoint importer
+    Mutation("importer leaves the IFM modules at the top level", "util/checkpoint_import.py",
+             'mapped[f"ifm.{key}"] = value', "mapped[key] = value",
+             (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
+    Mutation("importer keeps GIG's reference name", "util/checkpoint_import.py",
+             '_MIANET_RENAMES = {"GIG.": "gig.",', '_MIANET_RENAMES = {"GIG.": "GIG.",',
+             (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
+    # ---- config schema
+    Mutation("base.yaml amp unquoted (YAML reads off as false)", "config/base.yaml",
+             'amp: "off"  ', "amp: off    ",
+             (T + "test_config_system.py::test_defaults_are_the_values_written_in_base_yaml",)),
+)
+
+
+class StaleMutation(Exception):
+    """A mutation's text does not occur exactly once in its file."""
+
+
+def apply(mutation: Mutation, root: Path) -> None:
+    """Apply ``mutation`` to the copy at ``root``; :class:`StaleMutation` unless its text occurs exactly once."""
+    target = root / mutation.path
+    text = target.read_text()
+    count = text.count(mutation.old)
+    if count != 1:
+        raise StaleMutation(f"{mutation.path}: the text to replace occurs {count} times (must be once): "
+                            f"{mutation.old!r}")
+    target.write_text(text.replace(mutation.old, mutation.new))
+
+
+def tracked_files(repo: Path) -> list[str]:
+    done = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"error: git ls-files failed in {repo} ({done.stderr.strip()}); "
+                         "run the check in a git checkout")
+    return [name for name in done.stdout.split("\0") if name and (repo / name).is_file()]
+
+
+def make_copy(repo: Path, files: list[str], folder: Path) -> Path:
+    """The tracked files under ``folder/repo``, with ``folder/shared`` linked to the ``shared/`` beside ``repo``."""
+    root = folder / "repo"
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, root / name)
+    shared = repo.parent / "shared"
+    if shared.is_dir():
+        (folder / "shared").symlink_to(shared)
+    return root
+
+
+@dataclass
+class Outcome:
+    label: str                # "killed", "SURVIVED", "ERROR", or "passed"/"FAILED" for the unchanged copy
+    seconds: float
+    detail: str               # the failing test (killed), or what went wrong
+
+
+def run_tests(root: Path, tests: tuple[str, ...], stop_first: bool) -> tuple[int | None, str, float]:
+    """(pytest exit status, or None on timeout; its output; seconds) for ``tests`` run in ``root``."""
+    threads = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--basetemp", str(root.parent / "pytest"), *(["-x"] if stop_first else []), *tests]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, "", time.perf_counter() - started
+    return done.returncode, done.stdout + done.stderr, time.perf_counter() - started
+
+
+def first_failure(output: str) -> str:
+    failed = [line.split()[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    return failed[0] if failed else "?"
+
+
+def judge_mutant(mutation: Mutation, repo: Path, files: list[str], scratch: Path) -> Outcome:
+    folder = Path(tempfile.mkdtemp(prefix="mutant_", dir=scratch))
+    root = make_copy(repo, files, folder)
+    try:
+        apply(mutation, root)
+    except StaleMutation as err:
+        return Outcome("ERROR", 0.0, f"stale mutation: {err}")
+    status, output, seconds = run_tests(root, mutation.kill, stop_first=True)
+    if status is None:
+        return Outcome("ERROR", seconds, f"timed out after {TIMEOUT_S} s")
+    if status == 1:
+        return Outcome("killed", seconds, first_failure(output))
+    if status == 0:
+        skipped = [line for line in output.splitlines() if line.startswith("SKIPPED ")]
+        if skipped:
+            return Outcome("ERROR", seconds, f"kill tests skipped here, nothing judged: {skipped[0]}")
+        return Outcome("SURVIVED", seconds, "every kill test passed")
+    tail = " | ".join(output.strip().splitlines()[-3:])
+    return Outcome("ERROR", seconds, f"pytest exit status {status} (not a test failure): {tail}")
+
+
+def judge_unchanged(tests: tuple[str, ...], repo: Path, files: list[str], scratch: Path) -> Outcome:
+    root = make_copy(repo, files, Path(tempfile.mkdtemp(prefix="unchanged_", dir=scratch)))
+    status, output, seconds = run_tests(root, tests, stop_first=False)
+    skipped = [line for line in output.splitlines() if line.startswith("SKIPPED ")]
+    if status == 0 and not skipped:
+        return Outcome("passed", seconds, f"{len(tests)} kill tests")
+    if status == 0:
+        return Outcome("FAILED", seconds, f"kill tests skipped: {skipped[0]}")
+    what = "timed out" if status is None else f"exit status {status}: {first_failure(output)}"
+    return Outcome("FAILED", seconds, what)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-k", dest="select", default="", help="only the mutants whose name contains this text")
+    parser.add_argument("--list", action="store_true", help="print the mutations and their kill tests, run nothing")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if args.select.lower() in m.name.lower()]
+    if args.list:
+        for number, mutation in enumerate(chosen, start=1):
+            print(f"{number:2d}. {mutation.name} ({mutation.path}) <- {', '.join(mutation.kill)}")
+        return 0
+    if not chosen:
+        print(f"no mutant's name contains {args.select!r}")
+        return 2
+    files = tracked_files(REPO)
+    kill_tests = tuple(dict.fromkeys(test for m in chosen for test in m.kill))
+    started = time.perf_counter()
+    print(f"{len(chosen)} mutants, {len(kill_tests)} kill tests, {WORKERS} at a time", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mutation_check_") as scratch, ThreadPoolExecutor(WORKERS) as pool:
+        unchanged = pool.submit(judge_unchanged, kill_tests, REPO, files, Path(scratch))
+        futures = [pool.submit(judge_mutant, m, REPO, files, Path(scratch)) for m in chosen]
+        outcomes = []
+        for number, (mutation, future) in enumerate(zip(chosen, futures), start=1):
+            outcome = future.result()
+            outcomes.append(outcome)
+            print(f"{number:2d}. {outcome.label:8s} {outcome.seconds:5.0f} s  {mutation.name}: {outcome.detail}",
+                  flush=True)
+        baseline = unchanged.result()
+    print(f"unchanged copy: {baseline.label} ({baseline.detail}) in {baseline.seconds:.0f} s")
+    killed = sum(o.label == "killed" for o in outcomes)
+    print(f"{killed} of {len(chosen)} killed in {time.perf_counter() - started:.0f} s")
+    for mutation, outcome in zip(chosen, outcomes):
+        if outcome.label != "killed":
+            print(f"not killed: {mutation.name} ({mutation.path}): {outcome.label}, {outcome.detail}")
+    return 0 if killed == len(chosen) and baseline.label == "passed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
