@@ -10,11 +10,9 @@ the previous checkpoint intact.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from util.atomic import AtomicFile
 from util.errors import UserError
 
 LAST = "last.pth"
@@ -52,24 +51,19 @@ def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file + ``os.replace``; the old file survives any failure."""
+    """``torch.save`` to ``path`` through :class:`util.atomic.AtomicFile`; the old file survives any failure."""
     path = Path(path)
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
+        target = AtomicFile(path)
     except OSError as err:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a directory" if blocker else err.strerror
         raise UserError(f"cannot write checkpoint {path} ({reason}); choose a writable exp_dir") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with target as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
     except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
         # torch's zip writer may report a failed write (disk full) as a RuntimeError raised while handling the OSError
         failure = err.__context__ if isinstance(err, RuntimeError) else err
         if not isinstance(failure, OSError):
