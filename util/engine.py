@@ -302,7 +302,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
             started, done = time.perf_counter(), 0
             for batch in _batches(loader, steps, stop, ctx.world_size):
                 batch = to_device(batch, ctx.device)
-                optimizer.zero_grad(set_to_none=step_model is model)  # DDP keeps its gradient buckets
+                optimizer.zero_grad(set_to_none=step_model is model)  # under DDP gradients persist (data_parallel)
                 with autocast(ctx.device, cfg["amp"]):
                     outputs = job.step(step_model, batch)
                 loss_names = [k for k in outputs if k.startswith("loss")]
