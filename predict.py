@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from model.mianet import MIANet
-from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
-                              meta_run_dir)
+from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, load_checkpoint,
+                              load_model_state, meta_run_dir)
 from util.classes import class_names
 from util.config import Config, load_config
 from util.errors import UserError, cli_entry
@@ -128,9 +128,11 @@ def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, an
 
 
 def load_model(cfg: Config, weight: Path, device: torch.device) -> MIANet:
-    """The stage-2 model of ``weight`` (checked against ``cfg``) on ``device``, in eval mode."""
+    """The stage-2 model of ``weight`` (checked against ``cfg``: architecture keys and identity) on ``device``, in
+    eval mode."""
     state = load_checkpoint(weight)
     check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
+    check_model_identity(state, cfg, weight)
     model = MIANet.from_config(cfg)
     load_model_state(model, state["model"], weight)
     return model.to(device).eval()

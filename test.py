@@ -2,8 +2,11 @@
 
 ``test_seeds`` x ``test_episodes`` episodes, ``ori_resize``, ``test_batch_size``; prints per-class IoU,
 mIoU and FB-IoU per seed and mean ± std over seeds, and writes ``<run dir>/test/results.json`` (the
-numbers and the resolved protocol) and ``<run dir>/test/config.yaml``. ``vis N`` also draws the first N
-episodes of the first seed (supports, truth, prediction, IoU) and their contact sheet to ``<run dir>/test/vis/``.
+numbers, the resolved protocol, the checkpoint tested and the base learner it was trained from) and
+``<run dir>/test/config.yaml``. A checkpoint trained under another identity than the config's (dataset,
+fold, COCO split style, classes, ``novel_in_train``, ``base_images``, backbone; not the shot) is refused.
+``vis N`` also draws the first N episodes of the first seed (supports, truth, prediction, IoU) and their
+contact sheet to ``<run dir>/test/vis/``.
 Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [vis N] [key value ...]``
 """
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from model.mianet import MIANet
-from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
-                              meta_run_dir)
+from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, describe_identity,
+                              load_checkpoint, load_model_state, meta_run_dir)
 from util.cli import config_from_cli
 from util.distributed import init_distributed, shutdown_distributed
 from util.dataset import EpisodeDataset
@@ -37,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         weight = Path(cfg.weight) if cfg.weight else meta_run_dir(cfg) / BEST
         state = load_checkpoint(weight)
         check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
+        identity = check_model_identity(state, cfg, weight)
         model = MIANet.from_config(cfg)
         load_model_state(model, state["model"], weight)
         model.to(ctx.device)
@@ -44,9 +48,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out_dir = out_path.parent
         log = RunLog(out_dir, "test", enabled=ctx.is_main, tensorboard=False)
         try:
-            log.info(f"testing {weight} on {cfg.dataset} fold {cfg.split} {cfg.shot}-shot, device {ctx.device}")
+            log.info(f"testing {weight} on {cfg.dataset} fold {cfg.split} {cfg.shot}-shot, device {ctx.device}; "
+                     f"it was trained as: {describe_identity(identity)}")
             results = run_protocol(model, cfg, ctx, report=log.info)
             results["protocol"]["weight"] = str(weight)
+            results["protocol"]["base_weight"] = identity.get("base_weight")
+            results["protocol"]["trained_shot"] = identity.get("shot")
             if ctx.is_main:
                 cfg.save(out_dir / "config.yaml")
                 out_path.write_text(json.dumps(results, indent=2))

@@ -3,8 +3,9 @@
 # and draw the per-class IoU bar chart of the fold(s).
 #   bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
 #   e.g. bash test.sh pascal all resnet50 1        bash test.sh pascal 0 resnet50 5 test_seeds "[1, 2]" vis 8
-# Each fold writes exp/<dataset>/split<k>/<backbone>/<shot>shot/test/results.json (numbers + protocol);
-# the chart goes to the folder holding all of them (exp/<dataset>/ for all folds, the run's test/ for one):
+# Each fold writes exp/<dataset>/split<k>/<backbone>/<shot>shot/test/results.json (numbers + protocol; COCO:
+# exp/coco/<coco_split_style>/split<k>/...); the chart goes to the folder holding all of them (exp/<dataset>/,
+# exp/coco/<coco_split_style>/ for all folds, the run's test/ for one):
 # per_class_iou_<dataset>_<backbone>_<shot>shot.png.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,8 +17,7 @@ dataset=$1 fold=$2 backbone=$3 shot=$4
 shift 4
 folds=$fold
 [ "$fold" = all ] && folds="0 1 2 3"
-launch=(python)
-[ "${NPROC:-1}" -gt 1 ] && launch=(torchrun --standalone --nproc_per_node "$NPROC")
+source util/launch.sh
 results=()
 for k in $folds; do
   cfg=config/$dataset/$backbone/split$k.yaml

@@ -1,14 +1,17 @@
 """Stage 2: meta-train MIANet on base-class episodes (frozen backbone from stage 1), validating on novel classes.
 
 Keeps ``best.pth`` (by validation mIoU) and ``last.pth`` in ``exp/<dataset>/split<k>/<backbone>/<shot>shot``
-(or ``exp_dir``). Usage: ``python train.py --config config/pascal/resnet50/split0.yaml shot 5 [key value ...]``
+(COCO: ``exp/coco/<coco_split_style>/split<k>/...``; or ``exp_dir``). The base learner must have been trained for
+this config (no novel class among its classes, same dataset, backbone and base-learner recipe); its path is part
+of the identity every checkpoint records.
+Usage: ``python train.py --config config/pascal/resnet50/split0.yaml shot 5 [key value ...]``
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from model.mianet import MIANet
-from util.checkpoint import base_weight_path, meta_run_dir
+from util.checkpoint import base_weight_path, check_base_learner, meta_run_dir, run_identity
 from util.classes import class_names
 from util.config import Config
 from util.dataset import EpisodeDataset, collate_episodes
@@ -25,6 +28,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     if not base_weight.is_file():
         raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
                         f"(python train_base.py with the same config) or set base_weight")
+    check_base_learner(base_weight, cfg)
     model = MIANet.from_config(cfg)
     model.load_base_learner(base_weight)
     names = class_names(cfg.dataset)
@@ -48,6 +52,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         step=step,
         run_dir=meta_run_dir(cfg),
         schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters),
+        identity=run_identity(cfg, "meta") | {"base_weight": str(base_weight)},
         validate=validate,
         collate=collate_episodes,
     )

@@ -6,7 +6,9 @@
 # Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed or interrupted one
 # continues). Stage 1 is skipped when it is done: a finished or imported best.pth in its run directory, or
 # an existing base_weight file (util/runguard.py decides).
-# NPROC > 1 launches each stage with torchrun (DDP, one process per GPU).
+# NPROC > 1 launches each stage with torchrun (DDP, one process per GPU; OMP_NUM_THREADS: util/launch.sh). A
+# finished fold is skipped whatever NPROC is; continuing an unfinished one needs the NPROC (global batch) it began with.
+# COCO runs go to initmodel/coco/<coco_split_style>/split<k>/... and exp/coco/<coco_split_style>/split<k>/...
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ $# -lt 4 ]; then
@@ -17,8 +19,7 @@ dataset=$1 fold=$2 backbone=$3 shot=$4
 shift 4
 folds=$fold
 [ "$fold" = all ] && folds="0 1 2 3"
-launch=(python)
-[ "${NPROC:-1}" -gt 1 ] && launch=(torchrun --standalone --nproc_per_node "$NPROC")
+source util/launch.sh
 for k in $folds; do
   cfg=config/$dataset/$backbone/split$k.yaml
   if [ ! -f "$cfg" ]; then

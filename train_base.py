@@ -1,6 +1,7 @@
 """Stage 1: train the PSPNet base learner of one fold on its base classes.
 
-Writes ``initmodel/<dataset>/split<k>/<backbone>/{best,last}.pth`` (or ``base_exp_dir``), where stage 2 looks.
+Writes ``initmodel/<dataset>/split<k>/<backbone>/{best,last}.pth`` (COCO: ``initmodel/coco/<coco_split_style>/split<k>/...``;
+or ``base_exp_dir``), where stage 2 looks. Each checkpoint records its identity (dataset, fold, split style, classes...).
 Usage: ``python train_base.py --config config/pascal/resnet50/split0.yaml [key value ...]``
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from model.pspnet import PSPNet
-from util.checkpoint import base_run_dir
+from util.checkpoint import base_run_dir, run_identity
 from util.classes import base_classes
 from util.config import Config
 from util.dataset import BaseClassDataset
@@ -41,6 +42,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         step=lambda net, batch: net(batch["image"], batch["label"]),
         run_dir=base_run_dir(cfg),
         schedule=Schedule(cfg.base_epochs, cfg.base_batch_size, cfg.base_learner_lr, cfg.max_iters),
+        identity=run_identity(cfg, "base"),
         validate=validate,
         stop_patience=cfg.base_stop_patience,
     )

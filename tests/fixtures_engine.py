@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from util.checkpoint import run_identity
 from util.config import Config, load_config
 from util.engine import Schedule, TrainJob
 from util.runtime import epoch_seed
@@ -84,7 +85,7 @@ def tiny_job(cfg: Config, run_dir: Path, *, crash_at: int = 0, nan_at: int = 0, 
         stage="meta", model=model, parameters=list(model.parameters()),
         make_train_set=lambda epoch: TinySegSet(epoch_seed(cfg.seed, epoch), length=length),
         step=step, run_dir=run_dir, schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters),
-        validate=validate,
+        identity=run_identity(cfg, "meta"), validate=validate,
     )
 
 

@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 from tests.fixtures_data import block_label, write_palette_png, write_rgb
 from util.classes import COCO_CLASSES
+from util.atomic import AtomicFile
 from util.errors import UserError
 from util.image_io import read_label
 from util.prepare_coco import prepare_coco
@@ -165,3 +166,83 @@ def test_prepare_coco_is_resumable_and_checks_inputs(coco_tree, tmp_path_factory
     assert mask.stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="instances_train2014.json: annotation file not found"):
         prepare_coco(tmp_path_factory.mktemp("empty"))
+
+
+def _stamps(folder):
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+def test_prepare_coco_redoes_exactly_the_masks_whose_annotations_changed(coco_tree, capsys):
+    root, *_ = coco_tree
+    prepare_coco(root, workers=1)
+    train, val = root / "masks/train2014", root / "masks/val2014"
+    before = {"train": _stamps(train), "val": _stamps(val)}
+    ann_path = root / "annotations/instances_train2014.json"
+    data = json.loads(ann_path.read_text())
+    crowd = np.zeros((40, 50), np.uint8)
+    crowd[5:25, 10:40] = 1  # a crowd region added to image 2, whose mask was all background
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    data["annotations"].append({"id": 200, "image_id": 2, "category_id": 1, "iscrowd": 1, "area": float(crowd.sum()),
+                                "segmentation": {"size": [40, 50], "counts": rle["counts"].decode("ascii")}})
+    ann_path.write_text(json.dumps(data))
+    capsys.readouterr()
+
+    prepare_coco(root, workers=1)
+    changed = "COCO_train2014_000000000002.png"
+    assert np.array_equal(read_label(train / changed), crowd * 255)
+    after = _stamps(train)
+    assert [name for name in after if after[name] != before["train"][name]] == [changed]
+    assert _stamps(val) == before["val"]
+    assert capsys.readouterr().out.splitlines() == ["masks/train2014: 1 written, 1 already current (train2014.manifest.json)",
+                                                    "masks/val2014: 0 written, 2 already current (val2014.manifest.json)"]
+    # nothing changed: no mask, list or manifest is written again
+    everything = {"train": _stamps(train), "val": _stamps(val), "masks": _stamps(root / "masks")}
+    prepare_coco(root, workers=1)
+    assert {"train": _stamps(train), "val": _stamps(val), "masks": _stamps(root / "masks")} == everything
+
+
+def test_prepare_coco_redoes_a_truncated_mask(coco_tree):
+    root, *_ = coco_tree
+    prepare_coco(root, workers=1)
+    mask = root / "masks/val2014/COCO_val2014_000000000001.png"
+    good = read_label(mask)
+    other = root / "masks/val2014/COCO_val2014_000000000002.png"
+    stamp = other.stat().st_mtime_ns
+    mask.write_bytes(mask.read_bytes()[: mask.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(UserError, match="cannot decode the label"):
+        read_label(mask)
+    prepare_coco(root, workers=1)
+    assert np.array_equal(read_label(mask), good)
+    assert other.stat().st_mtime_ns == stamp
+
+
+def test_prepare_pascal_redoes_changed_sources_and_broken_masks_only(voc_sbd):
+    voc, sbd, photo_label = voc_sbd
+    prepare_pascal(voc, sbd, workers=1)
+    out = voc / "SegmentationClassAug"
+    before = _stamps(out)
+    relabelled = block_label(*photo_label.shape, [(9, 6, 6, 20, 20)])
+    write_palette_png(voc / "SegmentationClass/2007_000002.png", relabelled)  # a corrected VOC annotation
+    truncated = out / "2008_000005.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    prepare_pascal(voc, sbd, workers=1)
+    after = _stamps(out)
+    assert sorted(name for name in after if after[name] != before[name]) == ["2007_000002.png", "2008_000005.png"]
+    assert np.array_equal(read_label(out / "2007_000002.png"), relabelled)
+    assert set(np.unique(read_label(truncated)).tolist()) == {0, 12, 255}
+    lists = _stamps(voc / "ImageSets/SegmentationAug")
+    prepare_pascal(voc, sbd, workers=1)
+    assert _stamps(out) == after and _stamps(voc / "ImageSets/SegmentationAug") == lists
+
+
+def test_a_write_interrupted_midway_leaves_the_previous_file_and_no_temporary(tmp_path):
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(b"previous")
+    with pytest.raises(KeyboardInterrupt):
+        with AtomicFile(mask) as handle:
+            handle.write(b"half a PN")
+            raise KeyboardInterrupt
+    assert mask.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+    with AtomicFile(mask, durable=False) as handle:
+        handle.write(b"complete")
+    assert mask.read_bytes() == b"complete" and [p.name for p in tmp_path.iterdir()] == ["mask.png"]

@@ -1,16 +1,26 @@
-"""Two gloo processes on CPU: reduced metrics equal a single-process evaluation; DDP training matches one process."""
+"""Two gloo processes on CPU: reduced metrics equal a single-process evaluation; DDP training matches one process;
+a finished run is skipped whatever the process count; no gradient-layout warning with the real networks."""
+import functools
+import json
+import warnings
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import Dataset
 
-from tests.fixtures_engine import tiny_config, tiny_job
+import train as train_script
+import train_base
+from tests.fixtures_engine import Crash, make_tiny_synth, tiny_config, tiny_job
+from tests.test_engine_e2e import CONFIG as SYNTH, TINY as E2E_TINY
 from util.checkpoint import load_checkpoint
+from util.config import load_config
 from util.distributed import DistContext, init_distributed
 from util.engine import train
+from util.errors import UserError
 from util.evaluator import evaluate_episodes
 
 WORLD = 2
@@ -91,3 +101,69 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key, value in alone.items():
         torch.testing.assert_close(ranks[0]["weights"][key], value, rtol=1e-5, atol=1e-6)
     assert ranks[0]["best"] == ranks[1]["best"]
+
+
+def _run_in_two_processes(rank: int, init_file: str, out_dir: str, work) -> None:
+    """Rank ``rank`` of a 2-process gloo world: ``work(ctx)`` with every Python warning recorded; what it returns
+    and the warnings go to ``<out_dir>/rank<k>.json``."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        ctx = init_distributed("cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = work(ctx)
+        outcome = {"result": result, "warnings": [str(w.message) for w in caught]}
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def in_two_processes(tmp_path: Path, name: str, work) -> list[dict]:
+    """What :func:`_run_in_two_processes` recorded on each rank."""
+    out = tmp_path / name
+    out.mkdir()
+    mp.spawn(_run_in_two_processes, args=(str(tmp_path / f"{name}.init"), str(out), work), nprocs=WORLD, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def _resume_auto(finished: Path, unfinished: Path, ctx: DistContext) -> dict:
+    """``resume auto`` into a finished and into an unfinished run directory: the iteration reached, or the refusal."""
+    cfg = tiny_config(batch_size=2, epochs=2, resume="auto")
+    outcome = {"finished": train(cfg, tiny_job(cfg, finished), ctx).iteration}
+    try:
+        train(cfg, tiny_job(cfg, unfinished), ctx)
+    except UserError as err:
+        outcome["unfinished"] = str(err)
+    return outcome
+
+
+def test_a_finished_run_rerun_with_another_process_count_is_a_no_op_an_unfinished_one_is_refused(tmp_path):
+    cfg = tiny_config(batch_size=2, epochs=2)
+    finished, unfinished = tmp_path / "finished", tmp_path / "unfinished"
+    train(cfg, tiny_job(cfg, finished), CPU)  # one process: 4 iterations per epoch
+    with pytest.raises(Crash):
+        train(cfg, tiny_job(cfg, unfinished, crash_at=3), CPU)  # last.pth holds iteration 2
+    stamps = {p: p.stat().st_mtime_ns for p in [*finished.iterdir(), *unfinished.glob("*.pth")]}
+
+    for rank in in_two_processes(tmp_path, "rerun", functools.partial(_resume_auto, finished, unfinished)):
+        assert rank["warnings"] == [] and rank["result"] == {"finished": 8, "unfinished": (
+            f"checkpoint {unfinished / 'last.pth'} is an unfinished run (stage meta, 4 iterations per epoch with 1 "
+            "process(es) x batch 2) that this run (stage meta, 2 iterations per epoch with 2 process(es) x batch 2) "
+            "cannot continue: continuing needs the same global schedule (stage, processes x batch size, episodes; a "
+            "finished run is skipped whatever they are); run it as before, or start over with resume null overwrite true")}
+    assert {p: p.stat().st_mtime_ns for p in [*finished.iterdir(), *unfinished.glob("*.pth")]} == stamps
+
+
+def _both_stages(root: Path, ctx: DistContext) -> list[int]:
+    args = [*E2E_TINY, "data_root", str(root / "synth"), "list_root", str(root / "lists"), "max_iters", "2",
+            "base_exp_dir", str(root / "base"), "exp_dir", str(root / "meta")]
+    cfg = load_config(SYNTH, args)
+    return [train(cfg, build_job(cfg, ctx), ctx).iteration for build_job in (train_base.build_job, train_script.build_job)]
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_both_stages_without_a_gradient_layout_warning(tmp_path):
+    make_tiny_synth(tmp_path)
+    for rank in in_two_processes(tmp_path, "ddp", functools.partial(_both_stages, tmp_path)):
+        assert rank["result"] == [2, 2]
+        assert not [w for w in rank["warnings"] if "Grad strides" in w], rank["warnings"]

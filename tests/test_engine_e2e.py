@@ -55,6 +55,8 @@ def test_stage1_stage2_test(tiny_runs):
     assert [s["seed"] for s in saved["seeds"]] == [5, 6] and all(s["episodes"] == 6 for s in saved["seeds"])
     assert 0.0 <= saved["miou"]["mean"] <= 1.0 and 0.0 <= saved["fbiou"]["mean"] <= 1.0
     assert saved["protocol"]["weight"] == str(root / "meta" / "best.pth")
+    assert saved["protocol"]["base_weight"] == str(root / "base" / "best.pth") and saved["protocol"]["trained_shot"] == 1
+    assert f"base_weight {root / 'base' / 'best.pth'}" in (root / "meta" / "train_meta.log").read_text()
     assert (root / "meta" / "test" / "config.yaml").is_file()
     for entry in saved["seeds"]:
         assert_numbers_of_a_reevaluation(load_config(CONFIG, [*args[2:], *run]), root / "meta" / "best.pth", entry)

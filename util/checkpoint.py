@@ -10,11 +10,10 @@ the previous checkpoint intact.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import secrets
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from util.atomic import AtomicFile
+from util.classes import base_classes, class_names, novel_classes
 from util.errors import UserError
+from util.fss_lists import dataset_list_dir
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -33,10 +35,11 @@ RUN_DIR_KEYS = {"base": "base_exp_dir", "meta": "exp_dir"}
 
 
 def base_run_dir(cfg: Mapping[str, Any]) -> Path:
-    """Stage-1 run directory: ``cfg.base_exp_dir`` or ``initmodel/<dataset>/split<k>/<backbone>``."""
+    """Stage-1 run directory: ``cfg.base_exp_dir`` or ``initmodel/<dataset>/split<k>/<backbone>``
+    (``initmodel/coco/<coco_split_style>/split<k>/<backbone>`` for COCO, as for the lists)."""
     if cfg["base_exp_dir"]:
         return Path(cfg["base_exp_dir"])
-    return Path("initmodel") / cfg["dataset"] / f"split{cfg['split']}" / cfg["backbone"]
+    return dataset_list_dir("initmodel", cfg["dataset"], cfg["coco_split_style"]) / f"split{cfg['split']}" / cfg["backbone"]
 
 
 def base_weight_path(cfg: Mapping[str, Any]) -> Path:
@@ -45,31 +48,28 @@ def base_weight_path(cfg: Mapping[str, Any]) -> Path:
 
 
 def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
-    """Stage-2 run directory: ``cfg.exp_dir`` or ``exp/<dataset>/split<k>/<backbone>/<shot>shot``."""
+    """Stage-2 run directory: ``cfg.exp_dir`` or ``exp/<dataset>/split<k>/<backbone>/<shot>shot``
+    (``exp/coco/<coco_split_style>/split<k>/...`` for COCO)."""
     if cfg["exp_dir"]:
         return Path(cfg["exp_dir"])
-    return Path("exp") / cfg["dataset"] / f"split{cfg['split']}" / cfg["backbone"] / f"{cfg['shot']}shot"
+    return (dataset_list_dir("exp", cfg["dataset"], cfg["coco_split_style"]) / f"split{cfg['split']}" / cfg["backbone"]
+            / f"{cfg['shot']}shot")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file + ``os.replace``; the old file survives any failure."""
+    """``torch.save`` to ``path`` through :class:`util.atomic.AtomicFile`; the old file survives any failure."""
     path = Path(path)
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
+        target = AtomicFile(path)
     except OSError as err:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a directory" if blocker else err.strerror
         raise UserError(f"cannot write checkpoint {path} ({reason}); choose a writable exp_dir") from None
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with target as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
     except BaseException as err:
-        Path(tmp_name).unlink(missing_ok=True)
         # torch's zip writer may report a failed write (disk full) as a RuntimeError raised while handling the OSError
         failure = err.__context__ if isinstance(err, RuntimeError) else err
         if not isinstance(failure, OSError):
@@ -115,12 +115,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def run_record(path: str | Path) -> dict[str, Any]:
-    """What a checkpoint says about the run that wrote it (stage, iteration, finished, run_id, best, source),
-    read without loading its tensors."""
+    """What a checkpoint says about the run that wrote it (stage, iteration, finished, run_id, best, source,
+    identity), read without loading its tensors."""
     state = read_checkpoint_file(path, mmap=True)
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} is not a dict of a model and its run; it was not written by this codebase")
-    return {key: state.get(key) for key in ("stage", "iteration", "finished", "run_id", "best", "source")}
+    return {key: state.get(key) for key in ("stage", "iteration", "finished", "run_id", "best", "source")} | {
+        "identity": recorded_identity(state)}
 
 
 def is_finished(record: Mapping[str, Any]) -> bool:
@@ -178,6 +179,157 @@ def check_checkpoint_config(state: Mapping[str, Any], cfg: Mapping[str, Any], so
     differing = [f"{k}={recorded[k]!r} (now {cfg[k]!r})" for k in keys if k in recorded and recorded[k] != cfg[k]]
     if differing:
         raise UserError(f"checkpoint {source} was made with {', '.join(differing)}; use matching settings or another checkpoint")
+
+
+# ---------------------------------------------------------------- identity: what a trained model is
+
+MODEL_IDENTITY_KEYS = ("dataset", "split", "coco_split_style", "train_classes", "novel_in_train", "base_images", "backbone")
+"""What defines a trained model besides its architecture: test.py, predict.py and stage 2 (for its base learner)
+require the config to agree on these."""
+RUN_IDENTITY_KEYS = MODEL_IDENTITY_KEYS + ("shot",)
+"""What the checkpoints in a run directory must agree on with a run that would continue them or skip as finished."""
+_EXPLAINED_BY = ("dataset", "split", "coco_split_style")  # a difference in these explains one in train_classes
+
+
+def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """What defines the model that ``stage`` ('base': the PSPNet base learner, 'meta': MIANet) trains under ``cfg``.
+
+    The dataset, fold (``split``), COCO split style (None for the other datasets), the classes it trains on
+    (``train_classes``: the fold's base classes), the rule for training images holding novel classes
+    (``novel_in_train``; a base learner uses it only with ``base_images fold_lists``), the base learner's images
+    (``base_images``), the backbone and, for stage 2, the ``shot``. Every checkpoint stores this under
+    ``identity``. A key missing from ``cfg`` (a config saved by an older version) gives None: unknown.
+    """
+    dataset, split, style = cfg.get("dataset"), cfg.get("split"), cfg.get("coco_split_style")
+    coco = dataset == "coco"
+    classes_known = dataset is not None and split is not None and (style is not None or not coco)
+    identity = {
+        "stage": stage,
+        "dataset": dataset,
+        "split": split,
+        "coco_split_style": style if coco else None,
+        "train_classes": base_classes(dataset, split, style) if classes_known else None,
+        "novel_in_train": cfg.get("novel_in_train"),
+        "base_images": cfg.get("base_images"),
+        "backbone": cfg.get("backbone"),
+    }
+    if stage == "meta":
+        identity["shot"] = cfg.get("shot")
+    return identity
+
+
+def recorded_identity(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity a checkpoint records. One written before checkpoints recorded it gets the identity its saved
+    config implies (None where that config is silent); a file with neither (a reference checkpoint) is all None."""
+    if isinstance(state.get("identity"), dict):
+        return dict(state["identity"])
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    return run_identity(config, "meta" if state.get("stage") == "meta" else "base")
+
+
+def _applies(key: str, wanted: Mapping[str, Any]) -> bool:
+    if key == "coco_split_style":
+        return wanted.get("dataset") == "coco"
+    if key == "novel_in_train":
+        return wanted.get("stage") == "meta" or wanted.get("base_images") == "fold_lists"
+    return key in wanted
+
+
+def _class_ranges(ids: list[int]) -> str:
+    """``[2, 3, 4, 6]`` -> ``2-4, 6``."""
+    runs: list[list[int]] = []
+    for c in sorted(ids):
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "train_classes":
+        return f"train_classes {_class_ranges(value)}"
+    return f"{key} {value!r}" if isinstance(value, str) else f"{key} {value}"
+
+
+def identity_conflict(recorded: Mapping[str, Any], wanted: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """Compare a checkpoint's identity with the one a config wants, on the ``keys`` that apply to it.
+
+    Returns the difference as text (``split 0 (this config: split 1)``; None if they agree) and the keys the
+    checkpoint does not record (unknown, not checked).
+    """
+    checked = [k for k in keys if _applies(k, wanted)]
+    unknown = [k for k in checked if recorded.get(k) is None]
+    differing = [k for k in checked if recorded.get(k) is not None and recorded[k] != wanted[k]]
+    if "train_classes" in differing and any(k in differing for k in _EXPLAINED_BY):
+        differing.remove("train_classes")
+    if not differing:
+        return None, unknown
+    theirs = ", ".join(_shown(k, recorded[k]) for k in differing)
+    ours = ", ".join(_shown(k, wanted[k]) for k in differing)
+    return f"{theirs} (this config: {ours})", unknown
+
+
+def _where(identity: Mapping[str, Any]) -> str:
+    """``coco fold 0 (fwb)`` / ``pascal fold 2``."""
+    style = f" ({identity['coco_split_style']})" if identity.get("coco_split_style") else ""
+    return f"{identity.get('dataset')} fold {identity.get('split')}{style}"
+
+
+def describe_identity(identity: Mapping[str, Any]) -> str:
+    """One line for the log: ``synth fold 0, train_classes 6-20, ..., base_weight initmodel/.../best.pth``."""
+    shown = [_shown(k, identity[k]) for k in RUN_IDENTITY_KEYS[3:] if _applies(k, identity) and identity.get(k) is not None]
+    base = [f"base_weight {identity['base_weight']}"] if identity.get("base_weight") else []
+    return ", ".join([_where(identity)] + shown + base)
+
+
+def warn_unchecked(source: str | Path, unknown: list[str]) -> None:
+    """Warn that ``source`` does not record ``unknown`` (a checkpoint from before identities were recorded)."""
+    if unknown:
+        warnings.warn(f"checkpoint {source} does not record its {', '.join(unknown)} (written before checkpoints "
+                      "recorded what defines them, or a reference file): not checked against this config", stacklevel=2)
+
+
+def check_model_identity(state: Mapping[str, Any], cfg: Mapping[str, Any], source: str | Path) -> dict[str, Any]:
+    """Refuse (one line naming both) a stage-2 checkpoint whose identity differs from ``cfg``'s; returns its identity.
+
+    The shot is not compared: a model may be tested with another number of supports than it was trained with.
+    """
+    recorded = recorded_identity(state)
+    conflict, unknown = identity_conflict(recorded, run_identity(cfg, "meta"), MODEL_IDENTITY_KEYS)
+    if conflict:
+        raise UserError(f"checkpoint {source} was trained with {conflict}; use the config it was trained with "
+                        "(or those keys), or another checkpoint")
+    warn_unchecked(source, unknown)
+    return recorded
+
+
+def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse a stage-1 checkpoint that cannot start stage 2 under ``cfg``, in one line naming both; returns its
+    identity.
+
+    A base learner trained on any of ``cfg``'s novel classes would leak them into the few-shot test (a base
+    learner of another fold or COCO split style always has); one of another dataset, backbone, ``base_images``
+    or (with ``base_images fold_lists``) ``novel_in_train`` is another model than the config describes.
+    """
+    state = read_checkpoint_file(path, "set base_weight or run stage 1 (train_base.py)", mmap=True)
+    recorded = recorded_identity(state if isinstance(state, dict) else {})
+    wanted = run_identity(cfg, "base")
+    trained = recorded.get("train_classes")
+    if recorded.get("dataset") == wanted["dataset"] and trained is not None:
+        novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
+        leaked = [class_names(cfg["dataset"])[c - 1] for c in novel if c in trained]
+        if leaked:
+            raise UserError(
+                f"base learner {path} was trained on {len(leaked)} of this run's novel classes ({', '.join(leaked[:6])}"
+                f"{', ...' if len(leaked) > 6 else ''}): it is the base learner of {_where(recorded)}, this run is "
+                f"{_where(wanted)}; set base_weight to that fold's base learner, or train it (train_base.py, same config)")
+    conflict, unknown = identity_conflict(recorded, wanted, MODEL_IDENTITY_KEYS)
+    if conflict:
+        raise UserError(f"base learner {path} was trained with {conflict}; set base_weight to a base learner "
+                        "trained with this config, or train one (train_base.py, same config)")
+    warn_unchecked(path, unknown)
+    return recorded
 
 
 def rng_state() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from util.checkpoint import check_state_fits, load_model_state, read_checkpoint_file, save_atomic
+from util.checkpoint import check_state_fits, load_model_state, read_checkpoint_file, run_identity, save_atomic
 from util.errors import UserError, cli_entry
 
 # Reference MIANet top-level modules -> ours.
@@ -90,7 +90,8 @@ def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Pa
     """Convert a reference ``kind`` ('mianet' | 'pspnet') checkpoint into our format for ``cfg`` and save it to ``out``.
 
     The result loads strictly into ``MIANet.from_config(cfg)`` / ``PSPNet.from_config(cfg)`` (``test.py weight``,
-    ``base_weight``); every reference key must find its place and every shape must agree.
+    ``base_weight``); every reference key must find its place and every shape must agree. Its identity (dataset,
+    fold, split style, classes, ...) is recorded from ``cfg``: give the config the reference model was trained for.
     """
     from model.mianet import MIANet
     from model.pspnet import PSPNet
@@ -103,7 +104,9 @@ def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Pa
         model = PSPNet.from_config(cfg | {"pretrained_backbone": False, "backbone_weight": None})
         state = pspnet_from_reference(state)
     load_model_state(model, state, source)
-    return save_atomic({"model": model.state_dict(), "config": dict(cfg), "stage": "imported", "source": str(source)}, out)
+    identity = run_identity(cfg, "meta" if kind == "mianet" else "base")
+    return save_atomic({"model": model.state_dict(), "config": dict(cfg), "stage": "imported", "identity": identity,
+                        "source": str(source)}, out)
 
 
 @cli_entry

@@ -128,9 +128,12 @@ class EpisodeDataset(Dataset):
                 by_class[c].append(index)
         # with at least K + 1 images in its pool, a class has K supports besides any query
         kept = {c for c, images in by_class.items() if len(images) >= self.shot + 1}
-        for c in sorted(set(by_class) - kept):
-            warnings.warn(f"{fold_list.path}: class {c} has {len(by_class[c])} eligible image(s), fewer than "
-                          f"shot + 1 = {self.shot + 1}; it is left out of the episodes", stacklevel=2)
+        left_out = sorted(set(by_class) - kept)
+        if left_out:
+            counts = ", ".join(f"{c} ({len(by_class[c])})" for c in left_out)
+            warnings.warn(f"{fold_list.path}: {len(left_out)} of {len(by_class)} classes have fewer than shot + 1 = "
+                          f"{self.shot + 1} eligible images and are left out of the episodes; class (eligible images): "
+                          f"{counts}", stacklevel=2)
         if not kept:
             raise UserError(f"{fold_list.path}: no class has at least shot + 1 = {self.shot + 1} eligible images; "
                             "use a smaller shot or more data")

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
 from util.runtime import resolve_device
@@ -51,6 +53,26 @@ def init_distributed(device_name: str) -> DistContext:
             device = torch.device("cuda", torch.cuda.current_device())
         return DistContext(dist.get_rank(), dist.get_world_size(), device)
     return DistContext(0, 1, device)
+
+
+def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel when the run has more than one process, else ``model`` itself.
+
+    Every trainable parameter gets its gradient here, zeros in the parameter's own layout, and the training loop
+    keeps it between steps (``zero_grad(set_to_none=False)``), so autograd accumulates into it in place and it
+    keeps the strides of the parameter, which are those of DDP's bucket views. Left to autograd, a convolution
+    fed channels-last input (the CPU layout, :func:`model.backbone.cpu_layout`) returns a channels-last weight
+    gradient, which autograd keeps for weights with a size-1 dimension (depthwise ``[C, 1, k, k]``, pointwise
+    ``[O, I, 1, 1]``: the same memory order, other strides) while DDP compares strides one by one and warns
+    "Grad strides do not match bucket view strides".
+    """
+    if ctx.world_size == 1:
+        return model
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def shutdown_distributed() -> None:

@@ -25,15 +25,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util.checkpoint import (BEST, LAST, RUN_DIR_KEYS, load_checkpoint, restore_rng_state, rng_state, run_record,
-                              save_atomic)
+from util.checkpoint import (BEST, LAST, RUN_DIR_KEYS, describe_identity, load_checkpoint, restore_rng_state,
+                              rng_state, run_record, save_atomic)
 from util.cli import config_from_cli
 from util.config import Config
-from util.distributed import DistContext, EpochSampler, all_reduce_mean, barrier, init_distributed, shutdown_distributed
+from util.distributed import (DistContext, EpochSampler, all_reduce_mean, barrier, data_parallel, init_distributed,
+                              shutdown_distributed)
 from util.errors import UserError
 from util.runguard import (RunInterrupted, StartPoint, StopRequest, plan_start, run_dir_lock, skip_message,
                            worker_signals)
@@ -66,6 +66,8 @@ class TrainJob:
     ``"miou"`` selects ``best.pth`` (it is called on every rank; it reduces over ranks itself).
     ``stop_patience`` > 0 ends the run at the start of an epoch once that many epochs have passed
     since the best validation (the poly schedule still spans all epochs).
+    ``identity`` is what defines the trained model (:func:`util.checkpoint.run_identity`, plus provenance such
+    as ``base_weight``); every checkpoint stores it, and the run directory's checkpoints must agree with it.
     """
 
     stage: str
@@ -75,6 +77,7 @@ class TrainJob:
     step: Callable[[nn.Module, dict], Mapping[str, torch.Tensor]]
     run_dir: Path
     schedule: Schedule
+    identity: dict[str, Any]
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     collate: Callable[[list], Any] | None = None
     stop_patience: int = 0
@@ -92,6 +95,7 @@ def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, sca
                 finished: bool) -> dict[str, Any]:
     return {
         "stage": job.stage,
+        "identity": job.identity,
         "run_id": run_id,
         "finished": finished,
         "model": job.model.state_dict(),
@@ -185,7 +189,7 @@ def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResul
     at the current iteration and raises :class:`RunInterrupted`.
     """
     with run_dir_lock(job.run_dir, ctx, RUN_DIR_KEYS.get(job.stage, "exp_dir")) as lock:
-        start = plan_start(cfg, job.stage, job.run_dir)
+        start = plan_start(cfg, job.stage, job.run_dir, job.identity)
         if start.finished is not None:
             return _skip_finished(job, start.finished, ctx)
         if ctx.is_main:
@@ -241,9 +245,12 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
         order = state.get("data_order", {})
         if state.get("stage") != job.stage or order.get("iters_per_epoch") != iters_per_epoch:
             raise UserError(
-                f"checkpoint {source} (stage {state.get('stage')}, {order.get('iters_per_epoch')} iterations per epoch) "
-                f"cannot continue this run (stage {job.stage}, {iters_per_epoch} iterations per epoch); "
-                "resume with the same stage, batch size, episodes and process count, or set resume null"
+                f"checkpoint {source} is an unfinished run (stage {state.get('stage')}, {order.get('iters_per_epoch')} "
+                f"iterations per epoch with {order.get('world_size')} process(es) x batch {order.get('batch_size')}) that "
+                f"this run (stage {job.stage}, {iters_per_epoch} iterations per epoch with {ctx.world_size} process(es) x "
+                f"batch {schedule.batch_size}) cannot continue: continuing needs the same global schedule (stage, "
+                "processes x batch size, episodes; a finished run is skipped whatever they are); run it as before, or "
+                "start over with resume null overwrite true"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -256,10 +263,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
     elif cfg["resume"] == "auto":
         log.info(f"resume auto: no {LAST} in {run_dir}, starting fresh")
 
-    step_model: nn.Module = model
-    if ctx.world_size > 1:
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        step_model = DistributedDataParallel(model, device_ids=device_ids)
+    step_model = data_parallel(model, ctx)
 
     log.info(
         f"{job.stage}: {total} iterations ({iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "
@@ -267,6 +271,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
         f"lr {' / '.join(format(group['initial_lr'], 'g') for group in optimizer.param_groups)}, "
         f"amp {cfg['amp']}, device {ctx.device}, run dir {run_dir}"
     )
+    log.info(f"identity: {describe_identity(job.identity)}")
 
     def save(name: str) -> None:
         _check_finite_weights(job, iteration, cfg["amp"])
@@ -297,7 +302,7 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
             started, done = time.perf_counter(), 0
             for batch in _batches(loader, steps, stop, ctx.world_size):
                 batch = to_device(batch, ctx.device)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=step_model is model)  # under DDP gradients persist (data_parallel)
                 with autocast(ctx.device, cfg["amp"]):
                     outputs = job.step(step_model, batch)
                 loss_names = [k for k in outputs if k.startswith("loss")]

@@ -1,10 +1,12 @@
-"""User-facing errors: one actionable line, no traceback, non-zero exit code."""
+"""User-facing errors: one actionable line, no traceback, non-zero exit code (and warnings in one line each)."""
 from __future__ import annotations
 
 import functools
 import re
 import sys
 from typing import Callable, TypeVar
+
+from util.console import warnings_in_one_line
 
 T = TypeVar("T")
 
@@ -40,12 +42,14 @@ def _original_line(message: str, kind: type) -> str:
 
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a command-line ``main``: a :class:`UserError` prints ``error: <message>`` and exits with its
-    ``exit_code`` (2); Ctrl-C outside a training loop prints ``error: interrupted`` and exits 130."""
+    ``exit_code`` (2); Ctrl-C outside a training loop prints ``error: interrupted`` and exits 130; Python
+    warnings are one line each (:func:`util.console.warnings_in_one_line`)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with warnings_in_one_line():
+                return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)

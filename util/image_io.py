@@ -1,6 +1,7 @@
 """Reading and writing images and class-id label maps, with one-line errors for bad files."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -8,6 +9,7 @@ import imgviz
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from util.atomic import write_bytes_atomic
 from util.errors import UserError
 
 
@@ -131,8 +133,14 @@ def check_label_values(label: np.ndarray, num_classes: int, path: str | Path, ig
         )
 
 
+def encode_label_png(label: np.ndarray) -> bytes:
+    """A uint8 class-id map as the bytes of a single-channel PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_label(path: str | Path, label: np.ndarray) -> None:
-    """Write a uint8 class-id map as a single-channel PNG (creating the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).save(path)
+    """Write a uint8 class-id map as a single-channel PNG, atomically (no truncated file on a crash), creating the
+    folder. No fsync: the datasets' masks are checked against their recorded hashes when prepared again."""
+    write_bytes_atomic(path, encode_label_png(label), durable=False)

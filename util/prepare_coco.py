@@ -4,8 +4,11 @@ Inputs under ``--coco-root``: ``train2014/``, ``val2014/`` (images) and
 ``annotations/instances_{train,val}2014.json``. Output: ``masks/{train2014,val2014}/<image>.png``
 with contiguous class ids 1..80 (COCO category ids in ascending order), 0 background and 255 for
 crowd regions, plus the image lists ``masks/{train,val}.txt``. Objects are painted largest first so
-small objects stay visible; crowd regions are painted first and objects drawn over them. Masks already
-written are skipped (resumable), work runs in parallel with a progress bar.
+small objects stay visible; crowd regions are painted first and objects drawn over them. Work runs in
+parallel with a progress bar. Re-running redoes only what is not current: ``masks/<folder>.manifest.json``
+records the annotation file's hash and, per mask, a digest of its image's annotations and the hash of
+the PNG written, so only masks whose annotations changed, or whose file is missing, truncated or
+altered, are made again (util/mask_manifest.py); masks are written atomically.
 
     python -m util.prepare_coco --coco-root data/coco
 """
@@ -14,19 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
+from util.atomic import write_text_if_changed
 from util.errors import UserError, cli_entry
 from util.fss_lists import pool_list_path
-from util.image_io import write_label
+from util.image_io import encode_label_png
+from util.mask_manifest import MaskManifest, make_masks, sha256_bytes, sha256_json
 
 SPLITS = {"train": "train2014", "val": "val2014"}
 CROWD = 255
+PRODUCER = "prepare_coco 1"  # the rendering rule's version: change it when render_mask changes, so masks are redone
 
 
 def _decode(segmentation, height: int, width: int) -> np.ndarray:
@@ -51,13 +55,14 @@ def render_mask(height: int, width: int, annotations: list[dict], category_to_cl
     return label
 
 
-def _write(job: tuple[str, int, int, list[dict], dict[int, int]]) -> None:
-    target, height, width, annotations, category_to_class = job
-    write_label(target, render_mask(height, width, annotations, category_to_class))
+def _render_png(job: tuple[int, int, list[dict], dict[int, int]]) -> bytes:
+    height, width, annotations, category_to_class = job
+    return encode_label_png(render_mask(height, width, annotations, category_to_class))
 
 
 def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str, int]:
-    """Write the masks and the image lists for train and val; returns the number of images per list."""
+    """Write the masks that are not current and the image lists for train and val; returns the number of images
+    per list (and prints, per folder, how many masks were written and how many were already current)."""
     root = Path(coco_root)
     counts = {}
     for subset, folder in SPLITS.items():
@@ -65,8 +70,9 @@ def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str,
         if not ann_path.is_file():
             raise UserError(f"{ann_path}: annotation file not found; download annotations_trainval2014.zip "
                             f"and unzip it into {root}")
+        raw = ann_path.read_bytes()
         try:
-            data = json.loads(ann_path.read_text())
+            data = json.loads(raw)
             categories = sorted(c["id"] for c in data["categories"])
             images = sorted(data["images"], key=lambda im: im["file_name"])
             annotations = data["annotations"]
@@ -75,23 +81,27 @@ def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str,
         if len(categories) != 80:
             raise UserError(f"{ann_path}: expected the 80 COCO categories, found {len(categories)}")
         category_to_class = {cat: i + 1 for i, cat in enumerate(categories)}
+        classes_digest = sha256_json(sorted(category_to_class.items()))
         per_image: dict[int, list[dict]] = {}
         for ann in annotations:
             per_image.setdefault(ann["image_id"], []).append(ann)
-        jobs, lines = [], []
+        wanted, lines = [], []
         for image in images:
             stem = Path(image["file_name"]).stem
             image_rel, mask_rel = f"{folder}/{image['file_name']}", f"masks/{folder}/{stem}.png"
             if not (root / image_rel).is_file():
                 raise UserError(f"{root / image_rel}: image not found; unzip {folder}.zip into {root}")
             lines.append(f"{image_rel} {mask_rel}\n")
-            if not (root / mask_rel).is_file():
-                jobs.append((str(root / mask_rel), image["height"], image["width"],
-                             per_image.get(image["id"], []), category_to_class))
-        (root / "masks" / folder).mkdir(parents=True, exist_ok=True)
-        with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
-            list(tqdm(pool.map(_write, jobs, chunksize=16), total=len(jobs), desc=f"masks/{folder}"))
-        pool_list_path(root, "coco", subset).write_text("".join(lines))
+            image_annotations = sorted(per_image.get(image["id"], []), key=lambda a: a["id"])
+            source = sha256_json({"height": image["height"], "width": image["width"], "classes": classes_digest,
+                                  "annotations": image_annotations})
+            wanted.append((f"{stem}.png", source, (image["height"], image["width"], image_annotations, category_to_class)))
+        manifest = MaskManifest(root / "masks" / folder, PRODUCER,
+                                {"annotation_file": ann_path.name, "annotation_sha256": sha256_bytes(raw)})
+        written, current = make_masks(manifest, wanted, _render_png, workers or min(os.cpu_count() or 1, 8),
+                                      f"masks/{folder}")
+        print(f"masks/{folder}: {written} written, {current} already current ({manifest.path.name})")
+        write_text_if_changed(pool_list_path(root, "coco", subset), "".join(lines))
         counts[subset] = len(lines)
     return counts
 

@@ -7,7 +7,10 @@ with ``cls/*.mat`` (struct ``GTcls.Segmentation``), ``train.txt``, ``val.txt``).
 Output, inside the VOC tree: ``SegmentationClassAug/<id>.png`` (class ids 0..20, 255 kept; the VOC
 annotation where one exists, else SBD's) and ``ImageSets/SegmentationAug/{train,val}.txt`` with
 train = VOC train + SBD train + SBD val - VOC val (10582 images on the full data) and val = VOC val
-(1449). Masks already written are skipped, so an interrupted run can be restarted.
+(1449). Re-running redoes only what is not current: ``SegmentationClassAug.manifest.json`` records, per
+mask, the hash of the label file it was converted from and the hash of the PNG written, so a changed
+VOC/SBD label, a missing, truncated or altered mask is converted again and nothing else is rewritten
+(util/mask_manifest.py); masks are written atomically.
 
     python -m util.prepare_pascal --voc-root data/VOCdevkit/VOC2012 --sbd-root data/benchmark_RELEASE
 """
@@ -15,18 +18,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import scipy.io
-from tqdm import tqdm
 
+from util.atomic import write_text_if_changed
 from util.errors import UserError, cli_entry
 from util.fss_lists import pool_list_path
-from util.image_io import check_label_values, read_label, write_label
+from util.image_io import check_label_values, encode_label_png, read_label
+from util.mask_manifest import MaskManifest, make_masks, sha256_file
 
 NUM_CLASSES = 20
+PRODUCER = "prepare_pascal 1"  # the conversion rule's version: change it when _convert changes, so masks are redone
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -53,11 +57,11 @@ def read_sbd_label(path: Path) -> np.ndarray:
         raise UserError(f"{path}: not an SBD cls .mat file with GTcls.Segmentation; re-download SBD") from None
 
 
-def _convert(job: tuple[str, str, str]) -> None:
-    source, kind, target = job
+def _convert(job: tuple[str, str]) -> bytes:
+    source, kind = job
     label = read_label(source) if kind == "voc" else read_sbd_label(Path(source))
     check_label_values(label, NUM_CLASSES, source)
-    write_label(target, label)
+    return encode_label_png(label)
 
 
 def prepare_pascal(voc_root: str | Path, sbd_root: str | Path, workers: int | None = None) -> dict[str, int]:
@@ -72,32 +76,27 @@ def prepare_pascal(voc_root: str | Path, sbd_root: str | Path, workers: int | No
     val_set = set(voc_val)
     subsets = {"train": sorted(set(voc_train + sbd_ids) - val_set), "val": sorted(val_set)}
 
-    out_dir = voc_root / "SegmentationClassAug"
-    jobs = []
+    wanted = []
     for image_id in sorted(set(subsets["train"]) | val_set):
-        target = out_dir / f"{image_id}.png"
         if not (voc_root / "JPEGImages" / f"{image_id}.jpg").is_file():
             raise UserError(f"{voc_root / 'JPEGImages' / (image_id + '.jpg')}: image not found; "
                             "the VOC JPEGImages folder is incomplete, re-extract VOCtrainval_11-May-2012.tar")
-        if target.is_file():
-            continue
         voc_label = voc_root / "SegmentationClass" / f"{image_id}.png"
         if voc_label.is_file():
-            jobs.append((str(voc_label), "voc", str(target)))
+            source, kind = voc_label, "voc"
         else:
-            mat = sbd / "cls" / f"{image_id}.mat"
-            if not mat.is_file():
-                raise UserError(f"{mat}: no label for image {image_id} in VOC SegmentationClass or SBD cls; "
+            source, kind = sbd / "cls" / f"{image_id}.mat", "sbd"
+            if not source.is_file():
+                raise UserError(f"{source}: no label for image {image_id} in VOC SegmentationClass or SBD cls; "
                                 "check the SBD download")
-            jobs.append((str(mat), "sbd", str(target)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(os.cpu_count() or 1, 8)
-    with ProcessPoolExecutor(workers) as pool:
-        list(tqdm(pool.map(_convert, jobs, chunksize=32), total=len(jobs), desc="SegmentationClassAug"))
+        wanted.append((f"{image_id}.png", f"{kind} {sha256_file(source)}", (str(source), kind)))
+    manifest = MaskManifest(voc_root / "SegmentationClassAug", PRODUCER, {})
+    written, current = make_masks(manifest, wanted, _convert, workers or min(os.cpu_count() or 1, 8),
+                                  "SegmentationClassAug")
+    print(f"SegmentationClassAug: {written} written, {current} already current ({manifest.path.name})")
     for subset, ids in subsets.items():
-        path = pool_list_path(voc_root, "pascal", subset)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in ids))
+        write_text_if_changed(pool_list_path(voc_root, "pascal", subset),
+                              "".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in ids))
     return {subset: len(ids) for subset, ids in subsets.items()}
 
 

@@ -3,7 +3,10 @@ run-directory lock, and a clean stop on SIGINT/SIGTERM.
 
 - Overwrite rule: a run never replaces a ``last.pth``/``best.pth`` that another run (or the importer)
   wrote, unless ``overwrite true``; checkpoints carry the ``run_id`` of the run that wrote them.
-- Finished stages: with ``resume auto`` a finished (or imported) stage is a no-op, whatever else changed.
+- Finished stages: with ``resume auto`` a finished (or imported) stage is a no-op, whatever else changed
+  (process count, batch size, workers...), provided it was trained with the config's identity (dataset, fold,
+  COCO split style, classes, ``novel_in_train``, ``base_images``, backbone, shot: ``run_identity``); a
+  checkpoint of another identity is neither skipped nor continued, the run refuses in one line.
 - Lock: ``<run dir>/run.lock`` holds the pid and host of the run using the directory; a second run
   refuses, a lock left by a dead process on this host is taken over.
 - Stop: SIGINT/SIGTERM ask the training loop to save ``last.pth`` after the current iteration and stop.
@@ -31,8 +34,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from util.checkpoint import (BEST, IMPORTED, LAST, RUN_DIR_KEYS, STAGE_NAMES, base_run_dir, finished_checkpoint,
-                             resume_path, run_record)
+from util.checkpoint import (BEST, IMPORTED, LAST, RUN_DIR_KEYS, RUN_IDENTITY_KEYS, STAGE_NAMES, base_run_dir,
+                             finished_checkpoint, identity_conflict, resume_path, run_identity, run_record,
+                             warn_unchecked)
 from util.distributed import DistContext, all_reduce_sum
 from util.errors import UserError, cli_entry
 
@@ -71,14 +75,38 @@ def _describe(record: Mapping[str, Any]) -> str:
     return f"another {stage} run ({status}{score})"
 
 
-def plan_start(cfg: Mapping[str, Any], stage: str, run_dir: Path) -> StartPoint:
+def _identity_conflict(path: Path, identity: Mapping[str, Any]) -> str | None:
+    """How the checkpoint at ``path`` differs from ``identity`` (None if it agrees), warning about what it does not
+    record."""
+    conflict, unknown = identity_conflict(run_record(path)["identity"], identity, RUN_IDENTITY_KEYS)
+    warn_unchecked(path, unknown)
+    return conflict
+
+
+def plan_start(cfg: Mapping[str, Any], stage: str, run_dir: Path, identity: Mapping[str, Any]) -> StartPoint:
     """Decide how a run of ``stage`` in ``run_dir`` starts under ``cfg.resume``, or refuse in one line if it
-    would replace a checkpoint another run wrote (unless ``cfg.overwrite``)."""
+    would replace a checkpoint another run wrote (unless ``cfg.overwrite``), or continue or skip as finished
+    a run whose identity (:func:`util.checkpoint.run_identity`) differs from ``identity``; with
+    ``resume auto overwrite true`` such a run is replaced by a fresh start."""
+    dir_key = RUN_DIR_KEYS.get(stage, "exp_dir")
+    replace = cfg["resume"] == "auto" and cfg["overwrite"]
     if cfg["resume"] == "auto":
         done = finished_checkpoint(run_dir)
         if done is not None:
-            return StartPoint(None, None, finished=done)
+            conflict = _identity_conflict(done, identity)
+            if conflict is None:
+                return StartPoint(None, None, finished=done)
+            if not replace:
+                raise UserError(f"{done} holds {_describe(run_record(done))} trained with {conflict}; choose another "
+                                f"{dir_key}, or replace it with overwrite true")
     source = resume_path(cfg["resume"], run_dir)
+    if source is not None:
+        conflict = _identity_conflict(source, identity)
+        if conflict is not None and not replace:
+            raise UserError(f"{source} holds {_describe(run_record(source))} trained with {conflict}, which this run "
+                            f"cannot continue; choose another {dir_key}, or start over with resume null overwrite true")
+        if conflict is not None:
+            source = None
     run_id = run_record(source).get("run_id") if source is not None else uuid.uuid4().hex
     if cfg["overwrite"]:
         return StartPoint(source, run_id)
@@ -89,20 +117,25 @@ def plan_start(cfg: Mapping[str, Any], stage: str, run_dir: Path) -> StartPoint:
         record = run_record(path)
         if record.get("run_id") != run_id:
             keep = [] if cfg["resume"] == "auto" else ["keep it with resume auto"]
-            choices = keep + ["replace it with overwrite true", f"choose another {RUN_DIR_KEYS.get(stage, 'exp_dir')}"]
+            choices = keep + ["replace it with overwrite true", f"choose another {dir_key}"]
             raise UserError(f"{path} holds {_describe(record)}, which this run would replace; "
                             f"{', '.join(choices[:-1])} or {choices[-1]}")
     return StartPoint(source, run_id)
 
 
 def stage1_done(cfg: Mapping[str, Any]) -> Path | None:
-    """With ``resume auto``: ``base_weight`` if it is set and exists, else the finished or imported
-    checkpoint of the stage-1 run directory; None when stage 1 still has to run."""
+    """With ``resume auto``: ``base_weight`` if it is set and exists, else the finished or imported checkpoint of
+    the stage-1 run directory if it was trained with this config's identity; None when stage 1 still has to run
+    (train_base.py then explains a difference)."""
     if cfg["resume"] != "auto":
         return None
     if cfg["base_weight"]:
         return Path(cfg["base_weight"]) if Path(cfg["base_weight"]).is_file() else None
-    return finished_checkpoint(base_run_dir(cfg))
+    done = finished_checkpoint(base_run_dir(cfg))
+    if done is None:
+        return None
+    conflict, _ = identity_conflict(run_record(done)["identity"], run_identity(cfg, "base"), RUN_IDENTITY_KEYS)
+    return done if conflict is None else None
 
 
 def skip_message(stage: str, done: Path) -> str:

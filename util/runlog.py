@@ -1,20 +1,16 @@
 """Per-run logging: a log file in the run directory, console lines that do not break tqdm bars, tensorboardX scalars.
 
-Only the main rank writes; on other ranks every method is a no-op.
+Only the main rank writes; on other ranks every method is a no-op. While a log is open, Python warnings
+(one line each, :mod:`util.console`) are written to its file as well.
 """
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
-from tqdm import tqdm
 
-
-class _TqdmHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
+from util.console import WARNINGS_LOGGER, TqdmHandler, take_backlog
 
 
 class RunLog:
@@ -30,12 +26,15 @@ class RunLog:
         self.logger = logging.getLogger(f"mianet.{name}.{id(self)}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
-        file_handler = logging.FileHandler(self.path)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        console = _TqdmHandler()
+        self.file_handler = logging.FileHandler(self.path)
+        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        console = TqdmHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
-        self.logger.addHandler(file_handler)
+        self.logger.addHandler(self.file_handler)
         self.logger.addHandler(console)
+        for record in take_backlog():  # warnings of this process from before the log opened
+            self.file_handler.handle(record)
+        logging.getLogger(WARNINGS_LOGGER).addHandler(self.file_handler)
         if tensorboard:
             self.writer = SummaryWriter(str(run_dir / "tb"))
 
@@ -53,6 +52,8 @@ class RunLog:
             return
         if self.writer is not None:
             self.writer.close()
+        logging.getLogger(WARNINGS_LOGGER).removeHandler(self.file_handler)
+        take_backlog()  # this log holds them
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
