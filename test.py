@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from model.mianet import MIANet
+from util.backbone_weights import RANDOM_WARNING, SOURCE_KEY, is_random, source_in
 from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
                               meta_run_dir)
 from util.cli import config_from_cli
@@ -47,10 +48,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             log.info(f"testing {weight} on {cfg.dataset} fold {cfg.split} {cfg.shot}-shot, device {ctx.device}")
             results = run_protocol(model, cfg, ctx, report=log.info)
             results["protocol"]["weight"] = str(weight)
+            results["protocol"][SOURCE_KEY] = source_in(state, weight)
             if ctx.is_main:
                 cfg.save(out_dir / "config.yaml")
                 out_path.write_text(json.dumps(results, indent=2))
                 log.info(format_run_table(results))
+                if is_random(results["protocol"][SOURCE_KEY]):
+                    log.info(RANDOM_WARNING)
                 log.info(f"results: {out_path}")
                 if cfg.vis:
                     seed = cfg.test_seeds[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from model.mianet import MIANet
+from util.backbone_weights import SOURCE_KEY, recorded_source, source_notices
 from util.checkpoint import base_weight_path, meta_run_dir
 from util.classes import class_names
 from util.config import Config
@@ -20,13 +21,15 @@ from util.runtime import epoch_seed
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
-    """Stage 2 as a :class:`TrainJob`: only ``model.trainable_parameters()`` are optimised."""
+    """Stage 2 as a :class:`TrainJob`: only ``model.trainable_parameters()`` are optimised; its checkpoints carry
+    the base learner's record of where the backbone's weights came from."""
     base_weight = base_weight_path(cfg)
     if not base_weight.is_file():
         raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
                         f"(python train_base.py with the same config) or set base_weight")
     model = MIANet.from_config(cfg)
     model.load_base_learner(base_weight)
+    source = recorded_source(base_weight)
     names = class_names(cfg.dataset)
     val_set = EpisodeDataset(cfg, "val", episodes=cfg.val_episodes, seed=cfg.seed)
 
@@ -50,6 +53,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters),
         validate=validate,
         collate=collate_episodes,
+        record={SOURCE_KEY: source},
+        notices=source_notices(source),
     )
 
 

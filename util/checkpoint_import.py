@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from util.checkpoint import check_state_fits, load_model_state, read_checkpoint_file, save_atomic
+from util.checkpoint import BACKBONE_SOURCE, check_state_fits, load_model_state, read_checkpoint_file, save_atomic
 from util.errors import UserError, cli_entry
 
 # Reference MIANet top-level modules -> ours.
@@ -103,7 +103,8 @@ def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Pa
         model = PSPNet.from_config(cfg | {"pretrained_backbone": False, "backbone_weight": None})
         state = pspnet_from_reference(state)
     load_model_state(model, state, source)
-    return save_atomic({"model": model.state_dict(), "config": dict(cfg), "stage": "imported", "source": str(source)}, out)
+    return save_atomic({"model": model.state_dict(), "config": dict(cfg), "stage": "imported", "source": str(source),
+                        BACKBONE_SOURCE: f"imported reference {kind} checkpoint {source}"}, out)
 
 
 @cli_entry
