@@ -1,7 +1,8 @@
 """Evaluate a stage-2 checkpoint on novel-class episodes with the config's protocol.
 
 ``test_seeds`` x ``test_episodes`` episodes, ``ori_resize``, ``test_batch_size``; prints per-class IoU,
-mIoU and FB-IoU per seed and mean ± std over seeds, and writes ``<run dir>/test/results.json`` (the
+mIoU and FB-IoU per seed and mean ± std over seeds, then what qualifies them (classes without episodes,
+predictions that are (nearly) all foreground or background, a backbone trained from random weights), and writes ``<run dir>/test/results.json`` (the
 numbers and the resolved protocol) and ``<run dir>/test/config.yaml``. ``vis N`` also draws the first N
 episodes of the first seed (supports, truth, prediction, IoU) and their contact sheet to ``<run dir>/test/vis/``.
 Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [vis N] [key value ...]``
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from model.mianet import MIANet
-from util.backbone_weights import RANDOM_WARNING, SOURCE_KEY, is_random, source_in
+from util.backbone_weights import SOURCE_KEY, source_in
 from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state,
                               meta_run_dir)
 from util.cli import config_from_cli
@@ -53,8 +54,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 cfg.save(out_dir / "config.yaml")
                 out_path.write_text(json.dumps(results, indent=2))
                 log.info(format_run_table(results))
-                if is_random(results["protocol"][SOURCE_KEY]):
-                    log.info(RANDOM_WARNING)
                 log.info(f"results: {out_path}")
                 if cfg.vis:
                     seed = cfg.test_seeds[0]

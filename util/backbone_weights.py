@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import timm
 import torch
 from torch import nn
 
-from model.backbone import Backbone
 from util.checkpoint import BACKBONE_SOURCE, read_checkpoint_file
 from util.errors import UserError
+
+if TYPE_CHECKING:  # util.report reads the record constants without loading the model code
+    from model.backbone import Backbone
 
 SEMSEG_MODELS = "https://drive.google.com/open?id=15wx9vOM0euyizq-M1uINgN0_wjVRf9J3"
 README_PLACE = "README, 'ImageNet weights'"
@@ -89,6 +90,8 @@ def lite0_imagenet_file() -> Path:
 
 def lite0_imagenet_classifier() -> nn.Module:
     """timm ``tf_efficientnet_lite0`` with the packaged ImageNet weights (keys map one-to-one, in order)."""
+    import timm
+
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     source = torch.load(lite0_imagenet_file(), map_location="cpu", weights_only=True)
     target = net.state_dict()
