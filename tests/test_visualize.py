@@ -27,7 +27,7 @@ from util.make_synth import make_synth
 from util.report import main as report_main
 from util.transform import ResizePad, build_transform, normalization_for
 from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, FOLD_COLOURS, IGNORE_COLOUR, MASK_COLOUR,
-                            NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, content_size, episode_pictures,
+                            NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, add_title, content_size, episode_pictures,
                             foreground_iou, overlay_mask, save_contact_sheet, save_episode_figure,
                             save_per_class_bar_chart, save_sample_figure, to_rgb)
 
@@ -98,6 +98,19 @@ def test_overlay_tints_the_mask_whitens_ignore_and_dims_the_rest():
     assert count_colour(with_outline, PRED_COLOUR, 0) > 40 and count_colour(with_outline, MASK_COLOUR, 0) > 20
     with pytest.raises(ValueError, match="differ in size"):
         overlay_mask(image, mask[:20])
+
+
+@pytest.mark.parametrize("width", [37, 400, 1800])
+def test_a_title_band_sits_above_the_image_and_says_its_text(width):
+    image = np.random.default_rng(0).integers(0, 256, (60, width, 3), dtype=np.uint8)
+    titled = add_title(image, "dog, 5-shot: 12.5% foreground")
+    band = titled.shape[0] - 60
+    assert 10 < band < 100 and np.array_equal(titled[band:, :width], image)
+    assert (titled[band:, width:] == 255).all()  # a narrow image gets a wider, white canvas for its title
+    text = titled[:band].min(axis=2) < 100
+    assert text.sum() > 100 and (titled[0] == 255).all() and (titled[:band].std(axis=2) == 0).all()  # black on white
+    assert titled.shape[1] == width if width > 300 else text[:, width:].any()  # the title runs past a narrow image
+    assert not np.array_equal(add_title(image, "cat, 5-shot: 12.5% foreground")[:band], titled[:band])
 
 
 def test_episode_figure_shows_every_support_and_the_prediction(tmp_path):

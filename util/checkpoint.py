@@ -60,6 +60,26 @@ def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
     return Path("exp") / cfg["dataset"] / f"split{cfg['split']}" / cfg["backbone"] / f"{cfg['shot']}shot"
 
 
+def stage2_weight(cfg: Mapping[str, Any]) -> Path:
+    """The stage-2 checkpoint test.py and predict.py use: ``cfg.weight``, else ``<stage-2 run dir>/best.pth``; when
+    that run was never trained (or has not validated yet) a :class:`UserError` gives the train.sh command."""
+    if cfg["weight"]:
+        return Path(cfg["weight"])
+    run_dir = meta_run_dir(cfg)
+    path = run_dir / BEST
+    if path.is_file():
+        return path
+    train = f"bash train.sh {cfg['dataset']} {cfg['split']} {cfg['backbone']} {cfg['shot']}"
+    if cfg["exp_dir"]:
+        train += f" exp_dir {cfg['exp_dir']}"
+    state = (f"the run in {run_dir} has not validated yet (it has {LAST}, no {BEST}); let it finish: {train} resumes it"
+             if (run_dir / LAST).is_file() else
+             f"{cfg['dataset']} fold {cfg['split']} {cfg['backbone']} {cfg['shot']}-shot was never trained there; "
+             f"run train.sh first: {train}")
+    raise UserError(f"no stage-2 checkpoint {path}: {state} (with the key value overrides you train with), "
+                    "or give weight PATH")
+
+
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a temporary file + ``os.replace``; the old file survives any failure."""
     path = Path(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -89,8 +90,11 @@ def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str,
                 jobs.append((str(root / mask_rel), image["height"], image["width"],
                              per_image.get(image["id"], []), category_to_class))
         (root / "masks" / folder).mkdir(parents=True, exist_ok=True)
-        with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
-            list(tqdm(pool.map(_write, jobs, chunksize=16), total=len(jobs), desc=f"masks/{folder}"))
+        if jobs:
+            with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
+                list(tqdm(pool.map(_write, jobs, chunksize=16), total=len(jobs), desc=f"masks/{folder}"))
+        else:
+            print(f"masks/{folder}: all {len(lines)} masks already written", file=sys.stderr)
         pool_list_path(root, "coco", subset).write_text("".join(lines))
         counts[subset] = len(lines)
     return counts

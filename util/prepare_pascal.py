@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -91,9 +92,11 @@ def prepare_pascal(voc_root: str | Path, sbd_root: str | Path, workers: int | No
                                 "check the SBD download")
             jobs.append((str(mat), "sbd", str(target)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(os.cpu_count() or 1, 8)
-    with ProcessPoolExecutor(workers) as pool:
-        list(tqdm(pool.map(_convert, jobs, chunksize=32), total=len(jobs), desc="SegmentationClassAug"))
+    if jobs:
+        with ProcessPoolExecutor(workers or min(os.cpu_count() or 1, 8)) as pool:
+            list(tqdm(pool.map(_convert, jobs, chunksize=32), total=len(jobs), desc="SegmentationClassAug"))
+    else:
+        print(f"SegmentationClassAug: all {len(set(subsets['train']) | val_set)} masks already written", file=sys.stderr)
     for subset, ids in subsets.items():
         path = pool_list_path(voc_root, "pascal", subset)
         path.parent.mkdir(parents=True, exist_ok=True)

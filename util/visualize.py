@@ -142,6 +142,22 @@ def overlay_mask(rgb: ArrayLike, mask: ArrayLike, colour: tuple[int, int, int] =
     return out
 
 
+def add_title(rgb: ArrayLike, title: str) -> np.ndarray:
+    """``rgb`` below a white band holding ``title`` in black; the font grows with the image's width, and the
+    canvas widens (white on the right) when the title is wider than a narrow image."""
+    image = _numpy(rgb).astype(np.uint8)
+    height, width = image.shape[:2]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(width / 900, 0.45, 1.5))
+    thickness = 1 if scale < 1 else 2
+    (text_width, text_height), baseline = cv2.getTextSize(title, font, scale, thickness)
+    margin = max(4, text_height // 2)
+    band = text_height + baseline + 2 * margin
+    canvas = np.full((band + height, max(width, text_width + 2 * margin), 3), 255, np.uint8)
+    canvas[band:, :width] = image
+    cv2.putText(canvas, title, (margin, margin + text_height), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return canvas
+
+
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
