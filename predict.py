@@ -17,7 +17,8 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
   it the class id is 0 and GIM uses a zero word vector, so the general prototype comes from the support's
   instance prototype alone.
 - Writes ``--out`` (a single-channel PNG, 0 = background, 255 = object, the query's size) and
-  ``<out stem>_overlay.png`` next to it (the prediction tinted on the query).
+  ``<out stem>_overlay.png`` next to it (the prediction tinted on the query, under a title: class, shot and
+  the share of the image predicted as foreground).
 - ``--weight`` defaults to the config key ``weight``, else ``<run dir>/best.pth`` of the config's ``shot``
   (as test.py; ``shot 5`` picks the 5-shot run).
 """
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 
 from model.mianet import MIANet
-from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, load_checkpoint,
-                              load_model_state, meta_run_dir)
+from util.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, load_checkpoint,
+                              load_model_state, stage2_weight)
 from util.classes import class_names
 from util.config import Config, load_config
 from util.errors import UserError, cli_entry
@@ -42,7 +43,7 @@ from util.image_io import read_image, read_label, write_label
 from util.metrics import IGNORE_INDEX, check_finite_logits, predict_on_label
 from util.runtime import autocast, check_amp, resolve_device
 from util.transform import PairedTransform, bbox_mask, build_transform
-from util.visualize import PRED_COLOUR, overlay_mask
+from util.visualize import PRED_COLOUR, add_title, overlay_mask
 
 NO_CLASS = 0
 MASK_FOREGROUND = 255
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: the mask is written as PNG (lossless); give a .png path")
     cfg = load_config(args.config, args.overrides)
+    weight = Path(args.weight) if args.weight else stage2_weight(cfg)
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
     class_id = class_id_for(args.class_name, cfg.dataset)
@@ -154,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)
 
-    model = load_model(cfg, Path(args.weight or cfg.weight or meta_run_dir(cfg) / BEST), device)
+    model = load_model(cfg, weight, device)
     with torch.inference_mode(), autocast(device, cfg.amp):
         logits = model(query[None].to(device), supports[None].to(device), masks[None].to(device),
                        torch.tensor([class_id], device=device))
@@ -162,14 +164,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pred = predict_on_label(logits[0], (height, width), ori_size=(height, width)).cpu().numpy().astype(np.uint8)
 
     write_label(out, pred * MASK_FOREGROUND)
-    overlay_path = out.with_name(f"{out.stem}_overlay.png")
-    if not cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay_mask(query_rgb, pred, PRED_COLOUR), cv2.COLOR_RGB2BGR)):
-        raise UserError(f"cannot write {overlay_path}; check the folder is writable")
     foreground = float(pred.mean())
-    shown_class = class_names(cfg.dataset)[class_id - 1] if class_id else "none (zero word vector)"
-    print(f"query {args.query} ({height}x{width}), {len(supports)} support(s), class {shown_class}: "
-          f"{100 * foreground:.1f}% foreground; wrote {out} (0/255) and {overlay_path}")
-    return {"mask": out, "overlay": overlay_path, "class_id": class_id, "foreground": foreground}
+    shown_class = class_names(cfg.dataset)[class_id - 1] if class_id else "no class name"
+    title = f"{shown_class}, {len(supports)}-shot: {100 * foreground:.1f}% foreground"
+    overlay_path = out.with_name(f"{out.stem}_overlay.png")
+    overlay = add_title(overlay_mask(query_rgb, pred, PRED_COLOUR), title)
+    if not cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
+        raise UserError(f"cannot write {overlay_path}; check the folder is writable")
+    print(f"query {args.query} ({height}x{width}), {title}; wrote {out} (0/255) and {overlay_path}")
+    return {"mask": out, "overlay": overlay_path, "class_id": class_id, "foreground": foreground, "title": title}
 
 
 if __name__ == "__main__":

@@ -1,23 +1,25 @@
 """Evaluate a stage-2 checkpoint on novel-class episodes with the config's protocol.
 
 ``test_seeds`` x ``test_episodes`` episodes, ``ori_resize``, ``test_batch_size``; prints per-class IoU,
-mIoU and FB-IoU per seed and mean ± std over seeds, and writes ``<run dir>/test/results.json`` (the
-numbers, the resolved protocol, the checkpoint tested and the base learner it was trained from) and
-``<run dir>/test/config.yaml``. A checkpoint trained under another identity than the config's (dataset,
-fold, COCO split style, classes, ``novel_in_train``, ``base_images``, backbone; not the shot) is refused.
-``vis N`` also draws the first N episodes of the first seed (supports, truth, prediction, IoU) and their
-contact sheet to ``<run dir>/test/vis/``.
+mIoU and FB-IoU per seed and mean ± std over seeds, then what qualifies them (classes without episodes,
+predictions that are (nearly) all foreground or background, a backbone trained from random weights), and
+writes ``<run dir>/test/results.json`` (the numbers, the resolved protocol, the checkpoint tested and the base
+learner it was trained from) and ``<run dir>/test/config.yaml``. A checkpoint trained under another identity
+than the config's (dataset, fold, COCO split style, classes, ``novel_in_train``, ``base_images``, backbone; not
+the shot) is refused; a fold that was never trained stops with the train.sh command to run first. ``vis N``
+also draws the first N episodes of the first seed (supports, truth, prediction, IoU) and their contact sheet to
+``<run dir>/test/vis/``.
 Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [vis N] [key value ...]``
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 from model.mianet import MIANet
-from util.checkpoint import (BEST, MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, describe_identity,
-                              load_checkpoint, load_model_state, meta_run_dir)
+from util.backbone_weights import SOURCE_KEY, source_in
+from util.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, describe_identity,
+                              load_checkpoint, load_model_state, stage2_weight)
 from util.cli import config_from_cli
 from util.distributed import init_distributed, shutdown_distributed
 from util.dataset import EpisodeDataset
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         check_amp(cfg.amp, ctx.device)
         seed_everything(cfg.seed)
-        weight = Path(cfg.weight) if cfg.weight else meta_run_dir(cfg) / BEST
+        weight = stage2_weight(cfg)
         state = load_checkpoint(weight)
         check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
         identity = check_model_identity(state, cfg, weight)
@@ -54,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["protocol"]["weight"] = str(weight)
             results["protocol"]["base_weight"] = identity.get("base_weight")
             results["protocol"]["trained_shot"] = identity.get("shot")
+            results["protocol"][SOURCE_KEY] = source_in(state, weight)
             if ctx.is_main:
                 cfg.save(out_dir / "config.yaml")
                 out_path.write_text(json.dumps(results, indent=2))

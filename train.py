@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from model.mianet import MIANet
+from util.backbone_weights import SOURCE_KEY, recorded_source, source_notices
 from util.checkpoint import base_weight_path, check_base_learner, meta_run_dir, run_identity
 from util.classes import class_names
 from util.config import Config
@@ -23,7 +24,8 @@ from util.runtime import epoch_seed
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
-    """Stage 2 as a :class:`TrainJob`: only ``model.trainable_parameters()`` are optimised."""
+    """Stage 2 as a :class:`TrainJob`: only ``model.trainable_parameters()`` are optimised; its checkpoints carry
+    the base learner's record of where the backbone's weights came from."""
     base_weight = base_weight_path(cfg)
     if not base_weight.is_file():
         raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
@@ -31,6 +33,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     check_base_learner(base_weight, cfg)
     model = MIANet.from_config(cfg)
     model.load_base_learner(base_weight)
+    source = recorded_source(base_weight)
     names = class_names(cfg.dataset)
     val_set = EpisodeDataset(cfg, "val", episodes=cfg.val_episodes, seed=cfg.seed)
 
@@ -55,6 +58,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         identity=run_identity(cfg, "meta") | {"base_weight": str(base_weight)},
         validate=validate,
         collate=collate_episodes,
+        record={SOURCE_KEY: source},
+        notices=source_notices(source),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from model.pspnet import PSPNet
+from util.backbone_weights import SOURCE_KEY, source_notices
 from util.checkpoint import base_run_dir, run_identity
 from util.classes import base_classes
 from util.config import Config
@@ -25,6 +26,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
 
     Two SGD groups as in BAM: the backbone at ``base_learner_lr``, PPM + classifier at ``base_head_lr_mult``
     times it; the run stops early after ``base_stop_patience`` epochs without a better validation mIoU.
+    Its checkpoints record where the backbone's starting weights came from (ImageNet file, or random).
     """
     model = PSPNet.from_config(cfg)
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
@@ -45,6 +47,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         identity=run_identity(cfg, "base"),
         validate=validate,
         stop_patience=cfg.base_stop_patience,
+        record={SOURCE_KEY: model.backbone_source},
+        notices=source_notices(model.backbone_source),
     )
 
 

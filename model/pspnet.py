@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import Backbone, build_backbone, cpu_layout, load_imagenet_weights
+from model.backbone import Backbone, build_backbone, cpu_layout
+from util.backbone_weights import RANDOM, initialise_backbone
 from util.classes import base_classes
 
 
@@ -34,7 +35,11 @@ class PyramidPooling(nn.Module):
 
 
 class PSPNet(nn.Module):
-    """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{logits, loss}`` with labels."""
+    """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{logits, loss}`` with labels.
+
+    ``backbone_source`` says where the backbone's starting weights came from (``random`` unless
+    :meth:`from_config` loaded ImageNet weights); stage 1 records it in its checkpoints.
+    """
 
     def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int = 255, dropout: float = 0.1) -> None:
         super().__init__()
@@ -46,15 +51,17 @@ class PSPNet(nn.Module):
             nn.Dropout2d(dropout), nn.Conv2d(512, num_classes, 1),
         )
         self.ignore_label = ignore_label
+        self.backbone_source = RANDOM
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "PSPNet":
         """The base learner of ``cfg``'s fold: base classes + background, ImageNet-initialised if configured."""
         backbone = build_backbone(cfg["backbone"])
-        if cfg["pretrained_backbone"] or cfg["backbone_weight"]:
-            load_imagenet_weights(backbone, cfg["backbone_weight"])
+        source = initialise_backbone(backbone, cfg)
         num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
-        return cls(backbone, num_classes, ignore_label=cfg["ignore_label"])
+        model = cls(backbone, num_classes, ignore_label=cfg["ignore_label"])
+        model.backbone_source = source
+        return model
 
     def parameter_groups(self, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
         """SGD groups as BAM's base learner has them: the backbone at ``lr``, PPM + classifier at ``lr * head_lr_mult``."""

@@ -17,7 +17,7 @@ from model.backbone import Backbone, build_backbone
 from model.hpm import pyramid_bins
 from model.mianet import MIANet
 from util.checkpoint import load_checkpoint
-from util.checkpoint_import import (base_learner_backbone_state, import_checkpoint, mianet_from_reference,
+from util.checkpoint_import import (base_learner_backbone_state, import_checkpoint, main, mianet_from_reference,
                                     pspnet_from_reference)
 from util.classes import base_classes
 from util.config import Config, load_config
@@ -26,6 +26,7 @@ from tests.reference_forward import reference_forward
 from tests.test_model_reference import assert_logits_close, episode
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+PASCAL_CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "pascal" / "resnet50" / "split0.yaml")
 
 STAGES = tuple(f"layer{i}." for i in range(5))
 
@@ -287,3 +288,26 @@ def test_key_mapping_prefers_the_top_level_backbone_copy():
                    "cls.4.bias": 3.0})
     assert scalars(pspnet_from_reference(bam)) == {"backbone.layer3.0.conv1.weight": 0.0, "ppm.features.0.1.weight": 2.0,
                                                    "cls.4.bias": 3.0}
+
+
+def test_help_shows_the_examples_as_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    first = lines.index("    python -m util.checkpoint_import --config config/pascal/resnet50/split0.yaml \\")
+    assert lines[first + 1].startswith("        --mianet train_epoch_xx.pth --out ")
+    assert lines[first + 3].startswith("        --pspnet PSPNet_res50/best.pth --out ")
+
+
+@pytest.mark.parametrize("key_list, given, right", [("official_mianet_resnet50_state_dict.txt", "--pspnet", "--mianet"),
+                                                    ("bam_pspnet_pascal_resnet50.txt", "--mianet", "--pspnet")])
+def test_a_file_given_to_the_other_option_names_the_right_one(reference_file, word300, tmp_path, capsys, key_list,
+                                                              given, right):
+    source = reference_file(key_list, "")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", PASCAL_CONFIG, given, str(source), "--out", str(tmp_path / "out.pth"), "pretrained_backbone",
+              "false", "embedding_file", str(word300)])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(f"error: checkpoint {source} is a ") and errors[0].endswith(f"import it with {right}")
+    assert not (tmp_path / "out.pth").exists()

@@ -12,7 +12,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 FOLD_FILES = sorted(CONFIG_DIR.rglob("split*.yaml"))
 EXPECTED = {("pascal", "resnet50"), ("pascal", "resnet101"), ("pascal", "vgg16_bn"), ("coco", "resnet50"),
-            ("coco", "vgg16_bn"), ("synth", "efficientnet_lite0")}
+            ("coco", "vgg16_bn"), ("synth", "efficientnet_lite0"), ("pascal", "resnet50_tv"), ("coco", "resnet50_tv")}
 
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))

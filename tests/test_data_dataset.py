@@ -160,6 +160,19 @@ def test_base_class_dataset_all_images_as_bam(pascal):
     assert only_novel.shape == (36, 36) and set(only_novel.unique().tolist()) == {0, 255}
 
 
+def test_base_val_images_caps_stage1_validation_with_a_fixed_subset(pascal):
+    full = BaseClassDataset(data_config(*pascal, dataset="pascal", split=0), "val")
+    capped = BaseClassDataset(data_config(*pascal, dataset="pascal", split=0, base_val_images=7), "val")
+    again = BaseClassDataset(data_config(*pascal, dataset="pascal", split=0, base_val_images=7), "val")
+    other_seed = BaseClassDataset(data_config(*pascal, dataset="pascal", split=0, base_val_images=7, seed=5), "val")
+    assert len(full) == 60 and len(capped) == 7 and capped.items == again.items != other_seed.items
+    positions = [full.items.index(item) for item in capped.items]
+    assert positions == sorted(positions) and positions != list(range(7))  # a drawn subset, in list order
+    assert len(BaseClassDataset(data_config(*pascal, dataset="pascal", split=0, base_val_images=60), "val")) == 60
+    train = BaseClassDataset(data_config(*pascal, dataset="pascal", split=0, base_val_images=7), "train", seed=0)
+    assert len(train) > 7  # training is never capped
+
+
 @pytest.mark.parametrize("rule, kept", [("drop_any", set()), ("drop_counted", {"rule_novel2047", "rule_novel10"}),
                                         ("keep_as_background", {"rule_novel2048", "rule_novel2047", "rule_novel10"})])
 def test_novel_in_train_picks_the_training_list(pascal, rule, kept):

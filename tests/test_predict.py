@@ -20,7 +20,7 @@ from util.errors import UserError
 from util.image_io import read_image, read_label
 from util.make_synth import make_synth
 from util.transform import ResizePad
-from util.visualize import PRED_COLOUR, overlay_mask
+from util.visualize import PRED_COLOUR, add_title, overlay_mask
 
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
 SMALL = ["val_size", "97", "pretrained_backbone", "false", "device", "cpu"]
@@ -162,10 +162,12 @@ def test_prediction_is_mapped_back_to_the_original_geometry(tmp_path, brightness
     assert tuple(query_in.shape) == (1, 3, 97, 97) and tuple(supports_in.shape) == (1, 2, 3, 97, 97)
     assert tuple(masks_in.shape) == (1, 2, 97, 97) and set(masks_in.unique().tolist()) == {0, 1, 255}
     assert class_ids.tolist() == [class_names("synth").index("blue square") + 1]
-    # the overlay is the prediction drawn on the query at the query's size
+    # the overlay is the prediction drawn on the query at the query's size, under its title
     overlay = read_image(result["overlay"])
     assert result["overlay"] == out.parent / "mask_overlay.png"
-    assert np.array_equal(overlay, overlay_mask(read_image(query), written // 255, PRED_COLOUR))
+    assert result["title"] == f"blue square, 2-shot: {100 * (written == 255).mean():.1f}% foreground"
+    assert np.array_equal(overlay, add_title(overlay_mask(read_image(query), written // 255, PRED_COLOUR), result["title"]))
+    assert np.array_equal(overlay[-height:, :width], overlay_mask(read_image(query), written // 255, PRED_COLOUR))
 
 
 def test_no_class_name_means_class_zero_and_bad_inputs_exit_2(tmp_path, brightness_net, capsys):
@@ -273,7 +275,9 @@ def test_voc_photo_round_trip(tmp_path, monkeypatch):
         rgb = read_image(query)
         assert written.shape == rgb.shape[:2] and set(np.unique(written).tolist()) <= {0, 255}
         assert result["class_id"] == (person if name else 0)
-        assert np.array_equal(read_image(result["overlay"]), overlay_mask(rgb, written // 255, PRED_COLOUR))
+        assert result["title"] == f"{name or 'no class name'}, 1-shot: {100 * (written == 255).mean():.1f}% foreground"
+        assert np.array_equal(read_image(result["overlay"]),
+                              add_title(overlay_mask(rgb, written // 255, PRED_COLOUR), result["title"]))
         # the network saw the person mask in the test geometry (500x375 -> 97x73, padded with 255) and the class id
         _, _, masks_in, class_ids = RecordingMIANet.inputs[-1]
         _, expected = ResizePad(97, (0, 0, 0), 255)(voc["rgb"], (voc["class_label"] == person).astype(np.uint8), None)

@@ -24,7 +24,7 @@ from util.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
 from util.embeddings import load_class_embeddings
 from util.errors import UserError
-from util.image_io import JPEG_END, JPEG_START, VOC_PALETTE, is_truncated_jpeg, read_label, write_label
+from util.image_io import JPEG_END, JPEG_START, VOC_PALETTE, is_truncated_jpeg, read_image, read_label, write_label
 from util.make_lists import make_lists
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +155,9 @@ def test_corrupt_jpeg(voc_copy, tmp_path):
     dataset = BaseClassDataset(data_config(root, lists, dataset="pascal"), "train")
     message = user_error(dataset.__getitem__, base_item(dataset, "t06_0.jpg"))
     assert message.startswith(f"{root}/JPEGImages/t06_0.jpg: cannot decode the image") and "re-download it" in message
+    (tmp_path / "empty.jpg").write_bytes(b"")  # a zero-byte file (a failed copy) is one line too, not OpenCV's assertion
+    assert user_error(read_image, tmp_path / "empty.jpg") == (f"{tmp_path}/empty.jpg: cannot decode the image (corrupt "
+                                                               "or not an image); replace or re-download it")
 
 
 def test_truncated_jpeg(voc_copy):

@@ -225,7 +225,8 @@ def test_train_sh_skips_an_imported_base_learner_and_finished_stages(stage1, tmp
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == f"stage 1 done ({imported}), skipping"
     assert _sha(imported) == imported_sha and sorted(p.name for p in imported.parent.iterdir()) == ["best.pth"]
-    assert load_checkpoint(tmp_path / "meta" / "last.pth")["finished"]
+    stage2 = load_checkpoint(tmp_path / "meta" / "last.pth")
+    assert stage2["finished"] and stage2["pretrained_backbone_source"] == f"imported reference pspnet checkpoint {reference}"
 
     # finished stages stay finished whatever stage-1-only options change (this one changes the iterations per epoch)
     before = {p: _sha(p) for p in (root / "base" / "best.pth", tmp_path / "meta" / "best.pth")}

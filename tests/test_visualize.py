@@ -27,8 +27,9 @@ from util.make_synth import make_synth
 from util.report import main as report_main
 from util.transform import ResizePad, build_transform, normalization_for
 from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, FOLD_COLOURS, IGNORE_COLOUR, MASK_COLOUR,
-                            PANEL_HEIGHT, PRED_COLOUR, content_size, episode_pictures, foreground_iou, overlay_mask,
-                            save_contact_sheet, save_episode_figure, save_per_class_bar_chart, save_sample_figure, to_rgb)
+                            NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, add_title, content_size, episode_pictures,
+                            foreground_iou, overlay_mask, save_contact_sheet, save_episode_figure,
+                            save_per_class_bar_chart, save_sample_figure, to_rgb)
 
 REPO = Path(__file__).resolve().parent.parent
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
@@ -97,6 +98,19 @@ def test_overlay_tints_the_mask_whitens_ignore_and_dims_the_rest():
     assert count_colour(with_outline, PRED_COLOUR, 0) > 40 and count_colour(with_outline, MASK_COLOUR, 0) > 20
     with pytest.raises(ValueError, match="differ in size"):
         overlay_mask(image, mask[:20])
+
+
+@pytest.mark.parametrize("width", [37, 400, 1800])
+def test_a_title_band_sits_above_the_image_and_says_its_text(width):
+    image = np.random.default_rng(0).integers(0, 256, (60, width, 3), dtype=np.uint8)
+    titled = add_title(image, "dog, 5-shot: 12.5% foreground")
+    band = titled.shape[0] - 60
+    assert 10 < band < 100 and np.array_equal(titled[band:, :width], image)
+    assert (titled[band:, width:] == 255).all()  # a narrow image gets a wider, white canvas for its title
+    text = titled[:band].min(axis=2) < 100
+    assert text.sum() > 100 and (titled[0] == 255).all() and (titled[:band].std(axis=2) == 0).all()  # black on white
+    assert titled.shape[1] == width if width > 300 else text[:, width:].any()  # the title runs past a narrow image
+    assert not np.array_equal(add_title(image, "cat, 5-shot: 12.5% foreground")[:band], titled[:band])
 
 
 def test_episode_figure_shows_every_support_and_the_prediction(tmp_path):
@@ -207,6 +221,22 @@ def test_per_class_bar_chart_heights_follow_the_scores(tmp_path):
     assert 1.7 < ratio < 2.2
     baseline_high, baseline_low = (count_colour(chart, hex_rgb(BASELINE_COLOUR), 2) for chart in (high, low))
     assert baseline_low > 0 and baseline_high == pytest.approx(baseline_low, rel=0.01)   # the baseline did not change
+
+
+def test_a_class_without_episodes_keeps_its_place_in_the_chart(tmp_path):
+    names = [f"class {i}" for i in range(12)]
+    gap = fold_results(0, names, 0.5)
+    for entry in gap["seeds"]:
+        for scores in (entry, entry["baseline"]):
+            del scores["class_iou"]["class 11"]
+        entry["classes_without_episodes"] = ["class 11"]
+    charts = {name: read_png(save_per_class_bar_chart([results], tmp_path / f"{name}.png")) for name, results in
+              (("full", fold_results(0, names, 0.5)), ("gap", gap), ("eleven", fold_results(0, names[:11], 0.5)))}
+    assert charts["gap"].shape == charts["full"].shape and charts["eleven"].shape[1] < charts["full"].shape[1]
+    fold0 = hex_rgb(FOLD_COLOURS[0])
+    assert count_colour(charts["gap"], fold0, 2) / count_colour(charts["full"], fold0, 2) == pytest.approx(11 / 12, abs=0.02)
+    note = hex_rgb(NO_EPISODES_COLOUR)  # the "no episodes" label drawn where the bars would be
+    assert count_colour(charts["gap"], note, 10) > 20 and count_colour(charts["full"], note, 10) == 0
 
 
 def test_report_chart_of_several_folds_goes_next_to_the_results(tmp_path, capsys):

@@ -1,12 +1,13 @@
 """Checkpoints: atomic writes, loading with actionable errors, RNG capture, run directories.
 
-A training checkpoint is a dict ``{"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
-"rng", "data_order", "best", "config", "stage", "run_id", "finished"}``; ``best.pth`` files hold the
-same keys. ``run_id`` names the run that wrote the file (a resumed run keeps it), ``finished`` is true
-once the stage's schedule is complete. Imported checkpoints (util/checkpoint_import.py) have stage
-``imported``. Files are written to a temporary file in the same directory (with the permissions the
-umask gives) and moved over the target with ``os.replace``, so a crash or a full disk mid-write leaves
-the previous checkpoint intact.
+A training checkpoint (``last.pth``) is a dict ``{"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
+"rng", "data_order", "best", "config", "stage", "run_id", "finished", "pretrained_backbone_source"}``. ``best.pth``
+keeps only :data:`BEST_KEYS`, what inference and the run guard read (the weights, the config, the run record); the
+training state (:data:`TRAINING_STATE_KEYS`) lives in ``last.pth`` alone. ``run_id`` names the run that wrote the
+file (a resumed run keeps it), ``finished`` is true once the stage's schedule is complete. Imported checkpoints
+(util/checkpoint_import.py) have stage ``imported``. Files are written to a temporary file in the same directory
+(with the permissions the umask gives) and moved over the target with ``os.replace``, so a crash or a full disk
+mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only unp
 IMPORTED = "imported"
 STAGE_NAMES = {"base": "stage 1", "meta": "stage 2"}
 RUN_DIR_KEYS = {"base": "base_exp_dir", "meta": "exp_dir"}
+BACKBONE_SOURCE = "pretrained_backbone_source"  # where the backbone's weights came from before stage 1 (util/backbone_weights.py)
+BEST_KEYS = (
+    "model", "config", "stage", "run_id", "finished", "iteration", "epoch", "best",  # test.py, predict.py, util/runguard.py
+    BACKBONE_SOURCE,  # stage 2 and test.py report it
+)
+"""What ``best.pth`` keeps of a training checkpoint; one entry per key, so a new record is one more line."""
+TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data_order")
+"""What only ``last.pth`` holds: the state a run resumes from."""
 
 
 def base_run_dir(cfg: Mapping[str, Any]) -> Path:
@@ -54,6 +63,26 @@ def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
         return Path(cfg["exp_dir"])
     return (dataset_list_dir("exp", cfg["dataset"], cfg["coco_split_style"]) / f"split{cfg['split']}" / cfg["backbone"]
             / f"{cfg['shot']}shot")
+
+
+def stage2_weight(cfg: Mapping[str, Any]) -> Path:
+    """The stage-2 checkpoint test.py and predict.py use: ``cfg.weight``, else ``<stage-2 run dir>/best.pth``; when
+    that run was never trained (or has not validated yet) a :class:`UserError` gives the train.sh command."""
+    if cfg["weight"]:
+        return Path(cfg["weight"])
+    run_dir = meta_run_dir(cfg)
+    path = run_dir / BEST
+    if path.is_file():
+        return path
+    train = f"bash train.sh {cfg['dataset']} {cfg['split']} {cfg['backbone']} {cfg['shot']}"
+    if cfg["exp_dir"]:
+        train += f" exp_dir {cfg['exp_dir']}"
+    state = (f"the run in {run_dir} has not validated yet (it has {LAST}, no {BEST}); let it finish: {train} resumes it"
+             if (run_dir / LAST).is_file() else
+             f"{cfg['dataset']} fold {cfg['split']} {cfg['backbone']} {cfg['shot']}-shot was never trained there; "
+             f"run train.sh first: {train}")
+    raise UserError(f"no stage-2 checkpoint {path}: {state} (with the key value overrides you train with), "
+                    "or give weight PATH")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -104,6 +133,11 @@ def read_checkpoint_file(path: str | Path, missing_hint: str = "check the path",
         ) from None
     except Exception as err:  # torch raises many types for a corrupt/foreign file
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a torch checkpoint") from None
+
+
+def inference_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a training checkpoint that ``best.pth`` keeps (:data:`BEST_KEYS`)."""
+    return {key: state[key] for key in BEST_KEYS if key in state}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Import reference checkpoints: official MIANet models and BAM-format PSPNet base learners.
+r"""Import reference checkpoints: official MIANet models and BAM-format PSPNet base learners.
 
 Reference files are ``{'state_dict': ...}``, often with a ``module.`` prefix (DataParallel). A BAM PSPNet
 stores its backbone twice (``layerN.*`` and ``encoder.N.*``); an official MIANet stores it twice too
 (``layerN.*`` and ``pspnet.layerN.*``) plus the unused base-learner head (``pspnet.ppm/cls``).
+Examples:
 
     python -m util.checkpoint_import --config config/pascal/resnet50/split0.yaml \
         --mianet train_epoch_xx.pth --out exp/pascal/split0/resnet50/1shot/best.pth
@@ -18,7 +19,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from util.checkpoint import check_state_fits, load_model_state, read_checkpoint_file, run_identity, save_atomic
+from util.checkpoint import (BACKBONE_SOURCE, check_state_fits, load_model_state, read_checkpoint_file, run_identity,
+                              save_atomic)
 from util.errors import UserError, cli_entry
 
 # Reference MIANet top-level modules -> ours.
@@ -71,6 +73,21 @@ def _is_reference_mianet(state: Mapping[str, torch.Tensor]) -> bool:
     return any(key.startswith(("GIG.", "init_merge.", "pspnet.")) for key in state)
 
 
+_MIANET_MARKS = ("GIG.", "gig.", "init_merge.", "ifm.", "pspnet.", "down_features.")
+
+
+def _check_kind(state: Mapping[str, torch.Tensor], kind: str, source: str | Path) -> None:
+    """Refuse a MIANet file given as a PSPNet base learner and the other way round, naming the right option."""
+    mianet = next((key for key in state if key.startswith(_MIANET_MARKS)), None)
+    if kind == "pspnet" and mianet is not None:
+        raise UserError(f"checkpoint {source} is a MIANet (it holds {mianet}), not a PSPNet base learner; "
+                        "import it with --mianet")
+    pspnet = next((key for key in state if key.startswith("ppm.")), None)
+    if kind == "mianet" and mianet is None and pspnet is not None:
+        raise UserError(f"checkpoint {source} is a PSPNet base learner (it holds {pspnet} and no GIG or IFM), not a "
+                        "MIANet; import it with --pspnet")
+
+
 def base_learner_backbone_state(path: str | Path, backbone: nn.Module) -> dict[str, torch.Tensor]:
     """The backbone weights held by a stage-1 checkpoint (ours or BAM's) or a MIANet checkpoint, checked
     key by key against ``backbone``; a mismatch is a :class:`UserError` naming the keys."""
@@ -97,6 +114,7 @@ def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Pa
     from model.pspnet import PSPNet
 
     state = read_state_dict(source)
+    _check_kind(state, kind, source)
     if kind == "mianet":
         model: nn.Module = MIANet.from_config(cfg)
         state = mianet_from_reference(state)
@@ -106,7 +124,7 @@ def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Pa
     load_model_state(model, state, source)
     identity = run_identity(cfg, "meta" if kind == "mianet" else "base")
     return save_atomic({"model": model.state_dict(), "config": dict(cfg), "stage": "imported", "identity": identity,
-                        "source": str(source)}, out)
+                        "source": str(source), BACKBONE_SOURCE: f"imported reference {kind} checkpoint {source}"}, out)
 
 
 @cli_entry

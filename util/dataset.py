@@ -234,7 +234,8 @@ class BaseClassDataset(Dataset):
 
     ``base_images: all`` (BAM's base learner): every image of the train / val pool, novel classes as
     background. ``fold_lists``: training on the fold's stage-2 training list (``novel_in_train``),
-    validation on the val images with a counted base class.
+    validation on the val images with a counted base class. ``base_val_images`` N > 0 caps validation at N
+    of those images: a subset drawn from ``seed`` (the same every epoch), kept in list order.
     """
 
     def __init__(self, cfg, mode: str, seed: int | None = None):
@@ -251,6 +252,10 @@ class BaseClassDataset(Dataset):
             if not fold_list.items:
                 raise UserError(f"{fold_list.path}: the list has no images; check the data and regenerate the lists")
             self.items = [(image, label, counted) for image, label, counted, _ in fold_list.items]
+        if mode == "val" and 0 < cfg.base_val_images < len(self.items):
+            chosen = np.random.default_rng(np.random.SeedSequence([self.seed])).choice(
+                len(self.items), size=cfg.base_val_images, replace=False)
+            self.items = [self.items[i] for i in sorted(chosen.tolist())]
         lookup = np.zeros(256, dtype=np.uint8)
         for rank, c in enumerate(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)):
             lookup[c] = rank + 1

@@ -8,8 +8,8 @@ the dataset of epoch e comes from ``make_train_set(e)`` whose items are pure fun
 so a run resumed from a checkpoint skips the iterations already done in that epoch and then sees
 exactly the batches, dropout draws (restored RNG states) and learning rates of an uninterrupted run.
 Resumable checkpoints (``last.pth``) are written every ``checkpoint_interval`` iterations, at the
-end of every epoch after its validation and when SIGINT/SIGTERM stops the run; ``best.pth`` whenever
-the validation score improves. Both are marked ``finished`` at the end of the schedule. What protects
+end of every epoch after its validation and when SIGINT/SIGTERM stops the run; ``best.pth`` (what inference
+needs, without the training state) whenever the validation score improves. Both are marked ``finished`` at the end of the schedule. What protects
 the user's files (lock, overwrite rule, finished stages, stop signals) is in :mod:`util.runguard`.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from util.checkpoint import (BEST, LAST, RUN_DIR_KEYS, describe_identity, load_checkpoint, restore_rng_state,
-                              rng_state, run_record, save_atomic)
+from util.checkpoint import (BEST, LAST, RUN_DIR_KEYS, TRAINING_STATE_KEYS, describe_identity, inference_state,
+                              load_checkpoint, restore_rng_state, rng_state, run_record, save_atomic)
 from util.cli import config_from_cli
 from util.config import Config
 from util.distributed import (DistContext, EpochSampler, all_reduce_mean, barrier, data_parallel, init_distributed,
@@ -68,6 +68,9 @@ class TrainJob:
     since the best validation (the poly schedule still spans all epochs).
     ``identity`` is what defines the trained model (:func:`util.checkpoint.run_identity`, plus provenance such
     as ``base_weight``); every checkpoint stores it, and the run directory's checkpoints must agree with it.
+    ``record`` entries are saved in every checkpoint (e.g. where the backbone's weights came from); ``notices``
+    are logged when the run starts and again when it ends (e.g. a warning that the backbone started from random
+    weights).
     """
 
     stage: str
@@ -81,6 +84,8 @@ class TrainJob:
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     collate: Callable[[list], Any] | None = None
     stop_patience: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +114,7 @@ def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, sca
                        "batch_size": job.schedule.batch_size},
         "best": best,
         "config": dict(cfg),
+        **job.record,
     }
 
 
@@ -242,6 +248,9 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
     source = start.source
     if source is not None:
         state = load_checkpoint(source)
+        if any(key not in state for key in TRAINING_STATE_KEYS):
+            raise UserError(f"checkpoint {source} holds no training state to resume from (a {BEST} keeps only what "
+                            f"inference needs); resume from the {LAST} of that run, or set resume null")
         order = state.get("data_order", {})
         if state.get("stage") != job.stage or order.get("iters_per_epoch") != iters_per_epoch:
             raise UserError(
@@ -272,12 +281,15 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
         f"amp {cfg['amp']}, device {ctx.device}, run dir {run_dir}"
     )
     log.info(f"identity: {describe_identity(job.identity)}")
+    for line in job.notices:
+        log.info(line)
 
     def save(name: str) -> None:
         _check_finite_weights(job, iteration, cfg["amp"])
         if ctx.is_main:
-            save_atomic(_checkpoint(job, cfg, optimizer, scheduler, scaler, iteration, iters_per_epoch,
-                                    ctx.world_size, best, start.run_id, iteration >= total), run_dir / name)
+            state = _checkpoint(job, cfg, optimizer, scheduler, scaler, iteration, iters_per_epoch, ctx.world_size,
+                                best, start.run_id, iteration >= total)
+            save_atomic(inference_state(state) if name == BEST else state, run_dir / name)
         barrier()
 
     epoch = iteration // iters_per_epoch
@@ -361,4 +373,6 @@ def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog,
     barrier()
 
     log.info(f"{job.stage} done: {iteration} iterations; best mIoU {best['miou']:.4f} at iteration {best['iteration']}")
+    for line in job.notices:
+        log.info(line)
     return TrainResult(iteration=iteration, best=best, last_metrics=last_metrics)

@@ -21,13 +21,21 @@ from util.classes import class_names, novel_classes
 from util.dataset import EpisodeDataset, collate_episodes
 from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
-from util.metrics import IGNORE_INDEX, FewShotIoU, SemanticIoU, check_finite_logits, predict_on_label
+from util.metrics import (IGNORE_INDEX, NEARLY_ALL, FewShotIoU, SemanticIoU, check_finite_logits, foreground_coverage,
+                          predict_on_label)
 from util.runguard import worker_signals
 from util.runtime import autocast, to_device
 from util.transform import normalization_for
 from util.visualize import save_contact_sheet, save_sample_figure
 
 CONTACT_SHEET = "contact_sheet.png"
+DEGENERATE_MEANING = {
+    "all foreground": "the model marks (nearly) every pixel as the object whatever the support, so it has not learned "
+                      "to segment (an untrained or random-weight backbone, or a diverged run); its IoU then only "
+                      "measures how much of each image the target covers",
+    "all background": "the model marks (nearly) nothing as the object, so it has not learned to segment (an untrained "
+                      "or diverged run); its IoU is near 0",
+}
 
 
 class _WithOriginalSize(Dataset):
@@ -155,13 +163,24 @@ def evaluate_semantic(
 
 
 def episode_scores_summary(scores: FewShotIoU, names: tuple[str, ...]) -> dict[str, Any]:
-    """JSON-ready numbers of one evaluation (fractions in 0..1)."""
+    """JSON-ready numbers of one evaluation (fractions in 0..1); ``foreground``: how much of the scored pixels the
+    predictions and the labels mark as foreground (:func:`util.metrics.foreground_coverage`)."""
     return {
         "miou": scores.miou(),
         "fbiou": scores.fbiou(),
         "episodes": scores.episodes(),
         "class_iou": {names[c - 1]: iou for c, iou in scores.class_iou().items()},
+        "foreground": scores.foreground_coverage(),
     }
+
+
+def prediction_check(coverage: Mapping[str, float | int], episodes: int) -> dict[str, Any]:
+    """``coverage`` (:func:`util.metrics.foreground_coverage`) judged: ``degenerate`` is ``"all foreground"`` when the
+    predictions cover at least :data:`NEARLY_ALL` of the scored pixels, ``"all background"`` when they cover at most
+    1 - :data:`NEARLY_ALL`, else None; ``meaning`` says in one sentence what that means."""
+    share = coverage["predicted"]
+    verdict = "all foreground" if share >= NEARLY_ALL else "all background" if share <= 1 - NEARLY_ALL else None
+    return {**coverage, "episodes": episodes, "degenerate": verdict, "meaning": DEGENERATE_MEANING.get(verdict)}
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -182,33 +201,40 @@ def run_protocol(
     """Evaluate ``model`` on ``cfg.test_episodes`` novel-class episodes for every seed of ``cfg.test_seeds``.
 
     Returns per-seed per-class IoU, mIoU and FB-IoU, their mean and (population) std over seeds, the
-    same for the "predict every object" baseline, and the resolved protocol. ``report`` gets one
-    line per seed.
+    same for the "predict every object" baseline, and the resolved protocol. A novel class without episodes
+    in a seed is listed in that seed's ``classes_without_episodes`` (the mIoU averages the others);
+    ``prediction_check`` says whether the predictions over all seeds are (nearly) all foreground or all
+    background (:func:`prediction_check`). ``report`` gets one line per seed.
     """
     if make_episodes is None:
         def make_episodes(seed: int) -> EpisodeDataset:
             return EpisodeDataset(cfg, "val", episodes=cfg["test_episodes"], seed=seed)
     names = class_names(cfg["dataset"])
     total_classes = len(names)
+    novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
     per_seed = []
+    coverage = torch.zeros(5, dtype=torch.int64)
     for seed in cfg["test_seeds"]:
         episodes = make_episodes(seed)
         scores = evaluate_episodes(model, episodes, ctx, num_classes=total_classes, batch_size=cfg["test_batch_size"],
                                    ori_resize=cfg["ori_resize"], workers=cfg["workers"], amp=cfg["amp"],
                                    desc=f"test seed {seed}")
         baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes)
+        coverage += scores.coverage
         entry = {"seed": seed, **episode_scores_summary(scores, names),
+                 "classes_without_episodes": [names[c - 1] for c in novel if c not in scores.class_iou()],
                  "baseline": episode_scores_summary(baseline, names)}
         per_seed.append(entry)
-        report(f"seed {seed}: mIoU {100 * entry['miou']:.2f} FB-IoU {100 * entry['fbiou']:.2f} "
+        scored = f"over {len(novel) - len(entry['classes_without_episodes'])} of {len(novel)} classes"
+        report(f"seed {seed}: mIoU {100 * entry['miou']:.2f} ({scored}) FB-IoU {100 * entry['fbiou']:.2f} "
                f"({entry['episodes']} episodes; every-object baseline mIoU {100 * entry['baseline']['miou']:.2f} "
                f"FB-IoU {100 * entry['baseline']['fbiou']:.2f})")
     return {
-        "protocol": {**protocol_of(cfg), "novel_classes": [names[c - 1] for c in novel_classes(
-            cfg["dataset"], cfg["split"], cfg["coco_split_style"])], "processes": ctx.world_size},
+        "protocol": {**protocol_of(cfg), "novel_classes": [names[c - 1] for c in novel], "processes": ctx.world_size},
         "miou": _mean_std([s["miou"] for s in per_seed]),
         "fbiou": _mean_std([s["fbiou"] for s in per_seed]),
         "baseline": {"miou": _mean_std([s["baseline"]["miou"] for s in per_seed]),
                      "fbiou": _mean_std([s["baseline"]["fbiou"] for s in per_seed])},
+        "prediction_check": prediction_check(foreground_coverage(coverage), sum(s["episodes"] for s in per_seed)),
         "seeds": per_seed,
     }

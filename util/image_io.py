@@ -41,7 +41,7 @@ def read_image(path: str | Path) -> np.ndarray:
     data = path.read_bytes()
     if is_truncated_jpeg(data):
         raise UserError(f"{path}: the JPEG is truncated (no end-of-image marker); replace or re-download it")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # OpenCV asserts on b""
     if image is None:
         raise UserError(f"{path}: cannot decode the image (corrupt or not an image); replace or re-download it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

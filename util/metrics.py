@@ -6,6 +6,8 @@ Few-shot scores (the PFENet/BAM definitions, see the FSS protocol):
 - FB-IoU: background and foreground intersections and unions summed over all episodes, IoU of each,
   averaged.
 Pixels labelled ``ignore_index`` (255) count nowhere. Counts are int64, so sums are exact.
+Episode scores also count how much of the scored pixels the predictions and the labels mark as foreground,
+so that a model predicting (nearly) everything or nothing as the object is noticed (:data:`NEARLY_ALL`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from util.distributed import all_reduce_sum
 from util.errors import UserError
 
 IGNORE_INDEX = 255
+NEARLY_ALL = 0.98
+"""A prediction covering at least this share of the scored pixels as foreground is "(nearly) all foreground";
+one covering at least this share as background is "(nearly) all background"."""
 
 
 def intersection_union(
@@ -108,6 +113,8 @@ class FewShotIoU:
         # rows: class id 0..num_classes; columns: foreground intersection, union, episode count
         self.per_class = torch.zeros(num_classes + 1, 3, dtype=torch.int64)
         self.fb = SemanticIoU(2, ignore_index)
+        # scored pixels, predicted foreground, labelled foreground; episodes predicted (nearly) all fg / all bg
+        self.coverage = torch.zeros(5, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, label: torch.Tensor, class_id: int) -> None:
         """Add one episode: binary ``pred`` and ``label`` ({0, 1, ignore}) of the same shape."""
@@ -115,10 +122,15 @@ class FewShotIoU:
         self.fb.inter += inter.cpu()
         self.fb.union += union.cpu()
         self.per_class[class_id] += torch.stack([inter[1].cpu(), union[1].cpu(), torch.tensor(1)])
+        valid = label != self.ignore_index
+        scored, predicted, labelled = int(valid.sum()), int((pred[valid] == 1).sum()), int((label[valid] == 1).sum())
+        self.coverage += torch.tensor([scored, predicted, labelled, predicted >= NEARLY_ALL * scored > 0,
+                                       scored - predicted >= NEARLY_ALL * scored > 0])
 
     def reduce(self) -> None:
         """Sum the counts over all ranks (in place)."""
         self.per_class = all_reduce_sum(self.per_class)
+        self.coverage = all_reduce_sum(self.coverage)
         self.fb.reduce()
 
     def episodes(self) -> int:
@@ -135,6 +147,19 @@ class FewShotIoU:
 
     def fbiou(self) -> float:
         return float(self.fb.iou().nanmean())
+
+    def foreground_coverage(self) -> dict[str, float | int]:
+        """See :func:`foreground_coverage`."""
+        return foreground_coverage(self.coverage)
+
+
+def foreground_coverage(counts: torch.Tensor) -> dict[str, float | int]:
+    """How much the predictions and the labels mark as foreground, from :attr:`FewShotIoU.coverage` counts (of one
+    evaluation, or summed over several): shares of the scored pixels (all episodes pooled), and the episodes whose
+    prediction is (nearly) all foreground / all background (:data:`NEARLY_ALL`)."""
+    scored, predicted, labelled, all_foreground, all_background = counts.tolist()
+    return {"predicted": predicted / scored if scored else 0.0, "labelled": labelled / scored if scored else 0.0,
+            "episodes_all_foreground": all_foreground, "episodes_all_background": all_background}
 
 
 def _ratio(inter: int, union: int) -> float:

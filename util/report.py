@@ -14,11 +14,14 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from util.backbone_weights import RANDOM_WARNING, SOURCE_KEY, is_random
 from util.checkpoint import meta_run_dir
 from util.config import load_config
 from util.errors import UserError, cli_entry
+from util.metrics import NEARLY_ALL
 
 RESULTS_FILE = "results.json"
+NO_EPISODES = "no episodes"
 
 
 def results_path(cfg: Mapping[str, Any]) -> Path:
@@ -30,28 +33,71 @@ def _pct(stats: Mapping[str, float]) -> str:
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
 
 
-def format_run_table(results: Mapping[str, Any]) -> str:
-    """Per-class IoU for every seed, then mIoU / FB-IoU per seed and mean ± std over seeds (percent)."""
+def novel_class_names(results: Mapping[str, Any]) -> list[str]:
+    """Every novel class of a result, those without episodes included (results before ``novel_classes`` was
+    recorded: the classes that had episodes)."""
     seeds = results["seeds"]
-    names = list(seeds[0]["class_iou"])
-    width = max(len(n) for n in names + ["FB-IoU", "every-object mIoU"]) + 2
+    return list(results["protocol"].get("novel_classes") or dict.fromkeys(n for s in seeds for n in s["class_iou"]))
+
+
+def classes_scored(results: Mapping[str, Any]) -> str:
+    """``"over N of M classes"`` (``N1-N2`` when seeds differ) when some novel class had no episodes, else ``""``."""
+    names = novel_class_names(results)
+    counts = sorted({sum(name in seed["class_iou"] for name in names) for seed in results["seeds"]})
+    if counts == [len(names)]:
+        return ""
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"over {span} of {len(names)} classes"
+
+
+def result_notes(results: Mapping[str, Any]) -> list[str]:
+    """Lines that qualify a result: classes without episodes, where the predictions put the foreground, and loud
+    warnings when the backbone started from random weights or the predictions are (nearly) all one class."""
+    lines = []
+    missing = dict.fromkeys(name for seed in results["seeds"] for name in seed.get("classes_without_episodes", []))
+    if missing:
+        lines.append(f"mIoU {classes_scored(results)}: {', '.join(missing)} had no test episodes in some or all seeds "
+                     "(fewer than shot + 1 images, or too few episodes); see the per-class rows")
+    check = results.get("prediction_check")
+    if check:
+        lines.append(f"predicted foreground: {100 * check['predicted']:.1f}% of the scored pixels (labels: "
+                     f"{100 * check['labelled']:.1f}%); episodes with (nearly) all foreground: "
+                     f"{check['episodes_all_foreground']}, all background: {check['episodes_all_background']} of "
+                     f"{check['episodes']} (>= {100 * NEARLY_ALL:.0f}% of an episode's scored pixels)")
+        if check["degenerate"]:
+            lines.append(f"WARNING: the predictions are (nearly) {check['degenerate']}: {check['meaning']}")
+    if is_random(results["protocol"].get(SOURCE_KEY)):
+        lines.append(RANDOM_WARNING)
+    return lines
+
+
+def format_run_table(results: Mapping[str, Any]) -> str:
+    """Per-class IoU for every seed (``no episodes`` where a class had none), then mIoU / FB-IoU per seed and mean ±
+    std over seeds (percent), then :func:`result_notes`."""
+    seeds = results["seeds"]
+    names = novel_class_names(results)
+    scored = classes_scored(results)
+    miou_label = f"mIoU ({scored})" if scored else "mIoU"
+    width = max(len(n) for n in names + ["FB-IoU", "every-object mIoU", miou_label]) + 2
     lines = ["".ljust(width) + "".join(f"seed {s['seed']}".rjust(12) for s in seeds) + "mean ± std".rjust(16)]
 
-    def row(label: str, values: list[float], stats: Mapping[str, float] | None = None) -> str:
+    def row(label: str, values: list[float | None], stats: Mapping[str, float] | None = None) -> str:
         tail = _pct(stats).rjust(16) if stats else ""
-        return label.ljust(width) + "".join(f"{100 * v:12.2f}" for v in values) + tail
+        cells = "".join(NO_EPISODES.rjust(12) if v is None else f"{100 * v:12.2f}" for v in values)
+        return label.ljust(width) + cells + tail
 
     for name in names:
-        lines.append(row(name, [s["class_iou"].get(name, float("nan")) for s in seeds]))
-    lines.append(row("mIoU", [s["miou"] for s in seeds], results["miou"]))
+        lines.append(row(name, [s["class_iou"].get(name) for s in seeds]))
+    lines.append(row(miou_label, [s["miou"] for s in seeds], results["miou"]))
     lines.append(row("FB-IoU", [s["fbiou"] for s in seeds], results["fbiou"]))
     lines.append(row("every-object mIoU", [s["baseline"]["miou"] for s in seeds], results["baseline"]["miou"]))
     lines.append(row("every-object FB-IoU", [s["baseline"]["fbiou"] for s in seeds], results["baseline"]["fbiou"]))
-    return "\n".join(lines)
+    return "\n".join(lines + result_notes(results))
 
 
 def format_fold_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """The paper-style table: mIoU and FB-IoU (mean over seeds) per fold and their mean over folds."""
+    """The paper-style table: mIoU and FB-IoU (mean over seeds) per fold and their mean over folds, then each fold's
+    warnings and classes without episodes (:func:`result_notes`)."""
     by_fold = sorted(results, key=lambda r: r["protocol"]["split"])
     folds = [r["protocol"]["split"] for r in by_fold]
     if len(set(folds)) != len(folds):
@@ -67,6 +113,9 @@ def format_fold_table(results: Sequence[Mapping[str, Any]]) -> str:
     for key, label in (("miou", "every-object mIoU"), ("fbiou", "every-object FB-IoU")):
         values = [100 * r["baseline"][key]["mean"] for r in by_fold]
         lines.append(label.ljust(width) + "".join(f"{v:9.2f}" for v in values) + f"{sum(values) / len(values):9.2f}")
+    for result in by_fold:
+        lines += [f"fold {result['protocol']['split']}: {note}" for note in result_notes(result)
+                  if not note.startswith("predicted foreground")]
     return "\n".join(lines)
 
 

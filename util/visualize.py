@@ -24,6 +24,7 @@ from matplotlib.patches import Patch
 from util.errors import UserError
 from util.image_io import image_size
 from util.metrics import IGNORE_INDEX, intersection_union
+from util.report import NO_EPISODES, classes_scored, novel_class_names
 from util.transform import ResizePad
 
 MASK_COLOUR = (0, 190, 255)        # support masks and ground truth (sky blue)
@@ -33,6 +34,7 @@ ALPHA = 0.5
 BACKGROUND_BRIGHTNESS = 0.75      # everything outside the mask: grey, dimmed by this factor
 FOLD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")  # Okabe-Ito: readable for colour-blind readers
 BASELINE_COLOUR = "#999999"
+NO_EPISODES_COLOUR = "#D55E00"    # the "no episodes" label where a class's bars would be (Okabe-Ito vermillion)
 PANEL_HEIGHT = 240                 # pixels of every image panel in an episode figure
 DPI = 100
 SHEET_GAP = 10
@@ -138,6 +140,22 @@ def overlay_mask(rgb: ArrayLike, mask: ArrayLike, colour: tuple[int, int, int] =
         contours, _ = cv2.findContours(contour_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in contour_colour), width)
     return out
+
+
+def add_title(rgb: ArrayLike, title: str) -> np.ndarray:
+    """``rgb`` below a white band holding ``title`` in black; the font grows with the image's width, and the
+    canvas widens (white on the right) when the title is wider than a narrow image."""
+    image = _numpy(rgb).astype(np.uint8)
+    height, width = image.shape[:2]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, float(np.clip(width / 900, 0.45, 1.5))
+    thickness = 1 if scale < 1 else 2
+    (text_width, text_height), baseline = cv2.getTextSize(title, font, scale, thickness)
+    margin = max(4, text_height // 2)
+    band = text_height + baseline + 2 * margin
+    canvas = np.full((band + height, max(width, text_width + 2 * margin), 3), 255, np.uint8)
+    canvas[band:, :width] = image
+    cv2.putText(canvas, title, (margin, margin + text_height), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return canvas
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -258,7 +276,8 @@ def _class_means(seeds: Sequence[Mapping[str, Any]], names: Sequence[str], basel
 def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
     """Per-class IoU (percent, mean ± std over seeds) of one or more folds' test results (test.py's
     ``results.json`` dicts), next to the every-object baseline of the same episodes, with each fold's mIoU
-    as a dashed line."""
+    as a dashed line. A class without episodes keeps its place, marked "no episodes"; the legend then says
+    how many classes the fold's mIoU averages."""
     if not results:
         raise ValueError("no results to chart")
     folds = sorted(results, key=lambda r: r["protocol"]["split"])
@@ -266,8 +285,7 @@ def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Pa
     per_fold = []
     for result in folds:
         seeds = result["seeds"]
-        names = list(result["protocol"].get("novel_classes") or dict.fromkeys(n for s in seeds for n in s["class_iou"]))
-        names = [n for n in names if any(n in s["class_iou"] for s in seeds)]
+        names = novel_class_names(result)
         per_fold.append((result, names, _class_means(seeds, names, False), _class_means(seeds, names, True)))
         classes_total += len(names)
     protocol = folds[0]["protocol"]
@@ -281,9 +299,15 @@ def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Pa
         axes.bar(xs - 0.19, 100 * np.asarray(means), 0.38, color=colour,
                  yerr=None if errors is None else 100 * np.asarray(errors), capsize=2)
         axes.bar(xs + 0.19, 100 * np.asarray(base_means), 0.38, color=BASELINE_COLOUR)
+        for position, mean in zip(xs, means):
+            if math.isnan(mean):
+                axes.text(position, 2, NO_EPISODES, rotation=90, ha="center", va="bottom", fontsize=9,
+                          color=NO_EPISODES_COLOUR)
         miou = 100 * result["miou"]["mean"]
         axes.hlines(miou, xs[0] - 0.45, xs[-1] + 0.45, colors=colour, linestyles="dashed", linewidth=1.2)
-        handles.append(Patch(color=colour, label=f"fold {result['protocol']['split']}: mIoU {miou:.1f}"))
+        scored = classes_scored(result)
+        handles.append(Patch(color=colour, label=f"fold {result['protocol']['split']}: mIoU {miou:.1f}"
+                                                 + (f" ({scored})" if scored else "")))
         ticks.extend(xs.tolist())
         labels.extend(names)
         x += len(names) + 0.6
