@@ -98,6 +98,9 @@ def make_masks(manifest: MaskManifest, wanted: Iterable[tuple[str, str, Any]], r
     todo = [(name, source, job) for name, source, job in tqdm(wanted, desc=f"checking {desc}", leave=False)
             if not manifest.is_current(name, source)]
     manifest.mask_dir.mkdir(parents=True, exist_ok=True)
+    if not todo:  # nothing to write: no empty progress bar
+        manifest.save()
+        return 0, len(wanted)
     saved_at = time.monotonic()
     try:
         with ProcessPoolExecutor(workers) as pool:
