@@ -8,8 +8,8 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
   (0 = background, 255 = ignore as in VOC borders, any other value = object). RGB masks are read by the
   datasets' rule (``util.image_io.label_from_colours``): black = 0, white = 255, a VOC palette colour =
   its class id, so a black/white RGB mask is a black/white mask and an RGB VOC label is a class-id mask;
-  any other colour is refused, naming the colours found. The mask must have its image's height and width. With ``ann_type bbox`` each mask is
-  replaced by its filled bounding box, as in testing.
+  any other colour is refused, naming the colours found. The mask must have its image's height and width.
+  With ``ann_type bbox`` each mask is replaced by its filled bounding box, as in testing.
 - Images of any size go through the test geometry (longer side resized to ``val_size``, placed top-left,
   padded); the prediction is mapped back to the query's original size exactly as ``ori_resize`` scoring does.
 - ``--class-name`` must be one of the config dataset's class names (case, spaces and underscores do not
