@@ -146,7 +146,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: the mask is written as PNG (lossless); give a .png path")
     cfg = load_config(args.config, args.overrides)
-    weight = Path(args.weight) if args.weight else stage2_weight(cfg)
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
     class_id = class_id_for(args.class_name, cfg.dataset)
@@ -156,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)
 
-    model = load_model(cfg, weight, device)
+    model = load_model(cfg, Path(args.weight) if args.weight else stage2_weight(cfg), device)
     with torch.inference_mode(), autocast(device, cfg.amp):
         logits = model(query[None].to(device), supports[None].to(device), masks[None].to(device),
                        torch.tensor([class_id], device=device))

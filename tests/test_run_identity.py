@@ -79,8 +79,9 @@ def test_two_coco_split_styles_in_one_tree_keep_apart(fwb_tree, capsys):
         "stage-1 checkpoint initmodel/coco/panet/split0/efficientnet_lite0/best.pth not found; run stage 1 first "
         "(python train_base.py with the same config) or set base_weight")
     assert user_error(test_script.main, ["--config", COCO0, *SMALL, *PANET], capsys) == (
-        "checkpoint exp/coco/panet/split0/efficientnet_lite0/1shot/best.pth not found; check the path "
-        "(config keys 'weight', 'resume', 'base_weight')")
+        "no stage-2 checkpoint exp/coco/panet/split0/efficientnet_lite0/1shot/best.pth: coco fold 0 efficientnet_lite0 "
+        "1-shot was never trained there; run train.sh first: bash train.sh coco 0 efficientnet_lite0 1 (with the key "
+        "value overrides you train with), or give weight PATH")
 
 
 def test_a_base_learner_trained_on_the_novel_classes_is_refused(fwb_tree, capsys):

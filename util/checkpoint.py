@@ -37,6 +37,7 @@ BACKBONE_SOURCE = "pretrained_backbone_source"  # where the backbone's weights c
 BEST_KEYS = (
     "model", "config", "stage", "run_id", "finished", "iteration", "epoch", "best",  # test.py, predict.py, util/runguard.py
     BACKBONE_SOURCE,  # stage 2 and test.py report it
+    "identity",  # test.py and predict.py check it, stage 2 checks its base learner's
 )
 """What ``best.pth`` keeps of a training checkpoint; one entry per key, so a new record is one more line."""
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data_order")
