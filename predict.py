@@ -41,6 +41,7 @@ from util.config import Config, load_config
 from util.errors import UserError, cli_entry
 from util.image_io import read_image, read_label, write_label
 from util.metrics import IGNORE_INDEX, check_finite_logits, predict_on_label
+from util.model_io import build_mianet
 from util.runtime import autocast, check_amp, resolve_device
 from util.transform import PairedTransform, bbox_mask, build_transform
 from util.visualize import PRED_COLOUR, add_title, overlay_mask
@@ -134,7 +135,7 @@ def load_model(cfg: Config, weight: Path, device: torch.device) -> MIANet:
     state = load_checkpoint(weight)
     check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
     check_model_identity(state, cfg, weight)
-    model = MIANet.from_config(cfg)
+    model = build_mianet(cfg)
     load_model_state(model, state["model"], weight)
     return model.to(device).eval()
 

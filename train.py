@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from model.mianet import MIANet
 from util.backbone_weights import SOURCE_KEY, recorded_source, source_notices
 from util.checkpoint import base_weight_path, check_base_learner, meta_run_dir, run_identity
 from util.classes import class_names
@@ -20,6 +19,7 @@ from util.distributed import DistContext
 from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import UserError, cli_entry
 from util.evaluator import episode_scores_summary, evaluate_episodes
+from util.model_io import build_mianet, load_base_learner
 from util.runtime import epoch_seed
 
 
@@ -31,8 +31,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
                         f"(python train_base.py with the same config) or set base_weight")
     check_base_learner(base_weight, cfg)
-    model = MIANet.from_config(cfg)
-    model.load_base_learner(base_weight)
+    model = build_mianet(cfg)
+    load_base_learner(model, base_weight)
     source = recorded_source(base_weight)
     names = class_names(cfg.dataset)
     val_set = EpisodeDataset(cfg, "val", episodes=cfg.val_episodes, seed=cfg.seed)

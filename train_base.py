@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from model.pspnet import PSPNet
 from util.backbone_weights import SOURCE_KEY, source_notices
 from util.checkpoint import base_run_dir, run_identity
 from util.classes import base_classes
@@ -18,6 +17,7 @@ from util.distributed import DistContext
 from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import cli_entry
 from util.evaluator import evaluate_semantic
+from util.model_io import build_pspnet
 from util.runtime import epoch_seed
 
 
@@ -28,7 +28,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     times it; the run stops early after ``base_stop_patience`` epochs without a better validation mIoU.
     Its checkpoints record where the backbone's starting weights came from (ImageNet file, or random).
     """
-    model = PSPNet.from_config(cfg)
+    model = build_pspnet(cfg)
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
     val_set = BaseClassDataset(cfg, "val")
 

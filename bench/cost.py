@@ -23,10 +23,10 @@ import torch
 
 from bench.speed import PeakMemory, _sync, episode_tensors
 from model.backbone import build_backbone
-from model.mianet import MIANet
 from model.pspnet import PSPNet
 from util.classes import base_classes
 from util.config import Config, load_config
+from util.model_io import build_mianet
 from util.runtime import resolve_device
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -94,7 +94,7 @@ def stage1_rows(args: argparse.Namespace, cfg: Config, device: torch.device, tim
 
 def stage2_rows(args: argparse.Namespace, cfg: Config, device: torch.device, timed: Timer) -> list[tuple]:
     """A stage-2 training iteration and a test episode of a random MIANet."""
-    mianet = MIANet.from_config(cfg).to(device)
+    mianet = build_mianet(cfg).to(device)
     optimizer = torch.optim.SGD(list(mianet.trainable_parameters()), lr=cfg.base_lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     train = episode_tensors(args.stage2_batch, args.shots, args.size, device)

@@ -41,13 +41,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.mianet import MIANet
 from util.config import Config, load_config
 from util.dataset import EpisodeDataset, collate_episodes
 from util.distributed import DistContext
 from util.evaluator import run_protocol
 from util.make_lists import make_lists
 from util.make_synth import make_synth
+from util.model_io import build_mianet
 from util.runtime import resolve_device
 
 TARGETS = {"eval": 1.15, "train": 1.3, "test": 1.2}  # overhead ratios (see above); test.py s/episode / eval latency
@@ -158,7 +158,7 @@ class Bench:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.device = device
-        self.model = MIANet.from_config(cfg).to(device)
+        self.model = build_mianet(cfg).to(device)
         self.optimizer = torch.optim.SGD(list(self.model.trainable_parameters()), lr=cfg.base_lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         trainable = [m for name, m in self.model.named_children()

@@ -138,10 +138,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              "previous = bilinear(merge, size)", "previous = merge",
              (T + "test_model_hpm_gim.py::test_information_fusion_matches_the_reference_fusion",)),
     # ---- checkpoint importer
-    Mutation("importer leaves the IFM modules at the top level", "util/checkpoint_import.py",
+    Mutation("importer leaves the IFM modules at the top level", "util/checkpoint_layouts.py",
              'mapped[f"ifm.{key}"] = value', "mapped[key] = value",
              (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
-    Mutation("importer keeps GIG's reference name", "util/checkpoint_import.py",
+    Mutation("importer keeps GIG's reference name", "util/checkpoint_layouts.py",
              '_MIANET_RENAMES = {"GIG.": "gig.",', '_MIANET_RENAMES = {"GIG.": "GIG.",',
              (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
     # ---- config schema

@@ -216,7 +216,7 @@ def test_missing_data_root_and_list(pascal, tmp_path):
     root, _ = pascal
     with pytest.raises(UserError, match="data_root .* does not exist.*make_synth --root"):
         EpisodeDataset(data_config(tmp_path / "none", tmp_path), "train")
-    with pytest.raises(UserError, match=r"list not found; generate it with: python -m util.make_lists --dataset pascal"):
+    with pytest.raises(UserError, match=r"list not found; generate it with: python -m tools.make_lists --dataset pascal"):
         EpisodeDataset(data_config(root, tmp_path / "empty", dataset="pascal"), "val")
 
 

@@ -13,12 +13,14 @@ from PIL import Image
 from torch import nn
 
 import predict
+from model.mianet import MIANet
 from util.checkpoint import save_atomic
 from util.classes import class_names
 from util.config import load_config
 from util.errors import UserError
 from util.image_io import read_image, read_label
 from util.make_synth import make_synth
+from util.model_io import build_mianet
 from util.transform import ResizePad
 from util.visualize import PRED_COLOUR, add_title, overlay_mask
 
@@ -122,7 +124,7 @@ class BrightnessNet(nn.Module):
 @pytest.fixture
 def brightness_net(monkeypatch, tmp_path):
     BrightnessNet.calls = []
-    monkeypatch.setattr(predict, "MIANet", BrightnessNet)
+    monkeypatch.setattr(predict, "build_mianet", BrightnessNet.from_config)
     weight = tmp_path / "standin.pth"
     save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
     return weight
@@ -201,7 +203,7 @@ def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
     """A MIANet with random weights (in eval mode) and its checkpoint, saved as the engine saves them."""
     cfg = load_config(SYNTH_CONFIG, overrides)
     torch.manual_seed(0)
-    model = predict.MIANet.from_config(cfg).eval()
+    model = predict.build_mianet(cfg).eval()
     return save_atomic({"model": model.state_dict(), "epoch": 0, "iteration": 0, "config": dict(cfg)}, path), model
 
 
@@ -257,14 +259,19 @@ def test_voc_photo_round_trip(tmp_path, monkeypatch):
     overrides = [*SMALL, "dataset", "pascal"]
     weight, _ = random_mianet(tmp_path / "pascal_random.pth", overrides)
 
-    class RecordingMIANet(predict.MIANet):
+    class RecordingMIANet(MIANet):
         inputs: list = []
 
         def forward(self, *inputs):
             RecordingMIANet.inputs.append(inputs)
             return super().forward(*inputs)
 
-    monkeypatch.setattr(predict, "MIANet", RecordingMIANet)
+    def build_recording(cfg):
+        model = build_mianet(cfg)
+        model.__class__ = RecordingMIANet
+        return model
+
+    monkeypatch.setattr(predict, "build_mianet", build_recording)
     small_query = write_rgb(tmp_path / "small.jpg", cv2.resize(voc["rgb"], (157, 118), interpolation=cv2.INTER_AREA))
     for query, name in ((photo, "person"), (small_query, None)):
         out = tmp_path / f"{query.stem}_mask.png"

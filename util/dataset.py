@@ -1,6 +1,6 @@
 """Datasets: episodic few-shot (``EpisodeDataset``) and base-class segmentation for stage 1 (``BaseClassDataset``).
 
-Episodes read the per-fold lists written by ``python -m util.make_lists`` (layout in ``util/fss_lists.py``):
+Episodes read the per-fold lists written by ``python -m tools.make_lists`` (layout in ``util/fss_lists.py``):
 ``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train_min<N>_<novel_in_train>,val_min<N>}.json``
 with paths relative to ``cfg.data_root``; stage 1 reads the image pools (``base_images: all``) or the
 fold's lists (``fold_lists``). A missing list raises a UserError that names the command.
@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from util.classes import base_classes, num_classes
+from util.cli import tool_command
 from util.errors import UserError
 from util.fss_lists import (FoldList, check_dataset_fold, fold_list_path, make_lists_command, read_fold_list,
                             pool_list_path, read_pool, train_subset)
@@ -57,7 +58,7 @@ def _check_data_root(cfg) -> None:
     if not Path(cfg.data_root).is_dir():
         raise UserError(f"data_root '{cfg.data_root}' does not exist (config key data_root); "
                         f"prepare the dataset there (see README, Data preparation)"
-                        + (f" or run: python -m util.make_synth --root {cfg.data_root}" if cfg.dataset == "synth" else ""))
+                        + (f" or run: {tool_command('make_synth', root=cfg.data_root)}" if cfg.dataset == "synth" else ""))
 
 
 def _check_files(root: Path, pairs, where: str, hint: str) -> None:

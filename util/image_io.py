@@ -104,7 +104,7 @@ def read_label(path: str | Path) -> np.ndarray:
     if values.ndim != 2 or values.dtype.kind not in "ui" or (values.size and (values.min() < 0 or values.max() > 255)):
         raise UserError(
             f"{path}: label must be a class-id PNG (single channel or palette, values 0..255, or RGB colours), "
-            f"got mode {img.mode}; convert it with util/prepare_pascal.py or util/prepare_coco.py"
+            f"got mode {img.mode}; convert it with python -m tools.prepare_pascal or python -m tools.prepare_coco"
         )
     return values.astype(np.uint8)
 

@@ -5,7 +5,7 @@ Colours: support masks and ground truth in sky blue, predictions in magenta (wit
 outlined in sky blue), ignored pixels (label 255) whitened, everything else dimmed grey. Figures use
 matplotlib's Agg canvas directly (no pyplot, no global backend switch), so they work headless.
 test.py (``vis N``) draws episode figures through ``util.evaluator.draw_episode_figures``;
-``python -m util.report --chart`` draws the per-class IoU chart.
+``python -m tools.report --chart`` draws the per-class IoU chart.
 """
 from __future__ import annotations
 
