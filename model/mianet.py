@@ -59,7 +59,7 @@ class MIANet(nn.Module):
     def __init__(self, backbone: Backbone, word_vectors: torch.Tensor, *, reduce_dim: int = 256, use_gim: bool = True,
                  use_hpm: bool = True, prior_scale: float = 1.0, freeze_backbone_bn: bool = True,
                  triplet_margin: float = 0.5, aux_weight: float = 1.0, zoom_factor: int = 8,
-                 ignore_label: int = 255) -> None:
+                 ignore_label: int) -> None:
         super().__init__()
         if not prior_scale > 0:
             raise UserError(f"config key 'prior_scale' must be a number > 0 (1 = the reference), got {prior_scale!r}")

@@ -42,7 +42,7 @@ class PSPNet(nn.Module):
     :func:`util.model_io.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int = 255, dropout: float = 0.1) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = backbone
         channels = backbone.channels[4]

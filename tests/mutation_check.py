@@ -73,7 +73,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              (T + "test_data_transform.py::test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates",
               T + "test_data_transform.py::test_blur_changes_the_image_about_half_the_time")),
     Mutation("engine autocast forced off", "util/engine.py",
-             'with autocast(ctx.device, cfg["amp"]):', 'with autocast(ctx.device, "off"):',
+             'with autocast(self.ctx.device, self.options.amp):', 'with autocast(self.ctx.device, "off"):',
              (T + "test_engine_loop.py::test_training_forward_runs_in_the_amp_precision[bf16-dtype1]",)),
     # ---- metrics and evaluator scoring
     Mutation("ignore pixels counted in IoU", "util/metrics.py",

@@ -122,6 +122,13 @@ def test_cycles_finds_a_loop_through_a_function_level_import(tmp_path):
     assert cycles(import_graph(tmp_path)) == [["model.net", "util.files"]]
 
 
+def test_no_test_imports_a_benchmark():
+    """Benchmarks print figures and may change freely; what a test needs lives in the library or in tests/."""
+    importers = [str(path.relative_to(REPO)) for path in sorted((REPO / "tests").rglob("*.py"))
+                 if any(name == "bench" or name.startswith("bench.") for name in _imported_names(path, "tests"))]
+    assert importers == []
+
+
 def test_model_reads_no_files():
     calls = [call for path in sorted((REPO / "model").rglob("*.py")) for call in file_reading_calls(path)]
     assert calls == []

@@ -5,11 +5,11 @@ from typing import Any
 import pytest
 import torch
 
-from bench.speed import episode_tensors
 from model.mianet import MIANet
 from util.config import load_config
 from util.errors import UserError
 from util.model_io import build_mianet
+from util.random_inputs import episode_tensors
 
 TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
 
@@ -26,7 +26,7 @@ def lite0(**overrides: Any) -> MIANet:
 
 def episode(batch: int, shots: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """The benchmark's random episode as (query, supports, support masks, class ids, query label)."""
-    tensors = episode_tensors(batch, shots, size, torch.device("cpu"), seed=seed)
+    tensors = episode_tensors(batch, shots, size, torch.device("cpu"), 255, seed=seed)
     return tuple(tensors[k] for k in ("query", "supports", "support_masks", "class_ids", "query_label"))
 
 

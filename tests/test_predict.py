@@ -82,15 +82,15 @@ def test_support_mask_formats(tmp_path, kind):
     else:
         path = write_png(tmp_path / "m.png", label)
         expected = label
-    assert np.array_equal(predict.read_support_mask(path), expected)
+    assert np.array_equal(predict.read_support_mask(path, 255), expected)
 
 
 def test_bad_masks_and_names_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        predict.read_support_mask(tmp_path / "missing.png")
+        predict.read_support_mask(tmp_path / "missing.png", 255)
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="cannot decode"):
-        predict.read_support_mask(tmp_path / "junk.png")
+        predict.read_support_mask(tmp_path / "junk.png", 255)
     assert predict.class_id_for(None, "pascal") == 0
     assert predict.class_id_for("Dog", "pascal") == class_names("pascal").index("dog") + 1
     assert predict.class_id_for("Potted Plant", "pascal") == class_names("pascal").index("pottedplant") + 1
@@ -244,7 +244,7 @@ def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path, monkeypatch)
 
     monkeypatch.setattr(evaluator, "FewShotIoU", RecordingScores)
     evaluator.evaluate_episodes(model, episodes, DistContext(0, 1, torch.device("cpu")), num_classes=20,
-                                ori_resize=True)
+                                ignore_label=255, ori_resize=True)
     assert len(scored) == 1
     assert 0 < scored[0].float().mean() < 1  # both classes predicted, so the geometry shows
     assert np.array_equal(written // 255, scored[0].numpy())

@@ -427,8 +427,12 @@ def test_eps_files_reach_ghostscript_when_opened_by_pillow_directly(tmp_path, gh
     assert ghostscript_marker.exists()
 
 
+def read_support_mask(path):
+    return predict.read_support_mask(path, 255)
+
+
 @pytest.mark.parametrize("reader, content", [(read_label, GREY_EPS), (image_size, GREY_EPS), (read_image, RGB_EPS),
-                                             (predict.read_support_mask, RGB_EPS)])
+                                             (read_support_mask, RGB_EPS)])
 def test_images_and_labels_never_reach_ghostscript(tmp_path, ghostscript_marker, reader, content):
     path = tmp_path / "2007_000032.png"
     path.write_bytes(content)

@@ -187,7 +187,7 @@ def test_figures_of_dataset_samples_and_a_batch(synth_cfg, tmp_path):
     assert abs(grid_figure.shape[1] - original_figure.shape[1]) <= 8    # same aspect up to rounding; uncropped = square
     # the same episode taken from a collated batch with query_size_ori (as in the evaluator)
     from util.dataset import collate_episodes
-    batch = collate_episodes([dataset[0], dataset[1]])
+    batch = collate_episodes([dataset[0], dataset[1]], 255)
     batch["query_size_ori"] = torch.tensor([list(dataset[i]["query_label_ori"].shape) for i in range(2)])
     from_batch = episode_pictures(batch, mean, std, index=1)
     single = episode_pictures(dataset[1], mean, std)

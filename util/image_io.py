@@ -19,6 +19,8 @@ name) to the Ghostscript program, which runs the PostScript in it."""
 VOC_PALETTE = imgviz.label_colormap()  # [256, 3]: colour k of a VOC palette PNG is class id k (255: the border)
 WHITE = (255, 255, 255)
 IGNORE_ID = 255
+"""The ignore value of the label files (VOC borders, COCO crowds, synth borders) that the tools write; code that
+reads labels takes config key ``ignore_label`` (default 255, this value) instead."""
 SHOWN_COLOURS = 3
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -122,7 +124,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def check_label_values(label: np.ndarray, num_classes: int, path: str | Path, ignore_label: int = 255) -> None:
+def check_label_values(label: np.ndarray, num_classes: int, path: str | Path, ignore_label: int) -> None:
     """UserError if ``label`` holds a value outside ``0..num_classes`` other than ``ignore_label``."""
     bad = (label > num_classes) & (label != ignore_label)
     if bad.any():

@@ -21,7 +21,7 @@ import numpy as np
 from util.classes import COCO_SPLIT_STYLES, NUM_FOLDS, base_classes, novel_classes, num_classes
 from util.errors import UserError
 from util.fss_lists import LIST_FORMAT, Item, check_dataset_fold, fold_list_path, pool_list_path, read_pool
-from util.image_io import check_label_values, image_size, read_label
+from util.image_io import IGNORE_ID, check_label_values, image_size, read_label
 
 CHUNK = 64
 
@@ -35,7 +35,7 @@ def count_classes(job: tuple[str, str, str, int, str, int]) -> dict[int, int]:
         if not os.path.isfile(path):
             raise UserError(f"{where}: {kind} {path} not found; fix data_root or regenerate the image list")
     values = read_label(label_path)
-    check_label_values(values, total_classes, label_path)
+    check_label_values(values, total_classes, label_path, IGNORE_ID)
     if image_size(image_path) != values.shape:
         raise UserError(f"{where}: image {image_path} is {image_size(image_path)} but label {label_path} is "
                         f"{values.shape}; they must have the same height and width")

@@ -29,6 +29,7 @@ import numpy as np
 
 from util.classes import SYNTH_CLASSES, SYNTH_COLOURS
 from util.errors import UserError
+from util.image_io import IGNORE_ID
 
 FORMAT_VERSION = 1
 SUBSETS = ("train", "val")
@@ -143,7 +144,7 @@ def render(seed: int, subset: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     shade = np.linspace(rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2), width)[None, :, None]
     image = image * shade + rng.normal(0.0, 6.0, size=image.shape)
     border = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((BORDER_WIDTH, BORDER_WIDTH), np.uint8)) > 0
-    label[border] = 255
+    label[border] = IGNORE_ID
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 

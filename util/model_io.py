@@ -4,7 +4,7 @@ a model is built with, a base learner's backbone for stage 2, and reference chec
     build_mianet(cfg)            MIANet with cfg's word vectors (random backbone until a base learner or checkpoint)
     build_pspnet(cfg)            stage 1's PSPNet with the ImageNet starting weights cfg asks for
     load_base_learner(m, path)   stage 1's backbone (ours, BAM's or an official MIANet file) into MIANet ``m``
-    import_checkpoint(...)       a reference MIANet/PSPNet file saved in our format (``python -m tools.checkpoint_import``)
+    import_checkpoint(...)       a reference MIANet/PSPNet file in our format (``python -m tools.checkpoint_import``)
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"checkpoint {path} holds no parameter dict ('model' or 'state_dict'); it is not a model checkpoint")
+        raise UserError(f"checkpoint {path} holds no parameter dict ('model' or 'state_dict'); "
+                        "it is not a model checkpoint")
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 

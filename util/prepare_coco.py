@@ -24,11 +24,11 @@ from pycocotools import mask as mask_utils
 from util.atomic import write_text_if_changed
 from util.errors import UserError
 from util.fss_lists import pool_list_path
-from util.image_io import encode_label_png
+from util.image_io import IGNORE_ID, encode_label_png
 from util.mask_manifest import MaskManifest, make_masks, sha256_bytes, sha256_json
 
 SPLITS = {"train": "train2014", "val": "val2014"}
-CROWD = 255
+CROWD = IGNORE_ID
 PRODUCER = "prepare_coco 1"  # the rendering rule's version: change it when render_mask changes, so masks are redone
 
 

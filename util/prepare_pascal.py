@@ -25,7 +25,7 @@ import scipy.io
 from util.atomic import write_text_if_changed
 from util.errors import UserError
 from util.fss_lists import pool_list_path
-from util.image_io import check_label_values, encode_label_png, read_label
+from util.image_io import IGNORE_ID, check_label_values, encode_label_png, read_label
 from util.mask_manifest import MaskManifest, make_masks, sha256_file
 
 NUM_CLASSES = 20
@@ -59,7 +59,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
 def _convert(job: tuple[str, str]) -> bytes:
     source, kind = job
     label = read_label(source) if kind == "voc" else read_sbd_label(Path(source))
-    check_label_values(label, NUM_CLASSES, source)
+    check_label_values(label, NUM_CLASSES, source, IGNORE_ID)
     return encode_label_png(label)
 
 
