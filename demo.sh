@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 start=$(date +%s)
 python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-python -m util.make_synth --root data/synth
-python -m util.make_lists --dataset synth --data-root data/synth --list-root lists
-[ -f embeddings/synth_glove50.npy ] || python -m util.embed_classes --dataset synth
+python -m tools.make_synth --root data/synth
+python -m tools.make_lists --dataset synth --data-root data/synth --list-root lists
+[ -f embeddings/synth_glove50.npy ] || python -m tools.embed_classes --dataset synth
 bash train.sh synth 0 efficientnet_lite0 1 "$@"
 bash test.sh synth 0 efficientnet_lite0 1 "$@"
 echo "demo wall time: $(( $(date +%s) - start )) s"

@@ -40,7 +40,8 @@ from util.classes import class_names
 from util.config import Config, load_config
 from util.errors import UserError, cli_entry
 from util.image_io import read_image, read_label, write_label
-from util.metrics import IGNORE_INDEX, check_finite_logits, predict_on_label
+from util.metrics import check_finite_logits, predict_on_label
+from util.model_io import build_mianet
 from util.runtime import autocast, check_amp, resolve_device
 from util.transform import PairedTransform, bbox_mask, build_transform
 from util.visualize import PRED_COLOUR, add_title, overlay_mask
@@ -51,8 +52,8 @@ SUGGESTIONS = 3
 NO_RANDOMNESS = np.random.default_rng(0)  # the test geometry draws nothing; the transforms take a generator
 
 
-def read_support_mask(path: str | Path) -> np.ndarray:
-    """A support mask file as uint8 {0, 1, 255} (object 1, ignore 255); rules in the module docstring."""
+def read_support_mask(path: str | Path, ignore_label: int) -> np.ndarray:
+    """A support mask file as uint8 {0, 1, ``ignore_label``} (object 1); rules in the module docstring."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: support mask not found; give --support IMAGE MASK with existing files")
@@ -60,7 +61,7 @@ def read_support_mask(path: str | Path) -> np.ndarray:
     if set(np.unique(values).tolist()) <= {0, MASK_FOREGROUND}:
         return (values == MASK_FOREGROUND).astype(np.uint8)
     mask = (values != 0).astype(np.uint8)
-    mask[values == IGNORE_INDEX] = IGNORE_INDEX
+    mask[values == ignore_label] = ignore_label
     return mask
 
 
@@ -110,18 +111,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, ann_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, ann_type: str,
+                  ignore_label: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``--support IMAGE MASK`` pairs as network input: images ``[K, 3, S, S]`` and masks ``[K, S, S]``."""
     supports, masks = [], []
     for image_path, mask_path in pairs:
-        rgb, mask = read_image(_existing(image_path, "--support")), read_support_mask(mask_path)
+        rgb, mask = read_image(_existing(image_path, "--support")), read_support_mask(mask_path, ignore_label)
         if rgb.shape[:2] != mask.shape:
             raise UserError(f"support mask {mask_path} is {mask.shape} but its image {image_path} is {rgb.shape[:2]}; "
                             "they must have the same height and width")
         if not (mask == 1).any():
             raise UserError(f"support mask {mask_path} marks no object pixel; see --help for the mask format")
         if ann_type == "bbox":
-            mask = bbox_mask(mask, IGNORE_INDEX)
+            mask = bbox_mask(mask, ignore_label)
         support, support_mask = transform(rgb, mask, NO_RANDOMNESS)
         supports.append(support)
         masks.append(support_mask)
@@ -134,7 +136,7 @@ def load_model(cfg: Config, weight: Path, device: torch.device) -> MIANet:
     state = load_checkpoint(weight)
     check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
     check_model_identity(state, cfg, weight)
-    model = MIANet.from_config(cfg)
+    model = build_mianet(cfg)
     load_model_state(model, state["model"], weight)
     return model.to(device).eval()
 
@@ -150,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_amp(cfg.amp, device)
     class_id = class_id_for(args.class_name, cfg.dataset)
     transform = build_transform(cfg, train=False)
-    supports, masks = read_supports(args.support, transform, cfg.ann_type)
+    supports, masks = read_supports(args.support, transform, cfg.ann_type, cfg.ignore_label)
     query_rgb = read_image(_existing(args.query, "--query"))
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)

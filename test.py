@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from model.mianet import MIANet
 from util.backbone_weights import SOURCE_KEY, source_in
 from util.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, describe_identity,
                               load_checkpoint, load_model_state, stage2_weight)
 from util.cli import config_from_cli
-from util.distributed import init_distributed, shutdown_distributed
 from util.dataset import EpisodeDataset
+from util.distributed import init_distributed, shutdown_distributed
 from util.errors import cli_entry
 from util.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
+from util.model_io import build_mianet
 from util.report import format_run_table, results_path
 from util.runlog import RunLog
 from util.runtime import check_amp, seed_everything
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         state = load_checkpoint(weight)
         check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
         identity = check_model_identity(state, cfg, weight)
-        model = MIANet.from_config(cfg)
+        model = build_mianet(cfg)
         load_model_state(model, state["model"], weight)
         model.to(ctx.device)
         out_path = results_path(cfg)

@@ -26,6 +26,6 @@ for k in $folds; do
     exit 2
   fi
   "${launch[@]}" test.py --config "$cfg" shot "$shot" "$@"
-  results+=("$(python -m util.report --results-path --config "$cfg" shot "$shot" "$@")")
+  results+=("$(python -m tools.report --results-path --config "$cfg" shot "$shot" "$@")")
 done
-python -m util.report --chart "${results[@]}"
+python -m tools.report --chart "${results[@]}"

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from model.mianet import MIANet
 from util.backbone_weights import SOURCE_KEY, recorded_source, source_notices
 from util.checkpoint import base_weight_path, check_base_learner, meta_run_dir, run_identity
 from util.classes import class_names
 from util.config import Config
-from util.dataset import EpisodeDataset, collate_episodes
+from util.dataset import EpisodeDataset, episode_collate
 from util.distributed import DistContext
 from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import UserError, cli_entry
 from util.evaluator import episode_scores_summary, evaluate_episodes
+from util.model_io import build_mianet, load_base_learner
 from util.runtime import epoch_seed
 
 
@@ -31,14 +31,15 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
                         f"(python train_base.py with the same config) or set base_weight")
     check_base_learner(base_weight, cfg)
-    model = MIANet.from_config(cfg)
-    model.load_base_learner(base_weight)
+    model = build_mianet(cfg)
+    load_base_learner(model, base_weight)
     source = recorded_source(base_weight)
     names = class_names(cfg.dataset)
     val_set = EpisodeDataset(cfg, "val", episodes=cfg.val_episodes, seed=cfg.seed)
 
     def validate(net) -> dict[str, float]:
-        scores = evaluate_episodes(net, val_set, ctx, num_classes=len(names), batch_size=cfg.test_batch_size,
+        scores = evaluate_episodes(net, val_set, ctx, num_classes=len(names), ignore_label=cfg.ignore_label,
+                                   batch_size=cfg.test_batch_size,
                                    ori_resize=cfg.ori_resize, workers=cfg.workers, amp=cfg.amp, desc="val novel classes")
         summary = episode_scores_summary(scores, names)
         return {"miou": summary["miou"], "fbiou": summary["fbiou"]}
@@ -57,7 +58,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters),
         identity=run_identity(cfg, "meta") | {"base_weight": str(base_weight)},
         validate=validate,
-        collate=collate_episodes,
+        collate=episode_collate(cfg.ignore_label),
         record={SOURCE_KEY: source},
         notices=source_notices(source),
     )

@@ -26,7 +26,7 @@ for k in $folds; do
     echo "error: $cfg not found; datasets/backbones with configs: $(cd config && ls -d */*/ | tr '\n' ' ')" >&2
     exit 2
   fi
-  base_done=$(python -m util.runguard --stage1-done --config "$cfg" resume auto "$@")
+  base_done=$(python -m tools.runguard --stage1-done --config "$cfg" resume auto "$@")
   if [ -n "$base_done" ]; then
     echo "stage 1 done ($base_done), skipping"
   else

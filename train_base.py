@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from model.pspnet import PSPNet
 from util.backbone_weights import SOURCE_KEY, source_notices
 from util.checkpoint import base_run_dir, run_identity
 from util.classes import base_classes
@@ -18,6 +17,7 @@ from util.distributed import DistContext
 from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import cli_entry
 from util.evaluator import evaluate_semantic
+from util.model_io import build_pspnet
 from util.runtime import epoch_seed
 
 
@@ -28,12 +28,13 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     times it; the run stops early after ``base_stop_patience`` epochs without a better validation mIoU.
     Its checkpoints record where the backbone's starting weights came from (ImageNet file, or random).
     """
-    model = PSPNet.from_config(cfg)
+    model = build_pspnet(cfg)
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
     val_set = BaseClassDataset(cfg, "val")
 
     def validate(net) -> dict[str, float]:
-        return evaluate_semantic(net, val_set, ctx, num_classes=num_classes, batch_size=cfg.test_batch_size,
+        return evaluate_semantic(net, val_set, ctx, num_classes=num_classes, ignore_label=cfg.ignore_label,
+                                 batch_size=cfg.test_batch_size,
                                  workers=cfg.workers, amp=cfg.amp, desc="val base classes")
 
     return TrainJob(

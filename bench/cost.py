@@ -21,12 +21,13 @@ from typing import Callable
 
 import torch
 
-from bench.speed import PeakMemory, _sync, episode_tensors
+from bench.speed import PeakMemory, _sync
 from model.backbone import build_backbone
-from model.mianet import MIANet
 from model.pspnet import PSPNet
 from util.classes import base_classes
 from util.config import Config, load_config
+from util.model_io import build_mianet
+from util.random_inputs import episode_tensors
 from util.runtime import resolve_device
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -67,7 +68,7 @@ class Timer:
 def stage1_rows(args: argparse.Namespace, cfg: Config, device: torch.device, timed: Timer) -> list[tuple]:
     """A stage-1 training iteration and a validation image of a random PSPNet."""
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
-    pspnet = PSPNet(build_backbone(args.backbone), num_classes).to(device)
+    pspnet = PSPNet(build_backbone(args.backbone), num_classes, cfg.ignore_label).to(device)
     optimizer = torch.optim.SGD(pspnet.parameter_groups(cfg.base_learner_lr, cfg.base_head_lr_mult),
                                 lr=cfg.base_learner_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(1)
@@ -94,11 +95,11 @@ def stage1_rows(args: argparse.Namespace, cfg: Config, device: torch.device, tim
 
 def stage2_rows(args: argparse.Namespace, cfg: Config, device: torch.device, timed: Timer) -> list[tuple]:
     """A stage-2 training iteration and a test episode of a random MIANet."""
-    mianet = MIANet.from_config(cfg).to(device)
+    mianet = build_mianet(cfg).to(device)
     optimizer = torch.optim.SGD(list(mianet.trainable_parameters()), lr=cfg.base_lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    train = episode_tensors(args.stage2_batch, args.shots, args.size, device)
-    test = episode_tensors(1, args.shots, args.size, device)
+    train = episode_tensors(args.stage2_batch, args.shots, args.size, device, cfg.ignore_label)
+    test = episode_tensors(1, args.shots, args.size, device, cfg.ignore_label)
 
     def step() -> None:
         mianet.train()

@@ -41,13 +41,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.mianet import MIANet
 from util.config import Config, load_config
-from util.dataset import EpisodeDataset, collate_episodes
+from util.dataset import EpisodeDataset, episode_collate
 from util.distributed import DistContext
 from util.evaluator import run_protocol
 from util.make_lists import make_lists
 from util.make_synth import make_synth
+from util.model_io import build_mianet
+from util.random_inputs import episode_tensors
 from util.runtime import resolve_device
 
 TARGETS = {"eval": 1.15, "train": 1.3, "test": 1.2}  # overhead ratios (see above); test.py s/episode / eval latency
@@ -136,29 +137,12 @@ class Row:
         return statistics.median(m / (f + w) for m, f, w in zip(self.measured, self.floor, work))
 
 
-def episode_tensors(batch: int, shots: int, size: int, device: torch.device,
-                    seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Random images (seed: ``size * 10 + shots`` unless given); support masks and query label with a
-    foreground box, background and a 255 border; class ids 1..batch."""
-    gen = torch.Generator().manual_seed(size * 10 + shots if seed is None else seed)
-    masks = torch.zeros(batch, shots, size, size, dtype=torch.long)
-    masks[..., size // 4: size * 3 // 4, size // 5: size * 2 // 3] = 1
-    masks[..., :3, :] = 255
-    label = torch.zeros(batch, size, size, dtype=torch.long)
-    label[:, size // 3:, : size // 2] = 1
-    label[:, -2:, :] = 255
-    tensors = {"query": torch.randn(batch, 3, size, size, generator=gen),
-               "supports": torch.randn(batch, shots, 3, size, size, generator=gen), "support_masks": masks,
-               "class_ids": torch.arange(1, batch + 1), "query_label": label}
-    return {k: v.to(device) for k, v in tensors.items()}
-
-
 class Bench:
     """The model, its optimizer and the instruments shared by every measurement."""
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.device = device
-        self.model = MIANet.from_config(cfg).to(device)
+        self.model = build_mianet(cfg).to(device)
         self.optimizer = torch.optim.SGD(list(self.model.trainable_parameters()), lr=cfg.base_lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         trainable = [m for name, m in self.model.named_children()
@@ -223,7 +207,8 @@ class Bench:
 
 def loader_rate(dataset: EpisodeDataset, batch_size: int, workers: int, seconds: float) -> float:
     """Episodes/s of a DataLoader over ``dataset`` for about ``seconds``, timed after every worker delivered a batch."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_episodes)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=episode_collate(dataset.cfg.ignore_label))
     skip, start, counted = max(1, workers), 0.0, 0
     for index, _ in enumerate(loader):
         if index + 1 == skip:
@@ -287,7 +272,7 @@ def main() -> None:
         model = bench.model
 
         rows = [Row(size, shots, path) for size in sizes for shots in SHOTS for path in ("eval", "train")]
-        inputs = {id(row): episode_tensors(row.batch, row.shots, row.size, device) for row in rows}
+        inputs = {id(row): episode_tensors(row.batch, row.shots, row.size, device, model.ignore_label) for row in rows}
         bare = []
         cpu_started, wall_started = time.process_time(), time.perf_counter()
         for repeat in range(repeats):

@@ -6,7 +6,6 @@ level is the mean of the K per-shot priors, and the triplet loss sees the local 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -18,7 +17,6 @@ from model.gim import GeneralInformationGenerator, local_feature_generator, trip
 from model.hpm import hierarchical_priors, pyramid_bins, weighted_sum
 from model.ifm import InformationFusion
 from model.resize import bilinear
-from util.embeddings import load_class_embeddings
 from util.errors import UserError
 
 PROTOTYPE_EPS = 5e-4
@@ -61,7 +59,7 @@ class MIANet(nn.Module):
     def __init__(self, backbone: Backbone, word_vectors: torch.Tensor, *, reduce_dim: int = 256, use_gim: bool = True,
                  use_hpm: bool = True, prior_scale: float = 1.0, freeze_backbone_bn: bool = True,
                  triplet_margin: float = 0.5, aux_weight: float = 1.0, zoom_factor: int = 8,
-                 ignore_label: int = 255) -> None:
+                 ignore_label: int) -> None:
         super().__init__()
         if not prior_scale > 0:
             raise UserError(f"config key 'prior_scale' must be a number > 0 (1 = the reference), got {prior_scale!r}")
@@ -84,20 +82,15 @@ class MIANet(nn.Module):
         self.train()
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "MIANet":
-        """Build from a config; the backbone is random until :meth:`load_base_learner` or a checkpoint load."""
+    def from_config(cls, cfg: Mapping[str, Any], word_vectors: torch.Tensor) -> "MIANet":
+        """Build from a config and its class-name vectors (:func:`util.model_io.build_mianet` reads them); the
+        backbone is random until a base learner's or a checkpoint's state dict is loaded."""
         return cls(
-            build_backbone(cfg["backbone"]), load_class_embeddings(cfg["embedding_file"], cfg["dataset"]),
+            build_backbone(cfg["backbone"]), word_vectors,
             reduce_dim=cfg["reduce_dim"], use_gim=cfg["use_gim"], use_hpm=cfg["use_hpm"], prior_scale=cfg["prior_scale"],
             freeze_backbone_bn=cfg["freeze_backbone_bn"], triplet_margin=cfg["triplet_margin"],
             aux_weight=cfg["aux_weight"], zoom_factor=cfg["zoom_factor"], ignore_label=cfg["ignore_label"],
         )
-
-    def load_base_learner(self, path: str | Path) -> None:
-        """Copy the backbone of a stage-1 checkpoint (ours or a reference/BAM PSPNet file) into this model."""
-        from util.checkpoint_import import base_learner_backbone_state
-
-        self.backbone.load_state_dict(base_learner_backbone_state(path, self.backbone))
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Everything but the backbone: down_features, GIG, LFG and IFM."""

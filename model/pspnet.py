@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.backbone import Backbone, build_backbone, cpu_layout
-from util.backbone_weights import RANDOM, initialise_backbone
+from model.resize import bilinear
+from util.backbone_weights import RANDOM
 from util.classes import base_classes
 
 
@@ -30,7 +31,7 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(f(x), size=size, mode="bilinear", align_corners=True) for f in self.features]
+        pooled = [bilinear(f(x), size) for f in self.features]
         return torch.cat([x, *pooled], dim=1)
 
 
@@ -38,10 +39,10 @@ class PSPNet(nn.Module):
     """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{logits, loss}`` with labels.
 
     ``backbone_source`` says where the backbone's starting weights came from (``random`` unless
-    :meth:`from_config` loaded ImageNet weights); stage 1 records it in its checkpoints.
+    :func:`util.model_io.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int = 255, dropout: float = 0.1) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = backbone
         channels = backbone.channels[4]
@@ -54,13 +55,13 @@ class PSPNet(nn.Module):
         self.backbone_source = RANDOM
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "PSPNet":
-        """The base learner of ``cfg``'s fold: base classes + background, ImageNet-initialised if configured."""
-        backbone = build_backbone(cfg["backbone"])
-        source = initialise_backbone(backbone, cfg)
+    def from_config(cls, cfg: Mapping[str, Any], backbone: Backbone | None = None,
+                    backbone_source: str = RANDOM) -> "PSPNet":
+        """The base learner of ``cfg``'s fold (base classes + background) around ``backbone`` (a random one of
+        ``cfg['backbone']`` if None) whose weights came from ``backbone_source``."""
         num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
-        model = cls(backbone, num_classes, ignore_label=cfg["ignore_label"])
-        model.backbone_source = source
+        model = cls(backbone or build_backbone(cfg["backbone"]), num_classes, ignore_label=cfg["ignore_label"])
+        model.backbone_source = backbone_source
         return model
 
     def parameter_groups(self, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
@@ -73,7 +74,7 @@ class PSPNet(nn.Module):
         """Per-class logits at the input size; with ``labels`` (train) also the cross-entropy ``loss``."""
         layer4 = self.backbone(cpu_layout(images))[4]
         logits = self.cls(self.ppm(layer4))
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        logits = bilinear(logits, images.shape[-2:])
         if labels is None:
             return logits
         loss = F.cross_entropy(logits, labels.long(), ignore_index=self.ignore_label)

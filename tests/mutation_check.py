@@ -73,7 +73,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              (T + "test_data_transform.py::test_scale_rotation_and_flip_are_drawn_in_range_at_the_stated_rates",
               T + "test_data_transform.py::test_blur_changes_the_image_about_half_the_time")),
     Mutation("engine autocast forced off", "util/engine.py",
-             'with autocast(ctx.device, cfg["amp"]):', 'with autocast(ctx.device, "off"):',
+             'with autocast(self.ctx.device, self.options.amp):', 'with autocast(self.ctx.device, "off"):',
              (T + "test_engine_loop.py::test_training_forward_runs_in_the_amp_precision[bf16-dtype1]",)),
     # ---- metrics and evaluator scoring
     Mutation("ignore pixels counted in IoU", "util/metrics.py",
@@ -138,10 +138,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              "previous = bilinear(merge, size)", "previous = merge",
              (T + "test_model_hpm_gim.py::test_information_fusion_matches_the_reference_fusion",)),
     # ---- checkpoint importer
-    Mutation("importer leaves the IFM modules at the top level", "util/checkpoint_import.py",
+    Mutation("importer leaves the IFM modules at the top level", "util/checkpoint_layouts.py",
              'mapped[f"ifm.{key}"] = value', "mapped[key] = value",
              (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
-    Mutation("importer keeps GIG's reference name", "util/checkpoint_import.py",
+    Mutation("importer keeps GIG's reference name", "util/checkpoint_layouts.py",
              '_MIANET_RENAMES = {"GIG.": "gig.",', '_MIANET_RENAMES = {"GIG.": "GIG.",',
              (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
     # ---- config schema

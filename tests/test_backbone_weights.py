@@ -7,11 +7,11 @@ import torch
 import torchvision
 
 from model.backbone import build_backbone
-from model.pspnet import PSPNet
 from util.backbone_weights import (IMAGENET_FILES, RANDOM, SEMSEG_MODELS, initialise_backbone, load_imagenet_file,
                                    recorded_source, source_notices)
 from util.config import load_config
 from util.errors import UserError
+from util.model_io import build_pspnet
 
 
 def _randomise_bn(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -101,10 +101,10 @@ def test_the_default_place_is_used_and_recorded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "initmodel").mkdir()
     net = _torchvision_file("vgg16_bn", tmp_path / "initmodel" / "vgg16_bn.pth")
-    model = PSPNet.from_config(_cfg("vgg16_bn"))
+    model = build_pspnet(_cfg("vgg16_bn"))
     assert model.backbone_source == "imagenet initmodel/vgg16_bn.pth"
     assert torch.equal(model.backbone.layer4[0].weight, net.features[34].weight)
-    random = PSPNet.from_config(_cfg("vgg16_bn", pretrained_backbone=False))
+    random = build_pspnet(_cfg("vgg16_bn", pretrained_backbone=False))
     assert random.backbone_source == RANDOM
     assert source_notices(RANDOM)[-1].startswith("WARNING: the backbone started from RANDOM weights")
     assert len(source_notices("imagenet initmodel/vgg16_bn.pth")) == 1
@@ -122,7 +122,7 @@ def test_the_default_place_is_used_and_recorded(tmp_path, monkeypatch):
 def test_a_missing_file_says_what_to_put_where(tmp_path, monkeypatch, backbone, wanted, unwanted):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as info:
-        PSPNet.from_config(_cfg(backbone))
+        build_pspnet(_cfg(backbone))
     message = str(info.value)
     assert all(text in message for text in wanted), message
     assert not any(text in message for text in unwanted), message

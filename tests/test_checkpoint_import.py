@@ -15,15 +15,15 @@ import torch
 
 from model.backbone import Backbone, build_backbone
 from model.hpm import pyramid_bins
-from model.mianet import MIANet
+from tests.reference_forward import reference_forward
+from tests.test_model_reference import assert_logits_close, episode
+from tools.checkpoint_import import main
 from util.checkpoint import load_checkpoint
-from util.checkpoint_import import (base_learner_backbone_state, import_checkpoint, main, mianet_from_reference,
-                                    pspnet_from_reference)
+from util.checkpoint_layouts import mianet_from_reference, pspnet_from_reference
 from util.classes import base_classes
 from util.config import Config, load_config
 from util.errors import UserError
-from tests.reference_forward import reference_forward
-from tests.test_model_reference import assert_logits_close, episode
+from util.model_io import base_learner_backbone_state, build_mianet, import_checkpoint
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 PASCAL_CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "pascal" / "resnet50" / "split0.yaml")
@@ -185,7 +185,7 @@ def test_official_mianet_import_places_every_tensor(imported_mianet, backbone_of
 
 def test_imported_mianet_loads_strictly_matches_official_trainable_count_and_runs(imported_mianet):
     source, out, cfg = imported_mianet("resnet50")
-    model = MIANet.from_config(cfg)
+    model = build_mianet(cfg)
     model.load_state_dict(load_checkpoint(out)["model"], strict=True)
     reference = reference_state(source)
     official_trainable = sum(reference[k].numel() for k in own_keys(reference) if not k.startswith(STAGES))
@@ -210,7 +210,7 @@ def test_imported_official_mianet_computes_what_the_reference_computes(imported_
     backbone copy loaded from the file's layerN.* keys): the same logits (float64, 233 px, 1-shot)."""
     source, out, cfg = imported_mianet(backbone)
     reference = {k: v.double() if v.is_floating_point() else v for k, v in reference_state(source).items()}
-    model = MIANet.from_config(cfg)
+    model = build_mianet(cfg)
     model.load_state_dict(load_checkpoint(out)["model"], strict=True)
     model.double().eval()
     oracle_backbone = build_backbone(backbone).double().eval()
@@ -239,7 +239,7 @@ def test_bam_pspnet_import_and_base_learner_backbone(reference_file, backbone_of
     assert len(base_classes(dataset, cfg.split, cfg.coco_split_style)) + 1 == head_rows
 
     source = reference_file(key_list, prefix)
-    # import_checkpoint loads strictly into PSPNet.from_config(cfg) before saving, so the head must have head_rows
+    # import_checkpoint loads strictly into build_pspnet(cfg) before saving, so the head must have head_rows
     out = import_checkpoint(source, "pspnet", cfg, tmp_path / "base.pth")
     reference = reference_state(source)
     placed = trace_values(reference, [k for k in reference if not k.startswith("encoder.")], load_checkpoint(out)["model"])
@@ -294,7 +294,7 @@ def test_help_shows_the_examples_as_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     lines = capsys.readouterr().out.splitlines()
-    first = lines.index("    python -m util.checkpoint_import --config config/pascal/resnet50/split0.yaml \\")
+    first = lines.index("    python -m tools.checkpoint_import --config config/pascal/resnet50/split0.yaml \\")
     assert lines[first + 1].startswith("        --mianet train_epoch_xx.pth --out ")
     assert lines[first + 3].startswith("        --pspnet PSPNet_res50/best.pth --out ")
 

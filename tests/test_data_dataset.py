@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.fixtures_data import data_config, pascal_pool
-from util.dataset import BaseClassDataset, EpisodeDataset, collate_episodes, read_label
+from util.dataset import BaseClassDataset, EpisodeDataset, collate_episodes, episode_collate, read_label
 from util.errors import UserError
 from util.image_io import write_label
 from util.make_lists import make_lists
@@ -61,7 +61,7 @@ def test_dataloader_worker_count_does_not_matter(synth):
     dataset = EpisodeDataset(cfg, "val", episodes=6, seed=3)
     batches = {}
     for workers in (0, 2):
-        loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate_episodes)
+        loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=episode_collate(255))
         batches[workers] = list(loader)
     for a, b in zip(batches[0], batches[2]):
         assert_same(a, b)
@@ -110,7 +110,7 @@ def test_val_labels_and_original_size_label(synth):
         label = sample["query_label"]
         assert (label[new_h:] == 255).all() and (label[:, new_w:] == 255).all()
         assert (label[:new_h, :new_w] == 1).any()
-    batch = collate_episodes([dataset[0], dataset[1]])
+    batch = collate_episodes([dataset[0], dataset[1]], 255)
     ori = [dataset[i]["query_label_ori"] for i in (0, 1)]
     height, width = max(o.shape[0] for o in ori), max(o.shape[1] for o in ori)
     assert batch["query_label_ori"].shape == (2, height, width)
@@ -216,7 +216,7 @@ def test_missing_data_root_and_list(pascal, tmp_path):
     root, _ = pascal
     with pytest.raises(UserError, match="data_root .* does not exist.*make_synth --root"):
         EpisodeDataset(data_config(tmp_path / "none", tmp_path), "train")
-    with pytest.raises(UserError, match=r"list not found; generate it with: python -m util.make_lists --dataset pascal"):
+    with pytest.raises(UserError, match=r"list not found; generate it with: python -m tools.make_lists --dataset pascal"):
         EpisodeDataset(data_config(root, tmp_path / "empty", dataset="pascal"), "val")
 
 

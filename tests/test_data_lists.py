@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from tests.fixtures_data import block_label, pascal_pool, write_pool, write_rgb
+from tools.make_lists import main
 from util.errors import UserError
 from util.fss_lists import SUBSETS, fold_list_path, read_fold_list
 from util.image_io import read_label, write_label
-from util.make_lists import main, make_lists
+from util.make_lists import make_lists
 
 
 def load(path):
@@ -95,8 +96,8 @@ def test_old_format_list_asks_to_regenerate(pascal_lists, tmp_path):
     data["items"] = [item[:3] for item in data["items"]]
     old.write_text(json.dumps(data))
     with pytest.raises(UserError, match=r"val_min2048.json: list format 1, this code reads format 2 .*regenerate "
-                                        r"the lists with: python -m util.make_lists --dataset pascal"):
-        read_fold_list(old, "python -m util.make_lists --dataset pascal --data-root x --list-root y")
+                                        r"the lists with: python -m tools.make_lists --dataset pascal"):
+        read_fold_list(old, "python -m tools.make_lists --dataset pascal --data-root x --list-root y")
 
 
 def test_lists_reproducible_byte_for_byte(pascal_lists, tmp_path):

@@ -89,9 +89,9 @@ def test_foreground_anchored_crop_keeps_a_small_foreground():
 
 def test_binary_and_bbox_masks():
     label = np.array([[0, 3, 3, 255], [5, 0, 3, 0], [0, 0, 0, 255]], np.uint8)
-    binary = binary_label(label, 3)
+    binary = binary_label(label, 3, 255)
     assert binary.tolist() == [[0, 1, 1, 255], [0, 0, 1, 0], [0, 0, 0, 255]]
-    assert bbox_mask(binary).tolist() == [[0, 1, 1, 255], [0, 1, 1, 0], [0, 0, 0, 255]]
+    assert bbox_mask(binary, 255).tolist() == [[0, 1, 1, 255], [0, 1, 1, 0], [0, 0, 0, 255]]
 
 
 # ---------------------------------------------------------------- the random augmentations, measured over seeds

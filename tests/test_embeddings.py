@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from tools.embed_classes import main
 from util.classes import PASCAL_CLASSES, SYNTH_CLASSES, class_names, num_classes
 from util.embed_classes import (
-    FASTTEXT_BIN_MAGIC, build_embeddings, default_name, file_vectors, main, name_words, read_names_file,
+    FASTTEXT_BIN_MAGIC, build_embeddings, default_name, file_vectors, name_words, read_names_file,
 )
 from util.embeddings import default_embedding_file, load_class_embeddings
 from util.errors import UserError
@@ -230,6 +231,25 @@ def test_cli_pascal_rows_follow_class_ids_and_load(tmp_path):
     np.testing.assert_allclose(table[0].numpy(), unit(vocabulary["background"]), atol=1e-6)
 
 
+def test_a_write_that_fails_midway_keeps_the_previous_table(tmp_path, monkeypatch):
+    """write_embeddings goes through util.atomic: a crash while saving leaves the old file whole and no temporary."""
+    import util.embed_classes as embed_classes
+
+    matrix, rows = np.ones((21, 6), np.float32), embed_classes.class_rows(PASCAL_CLASSES)
+    path = embed_classes.write_embeddings(tmp_path, "pascal", "tiny", matrix, rows, "glove50", "first")
+    before = path.read_bytes()
+
+    def save_half(handle, array):
+        handle.write(b"\x93NUMPY")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embed_classes.np, "save", save_half)
+    with pytest.raises(OSError, match="No space left"):
+        embed_classes.write_embeddings(tmp_path, "pascal", "tiny", 2 * matrix, rows, "glove50", "second")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["pascal_tiny.json",
+                                                                                         "pascal_tiny.npy"]
+
+
 def test_cli_names_file_for_synth(tmp_path):
     names_file = tmp_path / "class_names.txt"
     names_file.write_text("\n".join(SYNTH_CLASSES) + "\n\n", encoding="utf-8")
@@ -318,7 +338,7 @@ def test_loader_rejects_bad_arrays_naming_the_file(tmp_path, array, expected):
 
 
 def test_loader_file_errors(tmp_path):
-    with pytest.raises(UserError, match=r"missing.npy not found.*util.embed_classes --dataset coco"):
+    with pytest.raises(UserError, match=r"missing.npy not found.*tools.embed_classes --dataset coco"):
         load_class_embeddings(tmp_path / "missing.npy", "coco")
     (tmp_path / "table.csv").write_text("1,2\n")
     with pytest.raises(UserError, match="table.csv: class embeddings must be a .npy or .pkl"):

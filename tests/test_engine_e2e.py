@@ -11,7 +11,6 @@ import torch
 import test as test_script
 import train as train_script
 import train_base as train_base_script
-from model.mianet import MIANet
 from tests.fixtures_engine import Crash, make_tiny_synth
 from util.backbone_weights import RANDOM_WARNING
 from util.checkpoint import load_checkpoint
@@ -20,6 +19,7 @@ from util.config import load_config
 from util.dataset import EpisodeDataset
 from util.image_io import read_label
 from util.metrics import predict_on_label
+from util.model_io import build_mianet
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def assert_numbers_of_a_reevaluation(cfg, weight: Path, entry: dict) -> None:
     """One seed's numbers in results.json against the saved weights run again here, one episode at a time, with
     intersections and unions counted in numpy (foreground per class; background and foreground for FB-IoU),
     and the every-object baseline counted from the label files."""
-    model = MIANet.from_config(cfg)
+    model = build_mianet(cfg)
     model.load_state_dict(load_checkpoint(weight)["model"])
     model.eval()
     episodes = EpisodeDataset(cfg, "val", episodes=cfg.test_episodes, seed=entry["seed"])

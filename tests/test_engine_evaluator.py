@@ -51,8 +51,8 @@ def _by_hand(episodes: EpisodeDataset, data_root: str, predict) -> dict[int, tup
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_all_foreground_scores_match_hand_counts_at_original_size(synth_cfg, batch_size):
     episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
-    scores = evaluate_episodes(EverythingForeground(), episodes, CPU, num_classes=20, batch_size=batch_size,
-                               ori_resize=True)
+    scores = evaluate_episodes(EverythingForeground(), episodes, CPU, num_classes=20, ignore_label=255,
+                               batch_size=batch_size, ori_resize=True)
     expected = _by_hand(episodes, synth_cfg.data_root, lambda semantic: np.ones(semantic.shape, bool))
     assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
     assert scores.episodes() == 7
@@ -88,8 +88,8 @@ def test_spatially_varying_prediction_on_non_square_images_matches_hand_counts(s
         side = max(height, width)
         return np.add.outer(np.arange(height), np.arange(width)) < 2 * threshold * (side - 1)
 
-    scores = evaluate_episodes(TopLeftTriangle(threshold), episodes, CPU, num_classes=20, batch_size=batch_size,
-                               ori_resize=True)
+    scores = evaluate_episodes(TopLeftTriangle(threshold), episodes, CPU, num_classes=20, ignore_label=255,
+                               batch_size=batch_size, ori_resize=True)
     expected = _by_hand(episodes, synth_cfg.data_root, triangle)
     assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
     assert any(0 < inter < union for inter, union in expected.values())
@@ -97,7 +97,7 @@ def test_spatially_varying_prediction_on_non_square_images_matches_hand_counts(s
 
 def test_every_object_baseline_matches_hand_counts(synth_cfg):
     episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
-    scores = every_object_baseline(episodes, synth_cfg.data_root, CPU, 20)
+    scores = every_object_baseline(episodes, synth_cfg.data_root, CPU, 20, 255)
     expected = _by_hand(episodes, synth_cfg.data_root, lambda semantic: (semantic != 0) & (semantic != 255))
     assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
     assert 0 < scores.miou() <= 1

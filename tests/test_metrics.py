@@ -13,18 +13,18 @@ LABEL = torch.tensor([[1, 0, 0], [255, 1, 1]])
 
 
 def test_intersection_union_by_hand():
-    inter, union = intersection_union(PRED, LABEL, 2)
+    inter, union = intersection_union(PRED, LABEL, 2, 255)
     assert inter.tolist() == [1, 2] and union.tolist() == [3, 4]
 
 
 def test_ignored_pixels_count_nowhere():
     pred = PRED.clone()
     pred[1, 0] = 1  # the prediction under the ignore pixel must not matter
-    assert [t.tolist() for t in intersection_union(pred, LABEL, 2)] == [[1, 2], [3, 4]]
+    assert [t.tolist() for t in intersection_union(pred, LABEL, 2, 255)] == [[1, 2], [3, 4]]
 
 
 def test_class_iou_sums_counts_over_episodes_then_averages_classes():
-    scores = FewShotIoU(num_classes=5)
+    scores = FewShotIoU(num_classes=5, ignore_index=255)
     scores.update(PRED, LABEL, class_id=3)                                      # I 2, U 4
     scores.update(torch.tensor([[1, 0]]), torch.tensor([[1, 0]]), class_id=3)     # I 1, U 1
     scores.update(torch.tensor([[1, 0]]), torch.tensor([[0, 1]]), class_id=5)     # I 0, U 2
@@ -36,13 +36,13 @@ def test_class_iou_sums_counts_over_episodes_then_averages_classes():
 
 
 def test_semantic_miou_over_selected_classes():
-    scores = SemanticIoU(3)
+    scores = SemanticIoU(3, 255)
     scores.update(torch.tensor([0, 1, 2, 2, 1]), torch.tensor([0, 1, 1, 2, 255]))
     # class 0: 1/1, class 1: I 1 U 2, class 2: I 1 U 2
     assert scores.iou().tolist() == [1.0, 0.5, 0.5]
     assert scores.miou([1, 2]) == pytest.approx(0.5)
     assert scores.miou() == pytest.approx(2 / 3)
-    assert math.isnan(SemanticIoU(2).miou())
+    assert math.isnan(SemanticIoU(2, 255).miou())
 
 
 def _two_class_logits(foreground_score: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_ori_resize_upsamples_bilinear_align_corners():
     pred = predict_on_label(_two_class_logits(score), (5, 3), ori_size=(5, 3))
     expected = torch.tensor(row).expand(5, 3)
     assert torch.equal(pred, expected)
-    scores = FewShotIoU(1)
+    scores = FewShotIoU(1, 255)
     scores.update(pred, expected.clone(), 1)
     assert scores.miou() == 1.0 and scores.fbiou() == 1.0
 
@@ -102,4 +102,4 @@ def test_label_grid_resize_is_bilinear_align_corners():
 
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
-        intersection_union(torch.zeros(2, 2), torch.zeros(2, 3), 2)
+        intersection_union(torch.zeros(2, 2), torch.zeros(2, 3), 2, 255)

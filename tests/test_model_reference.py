@@ -48,7 +48,7 @@ def build(backbone: str, seed: int = 0, dtype: torch.dtype = torch.float64, **op
     """A random MIANet and the word-vector table it was built from (row 0 kept, as a reference file has it)."""
     torch.manual_seed(seed)
     words = torch.nn.functional.normalize(torch.randn(CLASSES + 1, WORD_DIM), dim=1)
-    model = MIANet(build_backbone(backbone), words, **options)
+    model = MIANet(build_backbone(backbone), words, ignore_label=255, **options)
     randomise_batch_norm(model, seed)
     return model.to(dtype), words.to(dtype)
 

@@ -5,10 +5,11 @@ from typing import Any
 import pytest
 import torch
 
-from bench.speed import episode_tensors
 from model.mianet import MIANet
 from util.config import load_config
 from util.errors import UserError
+from util.model_io import build_mianet
+from util.random_inputs import episode_tensors
 
 TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
 
@@ -16,7 +17,7 @@ TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
 def build(backbone: str, dataset: str, **overrides: Any) -> MIANet:
     cfg = load_config(None, {"backbone": backbone, "dataset": dataset, "pretrained_backbone": False, **overrides})
     torch.manual_seed(0)
-    return MIANet.from_config(cfg)
+    return build_mianet(cfg)
 
 
 def lite0(**overrides: Any) -> MIANet:
@@ -25,7 +26,7 @@ def lite0(**overrides: Any) -> MIANet:
 
 def episode(batch: int, shots: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """The benchmark's random episode as (query, supports, support masks, class ids, query label)."""
-    tensors = episode_tensors(batch, shots, size, torch.device("cpu"), seed=seed)
+    tensors = episode_tensors(batch, shots, size, torch.device("cpu"), 255, seed=seed)
     return tuple(tensors[k] for k in ("query", "supports", "support_masks", "class_ids", "query_label"))
 
 
@@ -214,7 +215,7 @@ def test_prior_scale_must_be_positive(scale):
         lite0(prior_scale=scale)
     cfg = load_config(None, {"backbone": "efficientnet_lite0", "dataset": "synth", "pretrained_backbone": False})
     with pytest.raises(UserError, match="config key 'prior_scale' must be a number > 0"):  # a config made in code
-        MIANet.from_config(cfg | {"prior_scale": scale})
+        build_mianet(cfg | {"prior_scale": scale})
 
 
 def test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic():

@@ -13,12 +13,14 @@ from PIL import Image
 from torch import nn
 
 import predict
+from model.mianet import MIANet
 from util.checkpoint import save_atomic
 from util.classes import class_names
 from util.config import load_config
 from util.errors import UserError
 from util.image_io import read_image, read_label
 from util.make_synth import make_synth
+from util.model_io import build_mianet
 from util.transform import ResizePad
 from util.visualize import PRED_COLOUR, add_title, overlay_mask
 
@@ -80,15 +82,15 @@ def test_support_mask_formats(tmp_path, kind):
     else:
         path = write_png(tmp_path / "m.png", label)
         expected = label
-    assert np.array_equal(predict.read_support_mask(path), expected)
+    assert np.array_equal(predict.read_support_mask(path, 255), expected)
 
 
 def test_bad_masks_and_names_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        predict.read_support_mask(tmp_path / "missing.png")
+        predict.read_support_mask(tmp_path / "missing.png", 255)
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="cannot decode"):
-        predict.read_support_mask(tmp_path / "junk.png")
+        predict.read_support_mask(tmp_path / "junk.png", 255)
     assert predict.class_id_for(None, "pascal") == 0
     assert predict.class_id_for("Dog", "pascal") == class_names("pascal").index("dog") + 1
     assert predict.class_id_for("Potted Plant", "pascal") == class_names("pascal").index("pottedplant") + 1
@@ -122,7 +124,7 @@ class BrightnessNet(nn.Module):
 @pytest.fixture
 def brightness_net(monkeypatch, tmp_path):
     BrightnessNet.calls = []
-    monkeypatch.setattr(predict, "MIANet", BrightnessNet)
+    monkeypatch.setattr(predict, "build_mianet", BrightnessNet.from_config)
     weight = tmp_path / "standin.pth"
     save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
     return weight
@@ -201,7 +203,7 @@ def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
     """A MIANet with random weights (in eval mode) and its checkpoint, saved as the engine saves them."""
     cfg = load_config(SYNTH_CONFIG, overrides)
     torch.manual_seed(0)
-    model = predict.MIANet.from_config(cfg).eval()
+    model = predict.build_mianet(cfg).eval()
     return save_atomic({"model": model.state_dict(), "epoch": 0, "iteration": 0, "config": dict(cfg)}, path), model
 
 
@@ -242,7 +244,7 @@ def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path, monkeypatch)
 
     monkeypatch.setattr(evaluator, "FewShotIoU", RecordingScores)
     evaluator.evaluate_episodes(model, episodes, DistContext(0, 1, torch.device("cpu")), num_classes=20,
-                                ori_resize=True)
+                                ignore_label=255, ori_resize=True)
     assert len(scored) == 1
     assert 0 < scored[0].float().mean() < 1  # both classes predicted, so the geometry shows
     assert np.array_equal(written // 255, scored[0].numpy())
@@ -257,14 +259,19 @@ def test_voc_photo_round_trip(tmp_path, monkeypatch):
     overrides = [*SMALL, "dataset", "pascal"]
     weight, _ = random_mianet(tmp_path / "pascal_random.pth", overrides)
 
-    class RecordingMIANet(predict.MIANet):
+    class RecordingMIANet(MIANet):
         inputs: list = []
 
         def forward(self, *inputs):
             RecordingMIANet.inputs.append(inputs)
             return super().forward(*inputs)
 
-    monkeypatch.setattr(predict, "MIANet", RecordingMIANet)
+    def build_recording(cfg):
+        model = build_mianet(cfg)
+        model.__class__ = RecordingMIANet
+        return model
+
+    monkeypatch.setattr(predict, "build_mianet", build_recording)
     small_query = write_rgb(tmp_path / "small.jpg", cv2.resize(voc["rgb"], (157, 118), interpolation=cv2.INTER_AREA))
     for query, name in ((photo, "person"), (small_query, None)):
         out = tmp_path / f"{query.stem}_mask.png"

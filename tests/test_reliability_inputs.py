@@ -112,17 +112,17 @@ def test_missing_data_root(tmp_path):
     assert f"data root '{missing}' does not exist" in message and "pass --data-root" in message
     message = user_error(EpisodeDataset, data_config(missing, tmp_path / "lists"), "train")
     assert f"data_root '{missing}' does not exist (config key data_root)" in message
-    assert f"python -m util.make_synth --root {missing}" in message
+    assert f"python -m tools.make_synth --root {missing}" in message
 
 
 def test_missing_list_files(voc, tmp_path):
     message = user_error(make_lists, "pascal", tmp_path, tmp_path / "lists")
-    assert f"{tmp_path / TRAIN_LIST}: image list not found" in message and "python -m util.prepare_pascal" in message
+    assert f"{tmp_path / TRAIN_LIST}: image list not found" in message and "python -m tools.prepare_pascal" in message
     root, _ = voc
     empty = tmp_path / "no_lists"
     message = user_error(EpisodeDataset, data_config(root, empty, dataset="pascal"), "val")
     assert f"{empty}/pascal/fold0/val_min2048.json: list not found" in message
-    assert f"generate it with: python -m util.make_lists --dataset pascal --data-root {root} --list-root {empty}" in message
+    assert f"generate it with: python -m tools.make_lists --dataset pascal --data-root {root} --list-root {empty}" in message
 
 
 def test_list_line_pointing_at_a_missing_file(voc_copy, tmp_path):
@@ -136,7 +136,7 @@ def test_list_line_pointing_at_a_missing_file(voc_copy, tmp_path):
     (root / "JPEGImages" / "v02_1.jpg").unlink()
     message = user_error(EpisodeDataset, data_config(root, lists, dataset="pascal"), "val")
     assert f"val_min2048.json: item 5: image {root}/JPEGImages/v02_1.jpg not found" in message
-    assert "regenerate the lists with: python -m util.make_lists --dataset pascal" in message
+    assert "regenerate the lists with: python -m tools.make_lists --dataset pascal" in message
 
 
 # ---------------------------------------------------------------- 4-6, 13: file contents
@@ -315,7 +315,7 @@ def test_embedding_table_with_the_wrong_row_count(tmp_path):
     message = user_error(load_class_embeddings, table, "pascal")
     assert message == (f"{table}: 81 rows, but dataset 'pascal' needs 21 (background + 20 classes); point config key "
                        "'embedding_file' at this dataset's table or build it with: "
-                       "python -m util.embed_classes --dataset pascal")
+                       "python -m tools.embed_classes --dataset pascal")
 
 
 # ---------------------------------------------------------------- 14: checkpoints
@@ -381,7 +381,7 @@ def test_disk_filling_up_inside_torch_save_keeps_the_previous_checkpoint(tmp_pat
 
 
 def test_cli_make_lists_missing_data_root(tmp_path):
-    line = run_cli(["-m", "util.make_lists", "--dataset", "synth", "--data-root", str(tmp_path / "nowhere")], tmp_path)
+    line = run_cli(["-m", "tools.make_lists", "--dataset", "synth", "--data-root", str(tmp_path / "nowhere")], tmp_path)
     assert line == (f"error: data root '{tmp_path / 'nowhere'}' does not exist; pass --data-root (config key "
                     "data_root) pointing at the prepared dataset")
     assert list(tmp_path.iterdir()) == []
@@ -391,7 +391,7 @@ def test_cli_make_lists_truncated_label_in_a_worker_process(tmp_path):
     small_pool(tmp_path, **{f"b{k}": block_label(64, 64, [(4, 0, 0, 60, 60)]) for k in range(5)})
     label = tmp_path / "SegmentationClassAug" / "b3.png"
     label.write_bytes(label.read_bytes()[:-40])
-    line = run_cli(["-m", "util.make_lists", "--dataset", "pascal", "--data-root", str(tmp_path),
+    line = run_cli(["-m", "tools.make_lists", "--dataset", "pascal", "--data-root", str(tmp_path),
                     "--list-root", str(tmp_path / "lists"), "--workers", "2"], tmp_path)
     assert line == f"error: {label}: cannot decode the label (image file is truncated); replace or regenerate it"
 
@@ -417,7 +417,7 @@ def test_cli_train_base_missing_data_root(train_base_runs):
     cwd, proc = train_base_runs["data_root"]
     assert error_line(proc) == (
         "error: data_root '/nonexistent/synth' does not exist (config key data_root); prepare the dataset "
-        "there (see README, Data preparation) or run: python -m util.make_synth --root /nonexistent/synth")
+        "there (see README, Data preparation) or run: python -m tools.make_synth --root /nonexistent/synth")
     assert list(cwd.iterdir()) == []  # no half-made run directory
 
 

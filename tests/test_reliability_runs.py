@@ -213,7 +213,7 @@ def test_train_sh_skips_an_imported_base_learner_and_finished_stages(stage1, tmp
     torch.save({"state_dict": {f"module.{k}": v for k, v in load_checkpoint(root / "base" / "best.pth")["model"].items()}},
                reference)
     imported = tmp_path / "imported" / "best.pth"
-    subprocess.run([sys.executable, "-m", "util.checkpoint_import", "--config", CONFIG, "--pspnet", str(reference),
+    subprocess.run([sys.executable, "-m", "tools.checkpoint_import", "--config", CONFIG, "--pspnet", str(reference),
                     "--out", str(imported), *args[2:]], cwd=REPO, check=True, capture_output=True)
     imported_sha = _sha(imported)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

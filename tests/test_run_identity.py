@@ -10,14 +10,13 @@ import torch
 import predict as predict_script
 import test as test_script
 import train as train_script
-from model.mianet import MIANet
-from model.pspnet import PSPNet
 from tests.fixtures_data import write_rgb
-from util import checkpoint_import, runguard
+from tools import checkpoint_import, runguard
 from util.checkpoint import base_run_dir, load_checkpoint, meta_run_dir, run_identity, save_atomic
 from util.config import load_config
 from util.errors import UserError, cli_entry
 from util.image_io import write_label
+from util.model_io import build_mianet, build_pspnet
 from util.runlog import RunLog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,8 +52,8 @@ def fwb_tree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(COCO0, SMALL)
     torch.manual_seed(0)
-    pspnet = reference_format(PSPNet.from_config(cfg).state_dict(), {"backbone.": ""})
-    mianet = reference_format(MIANet.from_config(cfg).state_dict(),
+    pspnet = reference_format(build_pspnet(cfg).state_dict(), {"backbone.": ""})
+    mianet = reference_format(build_mianet(cfg).state_dict(),
                               {"backbone.": "", "ifm.": "", "gig.": "GIG.", "lfg.": "LFG."})
     torch.save({"state_dict": pspnet}, tmp_path / "bam_pspnet.pth")
     torch.save({"state_dict": mianet}, tmp_path / "official_mianet.pth")

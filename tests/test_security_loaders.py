@@ -27,11 +27,8 @@ from PIL import EpsImagePlugin, Image
 
 import predict
 import test as test_script
-from model.mianet import MIANet
-from model.pspnet import PSPNet
 from tests.fixtures_engine import tiny_config, tiny_job
 from util.checkpoint import load_checkpoint, read_checkpoint_file
-from util.checkpoint_import import base_learner_backbone_state, import_checkpoint
 from util.config import load_config
 from util.distributed import DistContext
 from util.embed_classes import build_embeddings, read_names_file
@@ -41,6 +38,8 @@ from util.errors import UserError
 from util.fss_lists import read_fold_list
 from util.image_io import image_size, read_image, read_label
 from util.make_lists import make_lists
+from util.model_io import (base_learner_backbone_state, build_mianet, build_pspnet, import_checkpoint,
+                           load_base_learner)
 from util.prepare_coco import prepare_coco
 from util.prepare_pascal import prepare_pascal, read_sbd_label
 from util.report import read_results
@@ -306,8 +305,8 @@ def test_reference_checkpoint_import_and_base_weight_refuse(bad, kind):
     for reference_kind in ("mianet", "pspnet"):
         bad.refused(path, import_checkpoint, path, reference_kind, cfg, out)
     assert not out.exists()
-    model = MIANet.from_config(cfg)
-    bad.refused(path, model.load_base_learner, path)
+    model = build_mianet(cfg)
+    bad.refused(path, load_base_learner, model, path)
     bad.refused(path, base_learner_backbone_state, path, model.backbone)
 
 
@@ -315,7 +314,7 @@ def test_reference_checkpoint_import_and_base_weight_refuse(bad, kind):
 def test_backbone_weight_refuses(bad, kind):
     path = bad.write(kind, "resnet50_v2.pth")
     cfg = load_config(SYNTH_CONFIG, {"backbone_weight": str(path)})
-    bad.refused(path, PSPNet.from_config, cfg)
+    bad.refused(path, build_pspnet, cfg)
 
 
 # ---------------------------------------------------------------- word-vector files of util.embed_classes
@@ -365,7 +364,7 @@ def test_config_override_with_a_yaml_tag_stays_text(bad):
 @pytest.mark.parametrize("kind", TEXT_LOADER_KINDS)
 def test_fold_list_is_refused(bad, kind):
     path = bad.write(kind, "lists/synth/fold0/train_min2048.json")
-    bad.refused(path, read_fold_list, path, "python -m util.make_lists ...")
+    bad.refused(path, read_fold_list, path, "python -m tools.make_lists ...")
 
 
 @pytest.mark.parametrize("kind", TEXT_LOADER_KINDS)
@@ -428,8 +427,12 @@ def test_eps_files_reach_ghostscript_when_opened_by_pillow_directly(tmp_path, gh
     assert ghostscript_marker.exists()
 
 
+def read_support_mask(path):
+    return predict.read_support_mask(path, 255)
+
+
 @pytest.mark.parametrize("reader, content", [(read_label, GREY_EPS), (image_size, GREY_EPS), (read_image, RGB_EPS),
-                                             (predict.read_support_mask, RGB_EPS)])
+                                             (read_support_mask, RGB_EPS)])
 def test_images_and_labels_never_reach_ghostscript(tmp_path, ghostscript_marker, reader, content):
     path = tmp_path / "2007_000032.png"
     path.write_bytes(content)

@@ -63,7 +63,7 @@ def test_resolved_values_of_pascal_and_coco_split0():
 
 
 def test_pspnet_parameter_groups_split_backbone_and_head():
-    model = PSPNet(build_backbone("resnet50"), num_classes=16)
+    model = PSPNet(build_backbone("resnet50"), num_classes=16, ignore_label=255)
     groups = model.parameter_groups(0.1, 10.0)
     assert [g["lr"] for g in groups] == [0.1, pytest.approx(1.0)]
     ids = [{id(p) for p in g["params"]} for g in groups]

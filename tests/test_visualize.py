@@ -1,5 +1,5 @@
 """Pictures: overlays, episode figures (K = 1 and 5), the contact sheet, the per-class IoU chart, and their
-wiring: test.py ``vis N`` (through the evaluator), ``util.report --chart`` and test.sh."""
+wiring: test.py ``vis N`` (through the evaluator), ``tools.report --chart`` and test.sh."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import test as test_script
-from model.mianet import MIANet
+from tools.report import main as report_main
 from util.checkpoint import save_atomic
 from util.config import load_config
 from util.dataset import EpisodeDataset
@@ -24,7 +24,7 @@ from util.evaluator import CONTACT_SHEET, draw_episode_figures
 from util.image_io import image_size
 from util.make_lists import make_lists
 from util.make_synth import make_synth
-from util.report import main as report_main
+from util.model_io import build_mianet
 from util.transform import ResizePad, build_transform, normalization_for
 from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, FOLD_COLOURS, IGNORE_COLOUR, MASK_COLOUR,
                             NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, add_title, content_size, episode_pictures,
@@ -187,7 +187,7 @@ def test_figures_of_dataset_samples_and_a_batch(synth_cfg, tmp_path):
     assert abs(grid_figure.shape[1] - original_figure.shape[1]) <= 8    # same aspect up to rounding; uncropped = square
     # the same episode taken from a collated batch with query_size_ori (as in the evaluator)
     from util.dataset import collate_episodes
-    batch = collate_episodes([dataset[0], dataset[1]])
+    batch = collate_episodes([dataset[0], dataset[1]], 255)
     batch["query_size_ori"] = torch.tensor([list(dataset[i]["query_label_ori"].shape) for i in range(2)])
     from_batch = episode_pictures(batch, mean, std, index=1)
     single = episode_pictures(dataset[1], mean, std)
@@ -316,7 +316,7 @@ def test_episode_figures_of_a_5_shot_test(synth_cfg, tmp_path):
 def test_test_py_vis_with_a_5_shot_mianet_and_the_report_chart(synth_cfg, tmp_path):
     torch.manual_seed(0)
     cfg = load_config(SYNTH_CONFIG, {"pretrained_backbone": False})
-    weight = save_atomic({"model": MIANet.from_config(cfg).state_dict(), "config": dict(cfg)}, tmp_path / "random.pth")
+    weight = save_atomic({"model": build_mianet(cfg).state_dict(), "config": dict(cfg)}, tmp_path / "random.pth")
     run_dir = tmp_path / "run"
     results = test_script.main(["--config", SYNTH_CONFIG, "data_root", synth_cfg.data_root, "list_root",
                                 synth_cfg.list_root, "weight", str(weight), "exp_dir", str(run_dir), "shot", "5",
@@ -339,14 +339,14 @@ def test_test_py_vis_with_a_5_shot_mianet_and_the_report_chart(synth_cfg, tmp_pa
 
 
 def test_test_sh_all_folds_ends_with_the_table_and_the_chart(tmp_path):
-    """test.sh in a copy of the repository layout (config/, util/, model/ linked) with the four folds' results
+    """test.sh in a copy of the repository layout (config/, util/, model/, tools/ linked) with the four folds' results
     written beforehand where test.py writes them. A stand-in ``python`` on PATH records the test.py calls and hands
-    every other call to the real interpreter, so the real ``util.report`` finds the files (--results-path), prints
+    every other call to the real interpreter, so the real ``tools.report`` finds the files (--results-path), prints
     the fold table and draws the chart."""
     work = tmp_path / "repo"
     work.mkdir()
     shutil.copy(REPO / "test.sh", work)
-    for folder in ("config", "util", "model"):
+    for folder in ("config", "util", "model", "tools"):
         (work / folder).symlink_to(REPO / folder)
     for fold in range(4):
         results = fold_results(fold, [f"class {fold}-{i}" for i in range(5)], 0.3 + 0.1 * fold)

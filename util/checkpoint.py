@@ -5,7 +5,7 @@ A training checkpoint (``last.pth``) is a dict ``{"model", "optimizer", "schedul
 keeps only :data:`BEST_KEYS`, what inference and the run guard read (the weights, the config, the run record); the
 training state (:data:`TRAINING_STATE_KEYS`) lives in ``last.pth`` alone. ``run_id`` names the run that wrote the
 file (a resumed run keeps it), ``finished`` is true once the stage's schedule is complete. Imported checkpoints
-(util/checkpoint_import.py) have stage ``imported``. Files are written to a temporary file in the same directory
+(``python -m tools.checkpoint_import``) have stage ``imported``. Files are written to a temporary file in the same directory
 (with the permissions the umask gives) and moved over the target with ``os.replace``, so a crash or a full disk
 mid-write leaves the previous checkpoint intact.
 """

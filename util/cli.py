@@ -1,4 +1,5 @@
-"""Command line of the entry points: ``--config FILE`` followed by ``key value`` overrides."""
+"""Command lines: the entry points' ``--config FILE`` followed by ``key value`` overrides, and the one spelling of
+a ``tools/`` command that hints and error messages print."""
 from __future__ import annotations
 
 import argparse
@@ -16,3 +17,10 @@ def config_from_cli(argv: Sequence[str] | None, description: str) -> Config:
     parser.add_argument("overrides", nargs="*", help="key value pairs overriding the config")
     args = parser.parse_args(argv)
     return load_config(args.config, args.overrides)
+
+
+def tool_command(tool: str, **options: object) -> str:
+    """The shell command that runs ``tools/<tool>.py`` with ``--option value`` pairs (``_`` in a name becomes ``-``),
+    e.g. ``tool_command("make_synth", root="data/synth")`` -> ``python -m tools.make_synth --root data/synth``."""
+    return " ".join(["python", "-m", f"tools.{tool}",
+                     *(f"--{name.replace('_', '-')} {value}" for name, value in options.items())])

@@ -1,6 +1,6 @@
 """Datasets: episodic few-shot (``EpisodeDataset``) and base-class segmentation for stage 1 (``BaseClassDataset``).
 
-Episodes read the per-fold lists written by ``python -m util.make_lists`` (layout in ``util/fss_lists.py``):
+Episodes read the per-fold lists written by ``python -m tools.make_lists`` (layout in ``util/fss_lists.py``):
 ``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train_min<N>_<novel_in_train>,val_min<N>}.json``
 with paths relative to ``cfg.data_root``; stage 1 reads the image pools (``base_images: all``) or the
 fold's lists (``fold_lists``). A missing list raises a UserError that names the command.
@@ -15,10 +15,11 @@ For training, give each epoch its own seed (``dataset.seed = cfg.seed + epoch``)
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -26,14 +27,15 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from util.classes import base_classes, num_classes
+from util.cli import tool_command
 from util.errors import UserError
 from util.fss_lists import (FoldList, check_dataset_fold, fold_list_path, make_lists_command, read_fold_list,
                             pool_list_path, read_pool, train_subset)
 from util.image_io import check_label_values, read_image, read_label
 from util.transform import bbox_mask, binary_label, build_transform
 
-__all__ = ["Episode", "EpisodeDataset", "BaseClassDataset", "collate_episodes", "read_image", "read_label",
-           "load_fold_list", "load_pool"]
+__all__ = ["Episode", "EpisodeDataset", "BaseClassDataset", "collate_episodes", "episode_collate", "read_image",
+           "read_label", "load_fold_list", "load_pool"]
 
 cv2.setNumThreads(0)
 
@@ -57,7 +59,7 @@ def _check_data_root(cfg) -> None:
     if not Path(cfg.data_root).is_dir():
         raise UserError(f"data_root '{cfg.data_root}' does not exist (config key data_root); "
                         f"prepare the dataset there (see README, Data preparation)"
-                        + (f" or run: python -m util.make_synth --root {cfg.data_root}" if cfg.dataset == "synth" else ""))
+                        + (f" or run: {tool_command('make_synth', root=cfg.data_root)}" if cfg.dataset == "synth" else ""))
 
 
 def _check_files(root: Path, pairs, where: str, hint: str) -> None:
@@ -212,8 +214,8 @@ class EpisodeDataset(Dataset):
         return sample
 
 
-def collate_episodes(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack episodes; ``query_label_ori`` is padded (top-left, 255) to the batch's largest size."""
+def collate_episodes(batch: list[dict[str, Any]], ignore_label: int) -> dict[str, Any]:
+    """Stack episodes; ``query_label_ori`` is padded (top-left, ``ignore_label``) to the batch's largest size."""
     ori = [sample["query_label_ori"] for sample in batch] if "query_label_ori" in batch[0] else None
     rest = [{k: v for k, v in sample.items() if k not in ("query_label_ori", "query_path", "support_paths")}
             for sample in batch]
@@ -222,11 +224,16 @@ def collate_episodes(batch: list[dict[str, Any]]) -> dict[str, Any]:
     out["support_paths"] = [sample["support_paths"] for sample in batch]
     if ori is not None:
         height, width = max(t.shape[0] for t in ori), max(t.shape[1] for t in ori)
-        padded = torch.full((len(ori), height, width), 255, dtype=torch.int64)
+        padded = torch.full((len(ori), height, width), ignore_label, dtype=torch.int64)
         for i, label in enumerate(ori):
             padded[i, :label.shape[0], :label.shape[1]] = label
         out["query_label_ori"] = padded
     return out
+
+
+def episode_collate(ignore_label: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """:func:`collate_episodes` for a DataLoader (picklable for worker processes)."""
+    return functools.partial(collate_episodes, ignore_label=ignore_label)
 
 
 class BaseClassDataset(Dataset):

@@ -12,30 +12,25 @@ Sources:
                       importable (``--reader auto``), else with the small streaming reader below
   sentence:MODEL      a sentence-transformers model (only if that package is installed; whole names encoded)
 
-    python -m util.embed_classes --dataset pascal --source glove50
-    python -m util.embed_classes --dataset pascal --source GoogleNews-vectors-negative300.bin.gz --name word2vec300
-    python -m util.embed_classes --dataset synth --names data/synth/class_names.txt
+Command line: ``python -m tools.embed_classes`` (:mod:`tools.embed_classes`).
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import importlib.metadata
 import json
-import os
 import re
-import shlex
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from util.atomic import AtomicFile, write_bytes_atomic
 from util.classes import DATASET_CLASSES, class_names
-from util.embeddings import DEFAULT_SOURCE_NAME, EMBEDDINGS_DIR
-from util.errors import UserError, cli_entry
+from util.embeddings import DEFAULT_SOURCE_NAME
+from util.errors import UserError
 
 # Run-together class names that are not in the GloVe 6B vocabulary (found by checking every PASCAL,
 # COCO and synth word against it): PASCAL's "diningtable", "pottedplant" and "tvmonitor".
@@ -304,14 +299,6 @@ def source_description(source: str) -> str:
     return f"word-vector file {Path(source).name}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
-
-
 def write_embeddings(out_dir: str | Path, dataset: str, name: str, matrix: np.ndarray, rows: Sequence[ClassRow],
                      source: str, command: str, background_word: str = BACKGROUND_WORD) -> Path:
     """Write ``<out_dir>/<dataset>_<name>.npy`` and its ``.json`` (names, words, recipe); return the .npy path."""
@@ -328,12 +315,13 @@ def write_embeddings(out_dir: str | Path, dataset: str, name: str, matrix: np.nd
     }
     row_lines = [json.dumps({"id": row.class_id, "name": row.name, "words": list(row.words)}) for row in rows]
     text = json.dumps(info, indent=1)[:-2] + ',\n "rows": [\n  ' + ",\n  ".join(row_lines) + "\n ]\n}\n"
-    _atomic_write(npy, lambda handle: np.save(handle, matrix.astype(np.float32)))
-    _atomic_write(npy.with_suffix(".json"), lambda handle: handle.write(text.encode("utf-8")))
+    with AtomicFile(npy) as handle:
+        np.save(handle, matrix.astype(np.float32))
+    write_bytes_atomic(npy.with_suffix(".json"), text.encode("utf-8"))
     return npy
 
 
-def _names_for(dataset: str, names_file: str | None) -> list[str]:
+def names_for(dataset: str, names_file: str | None) -> list[str]:
     """Class names from ``--names`` (checked against the dataset's class count if it is a known dataset)."""
     if names_file is None:
         return list(class_names(dataset))
@@ -342,34 +330,3 @@ def _names_for(dataset: str, names_file: str | None) -> list[str]:
     if known is not None and len(names) != len(known):
         raise UserError(f"{names_file}: {len(names)} names, but dataset '{dataset}' has {len(known)} classes")
     return names
-
-
-@cli_entry
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: build and write one embedding file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="details: README, section 'Class-name embeddings'")
-    parser.add_argument("--dataset", required=True,
-                        help=f"{'|'.join(DATASET_CLASSES)} (names from util/classes.py), or any label with --names")
-    parser.add_argument("--source", default=DEFAULT_SOURCE_NAME,
-                        help="glove50 | path to a word2vec/GloVe/fastText vector file | sentence:MODEL")
-    parser.add_argument("--name", default=None, help="output name: <out-dir>/<dataset>_<name>.npy (default from --source)")
-    parser.add_argument("--names", default=None, help="class names file, one a line (line i = class id i+1)")
-    parser.add_argument("--out-dir", default=str(EMBEDDINGS_DIR), help="output folder (default: embeddings/)")
-    parser.add_argument("--background-word", default=BACKGROUND_WORD, help="word(s) embedded as row 0")
-    parser.add_argument("--reader", default="auto", choices=("auto", "gensim", "builtin"),
-                        help="vector-file reader: gensim if importable (auto), or the built-in streaming reader")
-    args = parser.parse_args(argv)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.dataset):
-        raise UserError(f"--dataset '{args.dataset}': use letters, digits, '_', '.', '-' only")
-    names = _names_for(args.dataset, args.names)
-    matrix, rows = build_embeddings(names, args.source, args.reader, args.background_word)
-    name = args.name or default_name(args.source)
-    command = shlex.join(["python", "-m", "util.embed_classes", *(sys.argv[1:] if argv is None else argv)])
-    path = write_embeddings(args.out_dir, args.dataset, name, matrix, rows, args.source, command, args.background_word)
-    print(f"wrote {path} and {path.with_suffix('.json').name}: {matrix.shape[0]} rows x {matrix.shape[1]} dims")
-    return path
-
-
-if __name__ == "__main__":
-    main()

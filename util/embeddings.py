@@ -1,6 +1,6 @@
 """Class-name embedding files for GIM: one row per class id (row 0 = background), as ``.npy`` or the reference ``.pkl``.
 
-Files are written by ``python -m util.embed_classes`` (see README, "Class-name embeddings").
+Files are written by ``python -m tools.embed_classes`` (see README, "Class-name embeddings").
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from util.classes import num_classes
+from util.cli import tool_command
 from util.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,11 +102,11 @@ def _read_pickled_table(path: Path) -> np.ndarray:
     except _Refused as refused:
         raise UserError(
             f"{path}: refuses to load {refused} from the pickle (class-vector tables hold only a numpy array of "
-            f"numbers); use a .npy file or rebuild the table with python -m util.embed_classes"
+            f"numbers); use a .npy file or rebuild the table with {tool_command('embed_classes')}"
         ) from None
     except Exception as err:  # a damaged pickle fails in many ways
         raise UserError(f"{path}: cannot read class embeddings ({type(err).__name__}: {err}); "
-                        "rebuild it with python -m util.embed_classes") from None
+                        f"rebuild it with {tool_command('embed_classes')}") from None
     try:
         array = np.asarray(table)
     except ValueError:  # rows of different lengths
@@ -123,7 +124,7 @@ def _read_array(path: Path) -> np.ndarray:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path}: cannot read class embeddings ({err}); rebuild it with python -m util.embed_classes") from None
+        raise UserError(f"{path}: cannot read class embeddings ({err}); rebuild it with {tool_command('embed_classes')}") from None
     if not isinstance(loaded, np.ndarray):
         loaded.close()
         raise UserError(f"{path}: an .npz archive, not one .npy array; save the [C+1, D] table with numpy.save")
@@ -138,7 +139,7 @@ def load_class_embeddings(path: str | Path | None, dataset: str) -> torch.Tensor
     """
     expected_rows = num_classes(dataset) + 1
     file = default_embedding_file(dataset) if path is None else Path(path)
-    hint = f"build it with: python -m util.embed_classes --dataset {dataset}"
+    hint = f"build it with: {tool_command('embed_classes', dataset=dataset)}"
     if not file.is_file():
         raise UserError(f"class embedding file {file} not found (config key 'embedding_file'); {hint}")
     if file.suffix.lower() not in SUPPORTED_SUFFIXES:

@@ -19,7 +19,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -53,6 +53,27 @@ class Schedule:
     batch_size: int
     lr: float
     max_iters: int = 0
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The training settings the loop reads (config keys of the same names, see config/base.yaml), taken from the
+    config once by :meth:`from_config`."""
+
+    momentum: float
+    weight_decay: float
+    power: float
+    amp: str
+    seed: int
+    workers: int
+    print_freq: int
+    checkpoint_interval: int
+    val_interval: int
+    resume: str | None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "LoopOptions":
+        return cls(**{option.name: cfg[option.name] for option in fields(cls)})
 
 
 @dataclass
@@ -95,7 +116,7 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, scaler, iteration: int,
+def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], seed: int, optimizer, scheduler, scaler, iteration: int,
                 iters_per_epoch: int, world_size: int, best: dict[str, Any], run_id: str | None,
                 finished: bool) -> dict[str, Any]:
     return {
@@ -110,7 +131,7 @@ def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], optimizer, scheduler, sca
         "epoch": iteration // iters_per_epoch,
         "iteration": iteration,
         "rng": rng_state(),
-        "data_order": {"seed": cfg["seed"], "iters_per_epoch": iters_per_epoch, "world_size": world_size,
+        "data_order": {"seed": seed, "iters_per_epoch": iters_per_epoch, "world_size": world_size,
                        "batch_size": job.schedule.batch_size},
         "best": best,
         "config": dict(cfg),
@@ -223,156 +244,207 @@ def train_from_cli(argv: Sequence[str] | None, description: str,
         shutdown_distributed()
 
 
-def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog, start: StartPoint,
-           stop: StopRequest) -> TrainResult:
-    schedule, run_dir = job.schedule, job.run_dir
-    model = job.model.to(ctx.device)
-    optimizer = torch.optim.SGD(job.parameters, lr=schedule.lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+class _Run:
+    """One run of a :class:`TrainJob`: the optimiser, the schedule's position and the best score, and the steps of
+    the loop (:func:`_train`). ``cfg`` is only recorded in the checkpoints; the loop reads ``options``."""
 
-    train_set = job.make_train_set(0)
-    iters_per_epoch = len(train_set) // ctx.world_size // schedule.batch_size
-    if iters_per_epoch == 0:
-        raise UserError(
-            f"{len(train_set)} training items cannot fill one batch of {schedule.batch_size} per process "
-            f"on {ctx.world_size} process(es); lower the batch size or add data"
-        )
-    total = schedule.epochs * iters_per_epoch
-    if schedule.max_iters > 0:
-        total = min(total, schedule.max_iters)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=cfg["power"])
-    scaler = grad_scaler(ctx.device, cfg["amp"])
-    iteration = 0
-    best: dict[str, Any] = {"miou": -math.inf, "iteration": -1, "metrics": {}}
-    last_metrics: dict[str, float] = {}
-
-    source = start.source
-    if source is not None:
-        state = load_checkpoint(source)
-        if any(key not in state for key in TRAINING_STATE_KEYS):
-            raise UserError(f"checkpoint {source} holds no training state to resume from (a {BEST} keeps only what "
-                            f"inference needs); resume from the {LAST} of that run, or set resume null")
-        order = state.get("data_order", {})
-        if state.get("stage") != job.stage or order.get("iters_per_epoch") != iters_per_epoch:
+    def __init__(self, job: TrainJob, options: LoopOptions, cfg: Mapping[str, Any], ctx: DistContext, log: RunLog,
+                 start: StartPoint, stop: StopRequest) -> None:
+        self.job, self.options, self.cfg, self.ctx, self.log, self.start, self.stop = job, options, cfg, ctx, log, start, stop
+        schedule = job.schedule
+        self.model = job.model.to(ctx.device)
+        self.optimizer = torch.optim.SGD(job.parameters, lr=schedule.lr, momentum=options.momentum,
+                                         weight_decay=options.weight_decay)
+        self.train_set = job.make_train_set(0)
+        self.iters_per_epoch = len(self.train_set) // ctx.world_size // schedule.batch_size
+        if self.iters_per_epoch == 0:
             raise UserError(
-                f"checkpoint {source} is an unfinished run (stage {state.get('stage')}, {order.get('iters_per_epoch')} "
-                f"iterations per epoch with {order.get('world_size')} process(es) x batch {order.get('batch_size')}) that "
-                f"this run (stage {job.stage}, {iters_per_epoch} iterations per epoch with {ctx.world_size} process(es) x "
-                f"batch {schedule.batch_size}) cannot continue: continuing needs the same global schedule (stage, "
-                "processes x batch size, episodes; a finished run is skipped whatever they are); run it as before, or "
-                "start over with resume null overwrite true"
+                f"{len(self.train_set)} training items cannot fill one batch of {schedule.batch_size} per process "
+                f"on {ctx.world_size} process(es); lower the batch size or add data"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        iteration, best = state["iteration"], state["best"]
-        last_metrics = best.get("metrics", {})
-        restore_rng_state(state["rng"])
-        log.info(f"resumed from {source} at iteration {iteration}/{total}")
-    elif cfg["resume"] == "auto":
-        log.info(f"resume auto: no {LAST} in {run_dir}, starting fresh")
+        self.total = schedule.epochs * self.iters_per_epoch
+        if schedule.max_iters > 0:
+            self.total = min(self.total, schedule.max_iters)
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.total, power=options.power)
+        self.scaler = grad_scaler(ctx.device, options.amp)
+        self.iteration = 0
+        self.best: dict[str, Any] = {"miou": -math.inf, "iteration": -1, "metrics": {}}
+        self.last_metrics: dict[str, float] = {}
+        self.step_model = self.model
 
-    step_model = data_parallel(model, ctx)
+    @property
+    def epoch(self) -> int:
+        return self.iteration // self.iters_per_epoch
 
-    log.info(
-        f"{job.stage}: {total} iterations ({iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "
-        f"{schedule.max_iters}), batch {schedule.batch_size} x {ctx.world_size} process(es), "
-        f"lr {' / '.join(format(group['initial_lr'], 'g') for group in optimizer.param_groups)}, "
-        f"amp {cfg['amp']}, device {ctx.device}, run dir {run_dir}"
-    )
-    log.info(f"identity: {describe_identity(job.identity)}")
-    for line in job.notices:
-        log.info(line)
+    def resume(self) -> None:
+        """Continue from ``start.source`` (model, optimiser, schedule, scaler, RNG states) if there is one."""
+        source, job, ctx = self.start.source, self.job, self.ctx
+        if source is not None:
+            state = load_checkpoint(source)
+            if any(key not in state for key in TRAINING_STATE_KEYS):
+                raise UserError(f"checkpoint {source} holds no training state to resume from (a {BEST} keeps only what "
+                                f"inference needs); resume from the {LAST} of that run, or set resume null")
+            order = state.get("data_order", {})
+            if state.get("stage") != job.stage or order.get("iters_per_epoch") != self.iters_per_epoch:
+                raise UserError(
+                    f"checkpoint {source} is an unfinished run (stage {state.get('stage')}, {order.get('iters_per_epoch')} "
+                    f"iterations per epoch with {order.get('world_size')} process(es) x batch {order.get('batch_size')}) that "
+                    f"this run (stage {job.stage}, {self.iters_per_epoch} iterations per epoch with {ctx.world_size} "
+                    f"process(es) x batch {job.schedule.batch_size}) cannot continue: continuing needs the same global "
+                    "schedule (stage, processes x batch size, episodes; a finished run is skipped whatever they are); run "
+                    "it as before, or start over with resume null overwrite true"
+                )
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.iteration, self.best = state["iteration"], state["best"]
+            self.last_metrics = self.best.get("metrics", {})
+            restore_rng_state(state["rng"])
+            self.log.info(f"resumed from {source} at iteration {self.iteration}/{self.total}")
+        elif self.options.resume == "auto":
+            self.log.info(f"resume auto: no {LAST} in {job.run_dir}, starting fresh")
+        self.step_model = data_parallel(self.model, ctx)
 
-    def save(name: str) -> None:
-        _check_finite_weights(job, iteration, cfg["amp"])
-        if ctx.is_main:
-            state = _checkpoint(job, cfg, optimizer, scheduler, scaler, iteration, iters_per_epoch, ctx.world_size,
-                                best, start.run_id, iteration >= total)
-            save_atomic(inference_state(state) if name == BEST else state, run_dir / name)
+    def announce(self) -> None:
+        job, schedule = self.job, self.job.schedule
+        self.log.info(
+            f"{job.stage}: {self.total} iterations ({self.iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "
+            f"{schedule.max_iters}), batch {schedule.batch_size} x {self.ctx.world_size} process(es), "
+            f"lr {' / '.join(format(group['initial_lr'], 'g') for group in self.optimizer.param_groups)}, "
+            f"amp {self.options.amp}, device {self.ctx.device}, run dir {job.run_dir}"
+        )
+        self.log.info(f"identity: {describe_identity(job.identity)}")
+        for line in job.notices:
+            self.log.info(line)
+
+    def patience_exhausted(self) -> bool:
+        """Early stop: ``stop_patience`` epochs have passed since the best validation."""
+        since_best = self.epoch - self.best["iteration"] // self.iters_per_epoch
+        if self.job.stop_patience and self.best["iteration"] >= 0 and since_best >= self.job.stop_patience:
+            self.log.info(f"early stop before epoch {self.epoch + 1}: {since_best} epochs without a better validation mIoU")
+            return True
+        return False
+
+    def save(self, name: str) -> None:
+        """Write ``name`` (``last.pth`` or ``best.pth``) after checking that the weights are finite."""
+        _check_finite_weights(self.job, self.iteration, self.options.amp)
+        if self.ctx.is_main:
+            state = _checkpoint(self.job, self.cfg, self.options.seed, self.optimizer, self.scheduler, self.scaler,
+                                self.iteration, self.iters_per_epoch, self.ctx.world_size, self.best, self.start.run_id,
+                                self.iteration >= self.total)
+            save_atomic(inference_state(state) if name == BEST else state, self.job.run_dir / name)
         barrier()
 
-    epoch = iteration // iters_per_epoch
-    while iteration < total:
-        since_best = epoch - best["iteration"] // iters_per_epoch
-        if job.stop_patience and best["iteration"] >= 0 and since_best >= job.stop_patience:
-            log.info(f"early stop before epoch {epoch + 1}: {since_best} epochs without a better validation mIoU")
-            break
+    def epoch_loader(self, epoch: int) -> tuple[DataLoader, int]:
+        """The loader of ``epoch``'s remaining batches (a resumed epoch skips those done) and how many it gives."""
         if epoch > 0:
-            train_set = job.make_train_set(epoch)
-        done_in_epoch = iteration - epoch * iters_per_epoch
-        steps = min(iters_per_epoch, total - epoch * iters_per_epoch) - done_in_epoch
-        sampler = EpochSampler(len(train_set), epoch, cfg["seed"], ctx, skip=done_in_epoch * schedule.batch_size)
+            self.train_set = self.job.make_train_set(epoch)
+        batch_size, seed = self.job.schedule.batch_size, self.options.seed
+        done_in_epoch = self.iteration - epoch * self.iters_per_epoch
+        steps = min(self.iters_per_epoch, self.total - epoch * self.iters_per_epoch) - done_in_epoch
+        sampler = EpochSampler(len(self.train_set), epoch, seed, self.ctx, skip=done_in_epoch * batch_size)
         loader = DataLoader(
-            train_set, batch_size=schedule.batch_size, sampler=sampler, num_workers=cfg["workers"],
-            collate_fn=job.collate, drop_last=True, generator=torch.Generator().manual_seed(cfg["seed"] + epoch),
+            self.train_set, batch_size=batch_size, sampler=sampler, num_workers=self.options.workers,
+            collate_fn=self.job.collate, drop_last=True, generator=torch.Generator().manual_seed(seed + epoch),
             worker_init_fn=worker_signals,
         )
-        model.train()
-        with tqdm(total=steps, desc=f"{job.stage} epoch {epoch + 1}/{schedule.epochs}", disable=not ctx.is_main,
-                  dynamic_ncols=True) as bar:
+        return loader, steps
+
+    def step(self, batch: Any, epoch: int) -> tuple[dict[str, float], float]:
+        """One optimisation step on ``batch``: the losses (averaged over ranks) and the learning rate it used."""
+        batch = to_device(batch, self.ctx.device)
+        # under DDP gradients persist (data_parallel)
+        self.optimizer.zero_grad(set_to_none=self.step_model is self.model)
+        with autocast(self.ctx.device, self.options.amp):
+            outputs = self.job.step(self.step_model, batch)
+        loss_names = [k for k in outputs if k.startswith("loss")]
+        losses = all_reduce_mean(torch.stack([outputs[k].detach().float() for k in loss_names]))
+        values = dict(zip(loss_names, losses.tolist()))
+        if not math.isfinite(values["loss"]):
+            raise TrainingDiverged(f"loss became {values['loss']} at iteration {self.iteration + 1} (epoch {epoch + 1}); "
+                                   + _last_good(self.job.run_dir, self.options.amp))
+        self.scaler.scale(outputs["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.iteration += 1
+        return values, lr
+
+    def log_step(self, values: dict[str, float], lr: float, epoch: int, per_iter: float) -> None:
+        if self.iteration % self.options.print_freq == 0 or self.iteration == self.total:
+            self.log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, self.iteration)
+            self.log.info(
+                f"iter {self.iteration}/{self.total} epoch {epoch + 1} "
+                + " ".join(f"{k} {v:.4f}" for k, v in values.items())
+                + f" lr {lr:.3e} {per_iter:.2f}s/it"
+            )
+
+    def train_epoch(self, epoch: int) -> None:
+        """The rest of ``epoch``; mid-epoch ``last.pth`` every ``checkpoint_interval`` iterations and on a stop signal."""
+        loader, steps = self.epoch_loader(epoch)
+        self.model.train()
+        with tqdm(total=steps, desc=f"{self.job.stage} epoch {epoch + 1}/{self.job.schedule.epochs}",
+                  disable=not self.ctx.is_main, dynamic_ncols=True) as bar:
             started, done = time.perf_counter(), 0
-            for batch in _batches(loader, steps, stop, ctx.world_size):
-                batch = to_device(batch, ctx.device)
-                optimizer.zero_grad(set_to_none=step_model is model)  # under DDP gradients persist (data_parallel)
-                with autocast(ctx.device, cfg["amp"]):
-                    outputs = job.step(step_model, batch)
-                loss_names = [k for k in outputs if k.startswith("loss")]
-                losses = all_reduce_mean(torch.stack([outputs[k].detach().float() for k in loss_names]))
-                values = dict(zip(loss_names, losses.tolist()))
-                if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(f"loss became {values['loss']} at iteration {iteration + 1} (epoch {epoch + 1}); "
-                                           + _last_good(run_dir, cfg["amp"]))
-                scaler.scale(outputs["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                iteration += 1
+            for batch in _batches(loader, steps, self.stop, self.ctx.world_size):
+                values, lr = self.step(batch, epoch)
                 done += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
-                if iteration % cfg["print_freq"] == 0 or iteration == total:
-                    log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, iteration)
-                    per_iter = (time.perf_counter() - started) / done
-                    log.info(
-                        f"iter {iteration}/{total} epoch {epoch + 1} "
-                        + " ".join(f"{k} {v:.4f}" for k, v in values.items())
-                        + f" lr {lr:.3e} {per_iter:.2f}s/it"
-                    )
-                if iteration % iters_per_epoch and iteration < total:  # mid-epoch; the epoch's end saves below
-                    signum = stop.agreed()
-                    if signum or iteration % cfg["checkpoint_interval"] == 0:
-                        save(LAST)
+                self.log_step(values, lr, epoch, (time.perf_counter() - started) / done)
+                if self.iteration % self.iters_per_epoch and self.iteration < self.total:  # the epoch's end saves later
+                    signum = self.stop.agreed()
+                    if signum or self.iteration % self.options.checkpoint_interval == 0:
+                        self.save(LAST)
                     if signum:
-                        raise _interrupted(signum, iteration, total, run_dir, log)
+                        raise _interrupted(signum, self.iteration, self.total, self.job.run_dir, self.log)
             if done < steps:  # the stop signal ended the loader's workers
-                save(LAST)
-                raise _interrupted(stop.signal, iteration, total, run_dir, log)
+                self.save(LAST)
+                raise _interrupted(self.stop.signal, self.iteration, self.total, self.job.run_dir, self.log)
 
-        epoch = iteration // iters_per_epoch
-        if job.validate is not None and (epoch % cfg["val_interval"] == 0 or iteration == total):
-            last_metrics = _validate(job, model, stop, ctx.world_size, iteration)
-            log.scalars({f"val/{k}": v for k, v in last_metrics.items()}, iteration)
-            log.info(f"validation after iteration {iteration}: " + " ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
-            if last_metrics["miou"] > best["miou"]:
-                best = {"miou": last_metrics["miou"], "iteration": iteration, "metrics": last_metrics}
-                save(BEST)
-                log.info(f"new best mIoU {best['miou']:.4f} -> {run_dir / BEST}")
+    def validate_and_save(self) -> None:
+        """At an epoch's end: validate every ``val_interval`` epochs (``best.pth`` if better), then ``last.pth``;
+        a stop signal received meanwhile ends the run here."""
+        job, run_dir = self.job, self.job.run_dir
+        if job.validate is not None and (self.epoch % self.options.val_interval == 0 or self.iteration == self.total):
+            self.last_metrics = _validate(job, self.model, self.stop, self.ctx.world_size, self.iteration)
+            self.log.scalars({f"val/{k}": v for k, v in self.last_metrics.items()}, self.iteration)
+            self.log.info(f"validation after iteration {self.iteration}: "
+                          + " ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items()))
+            if self.last_metrics["miou"] > self.best["miou"]:
+                self.best = {"miou": self.last_metrics["miou"], "iteration": self.iteration, "metrics": self.last_metrics}
+                self.save(BEST)
+                self.log.info(f"new best mIoU {self.best['miou']:.4f} -> {run_dir / BEST}")
         elif job.validate is None:
-            best = {"miou": math.nan, "iteration": iteration, "metrics": {}}
-            save(BEST)
-        save(LAST)
-        signum = stop.agreed()
-        if signum and iteration < total:
-            raise _interrupted(signum, iteration, total, run_dir, log)
+            self.best = {"miou": math.nan, "iteration": self.iteration, "metrics": {}}
+            self.save(BEST)
+        self.save(LAST)
+        signum = self.stop.agreed()
+        if signum and self.iteration < self.total:
+            raise _interrupted(signum, self.iteration, self.total, run_dir, self.log)
 
-    if ctx.is_main:
-        for name in (BEST, LAST):
-            _mark_finished(run_dir / name)
-    barrier()
+    def finish(self) -> TrainResult:
+        """Mark both checkpoints finished and say how the run ended."""
+        if self.ctx.is_main:
+            for name in (BEST, LAST):
+                _mark_finished(self.job.run_dir / name)
+        barrier()
+        self.log.info(f"{self.job.stage} done: {self.iteration} iterations; best mIoU {self.best['miou']:.4f} at "
+                      f"iteration {self.best['iteration']}")
+        for line in self.job.notices:
+            self.log.info(line)
+        return TrainResult(iteration=self.iteration, best=self.best, last_metrics=self.last_metrics)
 
-    log.info(f"{job.stage} done: {iteration} iterations; best mIoU {best['miou']:.4f} at iteration {best['iteration']}")
-    for line in job.notices:
-        log.info(line)
-    return TrainResult(iteration=iteration, best=best, last_metrics=last_metrics)
+
+def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog, start: StartPoint,
+           stop: StopRequest) -> TrainResult:
+    """Resume, then per epoch: build its loader and step through it, validate and save; then mark the run finished."""
+    run = _Run(job, LoopOptions.from_config(cfg), cfg, ctx, log, start, stop)
+    run.resume()
+    run.announce()
+    while run.iteration < run.total and not run.patience_exhausted():
+        run.train_epoch(run.epoch)
+        run.validate_and_save()
+    return run.finish()

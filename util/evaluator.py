@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from util.checkpoint import MODEL_CONFIG_KEYS
 from util.classes import class_names, novel_classes
-from util.dataset import EpisodeDataset, collate_episodes
+from util.dataset import EpisodeDataset, episode_collate
 from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
-from util.metrics import (IGNORE_INDEX, NEARLY_ALL, FewShotIoU, SemanticIoU, check_finite_logits, foreground_coverage,
+from util.metrics import (NEARLY_ALL, FewShotIoU, SemanticIoU, check_finite_logits, foreground_coverage,
                           predict_on_label)
 from util.runguard import worker_signals
 from util.runtime import autocast, to_device
@@ -76,8 +76,8 @@ def _episode_predictions(
 
 @torch.no_grad()
 def evaluate_episodes(
-    model: nn.Module, episodes: Dataset, ctx: DistContext, *, num_classes: int, batch_size: int = 1,
-    ori_resize: bool = True, workers: int = 0, amp: str = "off", collate: Callable = collate_episodes, desc: str = "test",
+    model: nn.Module, episodes: Dataset, ctx: DistContext, *, num_classes: int, ignore_label: int, batch_size: int = 1,
+    ori_resize: bool = True, workers: int = 0, amp: str = "off", desc: str = "test",
 ) -> FewShotIoU:
     """Run ``model`` (eval mode) on every episode and return the scores, already reduced over ranks.
 
@@ -85,9 +85,9 @@ def evaluate_episodes(
     otherwise against ``query_label`` on the network input grid.
     """
     model.eval()
-    scores = FewShotIoU(num_classes)
+    scores = FewShotIoU(num_classes, ignore_label)
     loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
-                        num_workers=workers, collate_fn=collate, worker_init_fn=worker_signals)
+                        num_workers=workers, collate_fn=episode_collate(ignore_label), worker_init_fn=worker_signals)
     bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
     for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp):
         scores.update(pred, label, int(batch["class_id"][b]))
@@ -111,7 +111,7 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
         stale.unlink()
     chosen = Subset(_WithOriginalSize(episodes), range(min(count, len(episodes))))
     loader = DataLoader(chosen, batch_size=cfg["test_batch_size"], num_workers=cfg["workers"],
-                        collate_fn=collate_episodes, worker_init_fn=worker_signals)
+                        collate_fn=episode_collate(cfg["ignore_label"]), worker_init_fn=worker_signals)
     paths: list[Path] = []
     for batch, b, pred, label in _episode_predictions(model, loader, device, cfg["ori_resize"], cfg["amp"]):
         class_name = names[int(batch["class_id"][b]) - 1]
@@ -122,19 +122,20 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
     return paths
 
 
-def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: DistContext, num_classes: int) -> FewShotIoU:
+def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: DistContext, num_classes: int,
+                          ignore_label: int) -> FewShotIoU:
     """Scores of predicting every labelled object pixel as foreground, from the episodes' query label files.
 
     Episode specs hold paths relative to ``data_root`` (absolute paths pass through unchanged).
     Scored at the original size (as ``ori_resize``); a model that does not beat this has not learned
     to pick the episode's class among the objects in the image.
     """
-    scores = FewShotIoU(num_classes)
+    scores = FewShotIoU(num_classes, ignore_label)
     for index in ShardSampler(len(episodes), ctx):
         spec = episodes.episode(index)
         semantic = torch.from_numpy(read_label(Path(data_root) / spec.query[1]).astype(np.int64))
-        label = torch.where(semantic == IGNORE_INDEX, IGNORE_INDEX, (semantic == spec.class_id).long())
-        pred = ((semantic != 0) & (semantic != IGNORE_INDEX)).long()
+        label = torch.where(semantic == ignore_label, ignore_label, (semantic == spec.class_id).long())
+        pred = ((semantic != 0) & (semantic != ignore_label)).long()
         scores.update(pred, label, spec.class_id)
     scores.reduce()
     return scores
@@ -142,12 +143,12 @@ def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: 
 
 @torch.no_grad()
 def evaluate_semantic(
-    model: nn.Module, dataset: Dataset, ctx: DistContext, *, num_classes: int, batch_size: int = 1,
+    model: nn.Module, dataset: Dataset, ctx: DistContext, *, num_classes: int, ignore_label: int, batch_size: int = 1,
     workers: int = 0, amp: str = "off", desc: str = "val",
 ) -> dict[str, float]:
     """Stage-1 validation: per-class IoU of ``model(image)`` over ``dataset``; mIoU over the classes 1..n-1."""
     model.eval()
-    scores = SemanticIoU(num_classes)
+    scores = SemanticIoU(num_classes, ignore_label)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
                         worker_init_fn=worker_signals)
     for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False):
@@ -216,10 +217,11 @@ def run_protocol(
     coverage = torch.zeros(5, dtype=torch.int64)
     for seed in cfg["test_seeds"]:
         episodes = make_episodes(seed)
-        scores = evaluate_episodes(model, episodes, ctx, num_classes=total_classes, batch_size=cfg["test_batch_size"],
+        scores = evaluate_episodes(model, episodes, ctx, num_classes=total_classes, ignore_label=cfg["ignore_label"],
+                                   batch_size=cfg["test_batch_size"],
                                    ori_resize=cfg["ori_resize"], workers=cfg["workers"], amp=cfg["amp"],
                                    desc=f"test seed {seed}")
-        baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes)
+        baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes, cfg["ignore_label"])
         coverage += scores.coverage
         entry = {"seed": seed, **episode_scores_summary(scores, names),
                  "classes_without_episodes": [names[c - 1] for c in novel if c not in scores.class_iou()],

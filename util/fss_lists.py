@@ -1,4 +1,4 @@
-"""Where the few-shot lists live and how they are read (written by ``util/make_lists.py``).
+"""Where the few-shot lists live and how they are read (written by ``python -m tools.make_lists``, :mod:`util.make_lists`).
 
 Image pools (inputs, inside the data root; one ``image label`` pair of root-relative paths a line):
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from util.classes import novel_classes
+from util.cli import tool_command
 from util.errors import UserError
 
 POOL_LISTS = {
@@ -63,8 +64,8 @@ def read_pool(data_root: str | Path, dataset: str, subset: str) -> list[tuple[st
     """``(image, label)`` root-relative pairs of a pool list; UserError naming the file and line if broken."""
     path = pool_list_path(data_root, dataset, subset)
     if not path.is_file():
-        hint = {"pascal": "python -m util.prepare_pascal", "coco": "python -m util.prepare_coco",
-                "synth": f"python -m util.make_synth --root {data_root}"}[dataset]
+        hint = {"pascal": tool_command("prepare_pascal"), "coco": tool_command("prepare_coco"),
+                "synth": tool_command("make_synth", root=data_root)}[dataset]
         raise UserError(f"{path}: image list not found; check data_root or create it with {hint}")
     try:
         text = path.read_text()
@@ -108,10 +109,11 @@ def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, 
     return dataset_list_dir(list_root, dataset, split_style) / f"fold{fold}" / f"{name}.json"
 
 
-def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Path, min_class_pixels: int) -> str:
-    """The exact command that writes the lists the dataset expects."""
-    command = f"python -m util.make_lists --dataset {dataset} --data-root {data_root} --list-root {list_root}"
-    return command + ("" if min_class_pixels == 2048 else f" --min-class-pixels {min_class_pixels}")
+def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Path = "lists",
+                       min_class_pixels: int = 2048) -> str:
+    """The exact command that writes the lists the dataset expects (every "run make_lists" hint prints this one)."""
+    extra = {} if min_class_pixels == 2048 else {"min_class_pixels": min_class_pixels}
+    return tool_command("make_lists", dataset=dataset, data_root=data_root, list_root=list_root, **extra)
 
 
 def read_fold_list(path: Path, rerun_hint: str) -> FoldList:

@@ -19,6 +19,8 @@ name) to the Ghostscript program, which runs the PostScript in it."""
 VOC_PALETTE = imgviz.label_colormap()  # [256, 3]: colour k of a VOC palette PNG is class id k (255: the border)
 WHITE = (255, 255, 255)
 IGNORE_ID = 255
+"""The ignore value of the label files (VOC borders, COCO crowds, synth borders) that the tools write; code that
+reads labels takes config key ``ignore_label`` (default 255, this value) instead."""
 SHOWN_COLOURS = 3
 
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -104,7 +106,7 @@ def read_label(path: str | Path) -> np.ndarray:
     if values.ndim != 2 or values.dtype.kind not in "ui" or (values.size and (values.min() < 0 or values.max() > 255)):
         raise UserError(
             f"{path}: label must be a class-id PNG (single channel or palette, values 0..255, or RGB colours), "
-            f"got mode {img.mode}; convert it with util/prepare_pascal.py or util/prepare_coco.py"
+            f"got mode {img.mode}; convert it with python -m tools.prepare_pascal or python -m tools.prepare_coco"
         )
     return values.astype(np.uint8)
 
@@ -122,7 +124,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def check_label_values(label: np.ndarray, num_classes: int, path: str | Path, ignore_label: int = 255) -> None:
+def check_label_values(label: np.ndarray, num_classes: int, path: str | Path, ignore_label: int) -> None:
     """UserError if ``label`` holds a value outside ``0..num_classes`` other than ``ignore_label``."""
     bad = (label > num_classes) & (label != ignore_label)
     if bad.any():

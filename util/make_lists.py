@@ -6,14 +6,12 @@ Then, for every fold (and for COCO both split styles), the lists are written -- 
 once per ``novel_in_train`` rule -- sorted, so the output is identical byte for byte on every run and
 for any number of workers.
 
-    python -m util.make_lists --dataset synth --data-root data/synth [--list-root lists] [--min-class-pixels 2048]
+Command line: ``python -m tools.make_lists`` (:mod:`tools.make_lists`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,9 +19,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from util.classes import COCO_SPLIT_STYLES, NUM_FOLDS, base_classes, novel_classes, num_classes
-from util.errors import UserError, cli_entry
+from util.errors import UserError
 from util.fss_lists import LIST_FORMAT, Item, check_dataset_fold, fold_list_path, pool_list_path, read_pool
-from util.image_io import check_label_values, image_size, read_label
+from util.image_io import IGNORE_ID, check_label_values, image_size, read_label
 
 CHUNK = 64
 
@@ -37,7 +35,7 @@ def count_classes(job: tuple[str, str, str, int, str, int]) -> dict[int, int]:
         if not os.path.isfile(path):
             raise UserError(f"{where}: {kind} {path} not found; fix data_root or regenerate the image list")
     values = read_label(label_path)
-    check_label_values(values, total_classes, label_path)
+    check_label_values(values, total_classes, label_path, IGNORE_ID)
     if image_size(image_path) != values.shape:
         raise UserError(f"{where}: image {image_path} is {image_size(image_path)} but label {label_path} is "
                         f"{values.shape}; they must have the same height and width")
@@ -121,22 +119,3 @@ def make_lists(dataset: str, data_root: str | Path, list_root: str | Path = "lis
                 write_list(path, header, select(pools[pool], classes, banned, min_class_pixels, ban_any_pixel))
                 written.append(path)
     return written
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, help="pascal | coco | synth")
-    parser.add_argument("--data-root", required=True, help="the prepared dataset (config key data_root)")
-    parser.add_argument("--list-root", default="lists", help="output root (config key list_root, default lists)")
-    parser.add_argument("--min-class-pixels", type=int, default=2048, help="config key min_class_pixels")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    written = make_lists(args.dataset, args.data_root, args.list_root, args.min_class_pixels, args.workers)
-    print(f"make_lists: wrote {len(written)} lists under {Path(args.list_root) / args.dataset} "
-          f"in {time.perf_counter() - start:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

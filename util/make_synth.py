@@ -15,14 +15,12 @@ Output under ``--root``::
 Image ``j`` of a subset depends only on ``(seed, subset, j)``, so output is identical for any
 number of worker processes. A second call with the same arguments on complete output does nothing.
 
-    python -m util.make_synth --root data/synth [--num-train 2400 --num-val 600 --seed 0 --workers 2]
+Command line: ``python -m tools.make_synth`` (:mod:`tools.make_synth`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -30,7 +28,8 @@ import cv2
 import numpy as np
 
 from util.classes import SYNTH_CLASSES, SYNTH_COLOURS
-from util.errors import UserError, cli_entry
+from util.errors import UserError
+from util.image_io import IGNORE_ID
 
 FORMAT_VERSION = 1
 SUBSETS = ("train", "val")
@@ -145,7 +144,7 @@ def render(seed: int, subset: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     shade = np.linspace(rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2), width)[None, :, None]
     image = image * shade + rng.normal(0.0, 6.0, size=image.shape)
     border = cv2.morphologyEx(label, cv2.MORPH_GRADIENT, np.ones((BORDER_WIDTH, BORDER_WIDTH), np.uint8)) > 0
-    label[border] = 255
+    label[border] = IGNORE_ID
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
@@ -208,25 +207,3 @@ def make_synth(root: str | Path, num_train: int = 2400, num_val: int = 600, seed
     (root / "class_names.txt").write_text("\n".join(SYNTH_CLASSES) + "\n")
     (root / META_FILE).write_text(json.dumps(_meta(num_train, num_val, seed), indent=1) + "\n")
     return True
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="data/synth", help="output folder (default data/synth)")
-    parser.add_argument("--num-train", type=int, default=2400)
-    parser.add_argument("--num-val", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    made = make_synth(args.root, args.num_train, args.num_val, args.seed, args.workers)
-    if made:
-        print(f"synth: wrote {args.num_train} train + {args.num_val} val images to {args.root} "
-              f"in {time.perf_counter() - start:.1f} s")
-    else:
-        print(f"synth: {args.root} is already complete; nothing to do")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ Few-shot scores (the PFENet/BAM definitions, see the FSS protocol):
   IoU = sum I / sum U, then the mean over the classes that had episodes.
 - FB-IoU: background and foreground intersections and unions summed over all episodes, IoU of each,
   averaged.
-Pixels labelled ``ignore_index`` (255) count nowhere. Counts are int64, so sums are exact.
+Pixels labelled ``ignore_index`` (config key ``ignore_label``, passed by the caller) count nowhere. Counts are int64, so sums are exact.
 Episode scores also count how much of the scored pixels the predictions and the labels mark as foreground,
 so that a model predicting (nearly) everything or nothing as the object is noticed (:data:`NEARLY_ALL`).
 """
@@ -19,14 +19,13 @@ import torch.nn.functional as F
 from util.distributed import all_reduce_sum
 from util.errors import UserError
 
-IGNORE_INDEX = 255
 NEARLY_ALL = 0.98
 """A prediction covering at least this share of the scored pixels as foreground is "(nearly) all foreground";
 one covering at least this share as background is "(nearly) all background"."""
 
 
 def intersection_union(
-    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class intersection and union pixel counts (int64 ``[num_classes]``) of two label maps."""
     if pred.shape != label.shape:
@@ -79,7 +78,7 @@ def check_finite_logits(logits: torch.Tensor, amp: str, names: Sequence[str] | N
 class SemanticIoU:
     """Per-class intersection/union accumulated over images (stage-1 validation, FB-IoU)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, num_classes: int, ignore_index: int):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.inter = torch.zeros(num_classes, dtype=torch.int64)
@@ -108,7 +107,7 @@ class SemanticIoU:
 class FewShotIoU:
     """Episode scores: per-class foreground IoU (mIoU) and FB-IoU, accumulated over episodes."""
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, num_classes: int, ignore_index: int):
         self.ignore_index = ignore_index
         # rows: class id 0..num_classes; columns: foreground intersection, union, episode count
         self.per_class = torch.zeros(num_classes + 1, 3, dtype=torch.int64)

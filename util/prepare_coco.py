@@ -10,11 +10,10 @@ records the annotation file's hash and, per mask, a digest of its image's annota
 the PNG written, so only masks whose annotations changed, or whose file is missing, truncated or
 altered, are made again (util/mask_manifest.py); masks are written atomically.
 
-    python -m util.prepare_coco --coco-root data/coco
+Command line: ``python -m tools.prepare_coco`` (:mod:`tools.prepare_coco`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -23,13 +22,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from util.atomic import write_text_if_changed
-from util.errors import UserError, cli_entry
+from util.errors import UserError
 from util.fss_lists import pool_list_path
-from util.image_io import encode_label_png
+from util.image_io import IGNORE_ID, encode_label_png
 from util.mask_manifest import MaskManifest, make_masks, sha256_bytes, sha256_json
 
 SPLITS = {"train": "train2014", "val": "val2014"}
-CROWD = 255
+CROWD = IGNORE_ID
 PRODUCER = "prepare_coco 1"  # the rendering rule's version: change it when render_mask changes, so masks are redone
 
 
@@ -104,18 +103,3 @@ def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str,
         write_text_if_changed(pool_list_path(root, "coco", subset), "".join(lines))
         counts[subset] = len(lines)
     return counts
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--coco-root", required=True, help="folder holding train2014/, val2014/, annotations/")
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    counts = prepare_coco(args.coco_root, args.workers)
-    print(f"prepare_coco: train {counts['train']} images, val {counts['val']} images; next: "
-          f"python -m util.make_lists --dataset coco --data-root {args.coco_root}")
-
-
-if __name__ == "__main__":
-    main()

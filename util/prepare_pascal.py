@@ -12,11 +12,10 @@ mask, the hash of the label file it was converted from and the hash of the PNG w
 VOC/SBD label, a missing, truncated or altered mask is converted again and nothing else is rewritten
 (util/mask_manifest.py); masks are written atomically.
 
-    python -m util.prepare_pascal --voc-root data/VOCdevkit/VOC2012 --sbd-root data/benchmark_RELEASE
+Command line: ``python -m tools.prepare_pascal`` (:mod:`tools.prepare_pascal`).
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -24,9 +23,9 @@ import numpy as np
 import scipy.io
 
 from util.atomic import write_text_if_changed
-from util.errors import UserError, cli_entry
+from util.errors import UserError
 from util.fss_lists import pool_list_path
-from util.image_io import check_label_values, encode_label_png, read_label
+from util.image_io import IGNORE_ID, check_label_values, encode_label_png, read_label
 from util.mask_manifest import MaskManifest, make_masks, sha256_file
 
 NUM_CLASSES = 20
@@ -60,7 +59,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
 def _convert(job: tuple[str, str]) -> bytes:
     source, kind = job
     label = read_label(source) if kind == "voc" else read_sbd_label(Path(source))
-    check_label_values(label, NUM_CLASSES, source)
+    check_label_values(label, NUM_CLASSES, source, IGNORE_ID)
     return encode_label_png(label)
 
 
@@ -98,19 +97,3 @@ def prepare_pascal(voc_root: str | Path, sbd_root: str | Path, workers: int | No
         write_text_if_changed(pool_list_path(voc_root, "pascal", subset),
                               "".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in ids))
     return {subset: len(ids) for subset, ids in subsets.items()}
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--voc-root", required=True, help="VOCdevkit/VOC2012")
-    parser.add_argument("--sbd-root", required=True, help="benchmark_RELEASE (or benchmark_RELEASE/dataset)")
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    counts = prepare_pascal(args.voc_root, args.sbd_root, args.workers)
-    print(f"prepare_pascal: train {counts['train']} images, val {counts['val']} images; next: "
-          f"python -m util.make_lists --dataset pascal --data-root {args.voc_root}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,10 @@
 """Result tables from test.py's JSON: per-seed class IoU of one run, and the paper-style fold table.
 
-``python -m util.report exp/.../split0/.../test/results.json exp/.../split1/.../test/results.json ...``
-prints mIoU and FB-IoU per fold and their mean (percentages, mean over seeds); with ``--chart`` it also
-draws the per-class IoU bar chart of those folds next to the results (see :func:`chart_path`).
-``python -m util.report --results-path --config FILE [key value ...]`` prints where test.py writes
-the results of that config (used by test.sh).
+Command line: ``python -m tools.report`` (:mod:`tools.report`), the fold table and chart of result files, and
+where test.py writes a config's results (used by test.sh).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -16,8 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from util.backbone_weights import RANDOM_WARNING, SOURCE_KEY, is_random
 from util.checkpoint import meta_run_dir
-from util.config import load_config
-from util.errors import UserError, cli_entry
+from util.errors import UserError
 from util.metrics import NEARLY_ALL
 
 RESULTS_FILE = "results.json"
@@ -138,31 +133,3 @@ def read_results(path: str | Path) -> dict[str, Any]:
         raise UserError(f"result file {path} is not valid JSON ({err.msg}); re-run test.py") from None
     except UnicodeDecodeError:
         raise UserError(f"result file {path} is not a text (JSON) file; re-run test.py") from None
-
-
-@cli_entry
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description="Print the fold table of test.py result files.")
-    parser.add_argument("--results-path", action="store_true",
-                        help="print the results file of --config and the key value overrides instead")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--chart", action="store_true",
-                        help="also draw the per-class IoU bar chart in the folder holding the result files")
-    parser.add_argument("items", nargs="+", help="results.json files, one per fold (or overrides)")
-    args = parser.parse_args(argv)
-    if args.results_path:
-        text = str(results_path(load_config(args.config, args.items)))
-    else:
-        results = [read_results(p) for p in args.items]
-        text = format_fold_table(results)
-        if args.chart:
-            # imported here so that ``--results-path`` (called once per fold by test.sh) does not load matplotlib
-            from util.visualize import save_per_class_bar_chart
-
-            text += f"\nper-class IoU chart: {save_per_class_bar_chart(results, chart_path(args.items, results))}"
-    print(text)
-    return text
-
-
-if __name__ == "__main__":
-    main()

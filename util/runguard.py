@@ -11,12 +11,11 @@ run-directory lock, and a clean stop on SIGINT/SIGTERM.
   refuses, a lock left by a dead process on this host is taken over.
 - Stop: SIGINT/SIGTERM ask the training loop to save ``last.pth`` after the current iteration and stop.
 
-``python -m util.runguard --stage1-done --config C [key value ...]`` prints the checkpoint that makes
-stage 1 done for that config (nothing if it is not done); train.sh uses it to skip stage 1.
+:func:`stage1_done` is the checkpoint that makes stage 1 done for a config; train.sh asks it through
+``python -m tools.runguard --stage1-done`` to skip stage 1.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import math
@@ -30,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -38,7 +37,7 @@ from util.checkpoint import (BEST, IMPORTED, LAST, RUN_DIR_KEYS, RUN_IDENTITY_KE
                              finished_checkpoint, identity_conflict, resume_path, run_identity, run_record,
                              warn_unchecked)
 from util.distributed import DistContext, all_reduce_sum
-from util.errors import UserError, cli_entry
+from util.errors import UserError
 
 LOCK_FILE = "run.lock"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -306,22 +305,3 @@ def worker_signals(worker_id: int) -> None:
 
 
 # ---------------------------------------------------------------- command line (train.sh)
-
-
-@cli_entry
-def main(argv: Sequence[str] | None = None) -> None:
-    from util.config import load_config
-
-    parser = argparse.ArgumentParser(description="Print the checkpoint that makes stage 1 done for a config "
-                                                 "(nothing if stage 1 still has to run).")
-    parser.add_argument("--stage1-done", action="store_true", required=True)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("overrides", nargs="*", help="key value pairs overriding the config")
-    args = parser.parse_args(argv)
-    done = stage1_done(load_config(args.config, args.overrides))
-    if done is not None:
-        print(done)
-
-
-if __name__ == "__main__":
-    main()

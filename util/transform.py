@@ -1,8 +1,8 @@
 """The one paired image/label transform pipeline, used for queries, supports and stage-1 images alike.
 
 Every step takes ``(image, label, rng)`` and returns ``(image, label)``: the image is float32 RGB in
-0..255, the label uint8 class ids (255 = ignore). Randomness comes only from the explicit
-``numpy.random.Generator``, so a seeded generator reproduces the exact augmentation.
+0..255, the label uint8 class ids (config key ``ignore_label`` = ignore; 255 in VOC/COCO files). Randomness comes
+only from the explicit ``numpy.random.Generator``, so a seeded generator reproduces the exact augmentation.
 """
 from __future__ import annotations
 
@@ -242,7 +242,7 @@ def build_transform(cfg, train: bool, size: int | None = None, stage: str = "met
     return PairedTransform(steps, mean, std)
 
 
-def bbox_mask(binary: np.ndarray, ignore_label: int = 255) -> np.ndarray:
+def bbox_mask(binary: np.ndarray, ignore_label: int) -> np.ndarray:
     """Weak support annotation: the bounding box of the foreground (value 1) filled with 1, ignore kept outside."""
     out = np.where(binary == ignore_label, ignore_label, 0).astype(np.uint8)
     ys, xs = np.nonzero(binary == 1)
@@ -251,7 +251,7 @@ def bbox_mask(binary: np.ndarray, ignore_label: int = 255) -> np.ndarray:
     return out
 
 
-def binary_label(label: np.ndarray, class_id: int, ignore_label: int = 255) -> np.ndarray:
+def binary_label(label: np.ndarray, class_id: int, ignore_label: int) -> np.ndarray:
     """``class_id`` -> 1, ignore kept, everything else -> 0."""
     out = (label == class_id).astype(np.uint8)
     out[label == ignore_label] = ignore_label

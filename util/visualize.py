@@ -5,7 +5,7 @@ Colours: support masks and ground truth in sky blue, predictions in magenta (wit
 outlined in sky blue), ignored pixels (label 255) whitened, everything else dimmed grey. Figures use
 matplotlib's Agg canvas directly (no pyplot, no global backend switch), so they work headless.
 test.py (``vis N``) draws episode figures through ``util.evaluator.draw_episode_figures``;
-``python -m util.report --chart`` draws the per-class IoU chart.
+``python -m tools.report --chart`` draws the per-class IoU chart.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from util.errors import UserError
-from util.image_io import image_size
-from util.metrics import IGNORE_INDEX, intersection_union
+from util.image_io import IGNORE_ID, image_size
+from util.metrics import intersection_union
 from util.report import NO_EPISODES, classes_scored, novel_class_names
 from util.transform import ResizePad
 
@@ -69,8 +69,8 @@ def content_size(original_hw: tuple[int, int], size: int) -> tuple[int, int]:
     """``(h, w)`` of the top-left region that an ``original_hw`` image fills after the test resize-and-pad to ``size``."""
     height, width = (int(v) for v in original_hw)
     zeros = np.zeros((height, width), np.uint8)
-    _, placed = ResizePad(size, (0,), IGNORE_INDEX)(zeros, zeros, None)
-    rows, cols = np.nonzero(placed != IGNORE_INDEX)
+    _, placed = ResizePad(size, (0,), IGNORE_ID)(zeros, zeros, None)
+    rows, cols = np.nonzero(placed != IGNORE_ID)
     return int(rows.max()) + 1, int(cols.max()) + 1
 
 
@@ -109,7 +109,8 @@ def episode_pictures(sample: Mapping[str, Any], mean: Sequence[float], std: Sequ
 
 def foreground_iou(pred: ArrayLike, label: ArrayLike) -> float:
     """Foreground IoU of one binary prediction against a {0, 1, 255} label; NaN if both are empty."""
-    inter, union = intersection_union(torch.as_tensor(_numpy(pred)).long(), torch.as_tensor(_numpy(label)).long(), 2)
+    inter, union = intersection_union(torch.as_tensor(_numpy(pred)).long(), torch.as_tensor(_numpy(label)).long(), 2,
+                                      IGNORE_ID)
     return float(inter[1]) / float(union[1]) if int(union[1]) else math.nan
 
 
@@ -128,7 +129,7 @@ def overlay_mask(rgb: ArrayLike, mask: ArrayLike, colour: tuple[int, int, int] =
         raise ValueError(f"mask {labels.shape} and image {image.shape[:2]} differ in size")
     out = image.astype(np.float32)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
-    foreground, ignored = labels == 1, labels == IGNORE_INDEX
+    foreground, ignored = labels == 1, labels == IGNORE_ID
     out = np.where(foreground[..., None], out, BACKGROUND_BRIGHTNESS * grey)
     for region, tint in ((foreground, colour), (ignored, IGNORE_COLOUR)):
         out[region] = (1 - alpha) * out[region] + alpha * np.asarray(tint, np.float32)
