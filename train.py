@@ -39,8 +39,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
 
     def validate(net) -> dict[str, float]:
         scores = evaluate_episodes(net, val_set, ctx, num_classes=len(names), ignore_label=cfg.ignore_label,
-                                   batch_size=cfg.test_batch_size,
-                                   ori_resize=cfg.ori_resize, workers=cfg.workers, amp=cfg.amp, desc="val novel classes")
+                                   batch_size=cfg.test_batch_size, ori_resize=cfg.ori_resize, workers=cfg.workers,
+                                   amp=cfg.amp, desc="val novel classes", feature_reuse=cfg.feature_reuse)
         summary = episode_scores_summary(scores, names)
         return {"miou": summary["miou"], "fbiou": summary["fbiou"]}
 

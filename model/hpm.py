@@ -11,7 +11,9 @@ the query, the support and the mask all upsampled to the first bin; it does not 
 remaining levels start again from the original query layer4 and the layer3-size mask.
 
 ``mean_j cos(q, s_j) = q/|q| . mean_j s_j/|s_j|``, so the prior costs O(HW*C) instead of building the
-HW x HW similarity matrix; neither unit-length copy of the features is materialised either.
+HW x HW similarity matrix; neither unit-length copy of the features is materialised either. The support side
+thus reduces to one direction per level (:func:`support_directions`), which an evaluation can compute once per
+(support image, class) and reuse (:func:`priors_from_directions` takes it).
 """
 from __future__ import annotations
 
@@ -59,10 +61,43 @@ def cosine_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     return _normalised_priors(query, _mean_direction(support)[:, None])
 
 
-def _shot_mean_prior(main: torch.Tensor, masked_support: torch.Tensor, shots: int) -> torch.Tensor:
-    """Mean over the K shots of each shot's prior: ``main`` [B, C, s, s], ``masked_support`` [B*K, C, s, s] -> [B, 1, s, s]."""
-    directions = _mean_direction(masked_support).view(main.shape[0], shots, -1)
-    return _normalised_priors(main, directions).mean(dim=1, keepdim=True)
+def support_directions(support_layer4: torch.Tensor, support_masks: torch.Tensor, bins: list[int]) -> list[torch.Tensor]:
+    """What the prior chain needs from one support: its mean unit direction [N, C] at every level (one per bin).
+
+    support_layer4 [N, C, h, w]; support_masks [N, h3, w3], already resized (bilinear) to layer3's size. Each level
+    resizes the ORIGINAL layer4 and multiplies it by the cumulative mask chain (module docstring). Depends on the
+    support alone, so an evaluation can compute it once per (support image, class) and reuse it.
+    """
+    start_mask = support_masks.unsqueeze(1)
+    directions = []
+    levels = bins
+    if support_layer4.shape[-1] < bins[0]:
+        size = bins[0]
+        directions.append(_mean_direction(bilinear(support_layer4, size) * bilinear(start_mask, size)))
+        levels = bins[1:]
+    mask = start_mask
+    for size in levels:
+        mask = bilinear(mask, size)
+        directions.append(_mean_direction(bilinear(support_layer4, size) * mask))
+    return directions
+
+
+def priors_from_directions(query_layer4: torch.Tensor, directions: list[torch.Tensor], bins: list[int]) -> list[torch.Tensor]:
+    """Priors [B, 1, b, b] for each bin ``b`` of ``query_layer4`` [B, C, h, w] given the K shots' directions
+    [B, K, C] of every level (:func:`support_directions`): the K priors of a level are averaged, and the query is
+    reweighted by that average and pooled to the next level."""
+    main = query_layer4
+    priors = []
+    levels = bins
+    if main.shape[-1] < bins[0]:
+        priors.append(_normalised_priors(bilinear(main, bins[0]), directions[0]).mean(dim=1, keepdim=True))
+        levels, directions = bins[1:], directions[1:]
+    for level, (size, level_directions) in enumerate(zip(levels, directions)):
+        prior = _normalised_priors(main, level_directions).mean(dim=1, keepdim=True)
+        priors.append(prior)
+        if level + 1 < len(levels):
+            main = average_pool(main * prior, levels[level + 1])
+    return priors
 
 
 def hierarchical_priors(query_layer4: torch.Tensor, support_layer4: torch.Tensor, support_masks: torch.Tensor,
@@ -73,21 +108,6 @@ def hierarchical_priors(query_layer4: torch.Tensor, support_layer4: torch.Tensor
     already resized (bilinear) to layer3's size. Each shot keeps its own mask chain and resizes of its original
     layer4; the K priors of a level are averaged, and the query is reweighted by that average.
     """
-    shots = support_layer4.shape[1]
-    support = support_layer4.flatten(0, 1)
-    start_mask = support_masks.flatten(0, 1).unsqueeze(1)
-    main = query_layer4
-    priors = []
-    levels = bins
-    if main.shape[-1] < bins[0]:
-        size = bins[0]
-        priors.append(_shot_mean_prior(bilinear(main, size), bilinear(support, size) * bilinear(start_mask, size), shots))
-        levels = bins[1:]
-    mask = start_mask
-    for level, size in enumerate(levels):
-        mask = bilinear(mask, size)
-        prior = _shot_mean_prior(main, bilinear(support, size) * mask, shots)
-        priors.append(prior)
-        if level + 1 < len(levels):
-            main = average_pool(main * prior, levels[level + 1])
-    return priors
+    batch, shots = support_layer4.shape[:2]
+    directions = support_directions(support_layer4.flatten(0, 1), support_masks.flatten(0, 1), bins)
+    return priors_from_directions(query_layer4, [d.view(batch, shots, -1) for d in directions], bins)

@@ -6,7 +6,7 @@ level is the mean of the K per-shot priors, and the triplet loss sees the local 
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from model.backbone import Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
-from model.hpm import hierarchical_priors, pyramid_bins, weighted_sum
+from model.hpm import priors_from_directions, pyramid_bins, support_directions, weighted_sum
 from model.ifm import InformationFusion
 from model.resize import bilinear
 from util.errors import UserError
@@ -42,6 +42,32 @@ class DownFeatures(nn.Sequential):
 def _join(tensors: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat`` along the batch, without a copy for a single tensor."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _bins(image_size: int) -> list[int]:
+    """HPM's bins for an input of height ``image_size`` (the first is layer3's size)."""
+    return pyramid_bins((image_size - 1) // 8 + 1)
+
+
+def _small_masks(masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``masks`` [N,H,W] as foreground (== 1) weights [N,1,h,w] resized (bilinear) to ``features``' size."""
+    return bilinear((masks == 1).to(features.dtype).unsqueeze(1), features.shape[-2:])
+
+
+class EncodedImages(NamedTuple):
+    """:meth:`MIANet.encode` of N images: ``mid`` = down_features(layer3, layer2) before its dropout [N, reduce_dim,
+    h, w]; ``layer4`` [N, C4, h4, w4]."""
+
+    mid: torch.Tensor
+    layer4: torch.Tensor
+
+
+class SupportSummary(NamedTuple):
+    """What the head reads from supports (:meth:`MIANet.summarize_supports`): the masked-average ``prototype``
+    [..., reduce_dim] and the HPM ``directions`` [..., C4], one per level ([] without HPM)."""
+
+    prototype: torch.Tensor
+    directions: list[torch.Tensor]
 
 
 class MIANet(nn.Module):
@@ -102,26 +128,78 @@ class MIANet(nn.Module):
             self.backbone.eval()
         return self
 
-    def _encode(self, query: torch.Tensor, supports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``down_features`` of layer3+layer2 (before its dropout) and layer4, for the query batch followed by
-        the flattened supports: [B + B*K, ...] each. Every image goes through the backbone once.
+    def encode(self, images: torch.Tensor) -> EncodedImages:
+        """The per-image features the head reads, for ``images`` [N,3,H,W]: ``down_features`` of layer3+layer2
+        (before its dropout) and layer4. Every image goes through the backbone once.
 
-        Backbone BN in train mode (``freeze_backbone_bn: false``): the query batch and each shot's batch go
-        through separately, as in the reference, so each group has its own batch statistics. Frozen BN: one
-        batch on GPU; on CPU one channels-last image at a time, measured 15-30% faster than one NCHW batch
-        (ResNet-50 at 473 and 641 px, 2 cores: smaller working set per layer, no layout reorder per convolution).
+        In eval mode this is a pure function of each image, so an evaluation may compute it once per image and
+        reuse it (:mod:`util.evaluator`, ``feature_reuse``). Backbone BN in train mode (``freeze_backbone_bn:
+        false``) makes an image's features depend on its batch: use :meth:`forward`, which batches as the
+        reference does. Frozen BN: one batch on GPU; on CPU one channels-last image at a time, measured 15-30%
+        faster than one NCHW batch (ResNet-50 at 473 and 641 px, 2 cores: smaller working set per layer, no
+        layout reorder per convolution).
         """
         with torch.no_grad():
-            if self.backbone.training:
-                shots = [self.backbone(cpu_layout(supports[:, k]))[2:] for k in range(supports.shape[1])]
-                features = [self.backbone(cpu_layout(query))[2:],
-                            [torch.stack(layer, dim=1).flatten(0, 1) for layer in zip(*shots)]]
-            else:
-                images = torch.cat([query, supports.flatten(0, 1)])
-                groups = images.split(1) if images.device.type == "cpu" else [images]
-                features = [self.backbone(cpu_layout(group))[2:] for group in groups]
+            groups = images.split(1) if images.device.type == "cpu" else [images]
+            features = [self.backbone(cpu_layout(group))[2:] for group in groups]
+        return self._encoded(features)
+
+    def _encoded(self, features: list[tuple[torch.Tensor, ...]]) -> EncodedImages:
         mid = _join([self.down_features(layer3, layer2) for layer2, layer3, _ in features])
-        return mid, _join([layer4 for _, _, layer4 in features])
+        return EncodedImages(mid, _join([layer4 for _, _, layer4 in features]))
+
+    def _encode_episodes(self, query: torch.Tensor, supports: torch.Tensor) -> EncodedImages:
+        """:meth:`encode` of the query batch followed by the flattened supports: [B + B*K, ...] each; with the
+        backbone BN in train mode, the query batch and each shot's batch go through separately, as in the reference,
+        so each group has its own batch statistics."""
+        if not self.backbone.training:
+            return self.encode(torch.cat([query, supports.flatten(0, 1)]))
+        with torch.no_grad():
+            shots = [self.backbone(cpu_layout(supports[:, k]))[2:] for k in range(supports.shape[1])]
+            features = [self.backbone(cpu_layout(query))[2:],
+                        [torch.stack(layer, dim=1).flatten(0, 1) for layer in zip(*shots)]]
+        return self._encoded(features)
+
+    def _summarize(self, support_feat: torch.Tensor, support_layer4: torch.Tensor, small_masks: torch.Tensor,
+                   bins: list[int]) -> SupportSummary:
+        directions = support_directions(support_layer4, small_masks[:, 0], bins) if self.use_hpm else []
+        return SupportSummary(masked_average(support_feat, small_masks), directions)
+
+    def summarize_supports(self, encoded: EncodedImages, masks: torch.Tensor, image_size: int) -> SupportSummary:
+        """What the head needs from each support of :meth:`encode`'s ``encoded`` [N, ...] with its mask ``masks``
+        [N,H,W] (1 = the class; 0 and 255 = not) at input height ``image_size``: the masked-average prototype
+        and the HPM directions (:func:`model.hpm.support_directions`), [N, C] each. In eval mode a pure function
+        of the (image, mask) pair."""
+        support_feat = self.down_features[2](encoded.mid)
+        small_masks = _small_masks(masks, support_feat)
+        return self._summarize(support_feat, encoded.layer4, small_masks, _bins(image_size))
+
+    def head(self, query: EncodedImages, supports: SupportSummary, class_ids: torch.Tensor,
+             image_size: tuple[int, int]) -> torch.Tensor:
+        """Logits [B,2,H',W'] (see :meth:`forward`) from the encoded query batch [B, ...] (:meth:`encode`), the K
+        shots' summaries [B, K, C] (:meth:`summarize_supports`) and the classes [B]; ``image_size`` (H, W) is the
+        input's."""
+        return self._head(query, supports, class_ids, image_size)[0]
+
+    def _head(self, query: EncodedImages, supports: SupportSummary, class_ids: torch.Tensor,
+              image_size: tuple[int, int]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """:meth:`head`'s logits, the per-bin auxiliary logits (train mode; else []) and the general prototype."""
+        height, width = image_size
+        query_feat = self.down_features[2](query.mid)
+        prototype = supports.prototype.mean(dim=1)
+        general = self.gig(self.word_vectors[class_ids], prototype) if self.use_gim else prototype
+        bins = _bins(height)
+        if self.use_hpm:
+            priors = priors_from_directions(query.layer4, supports.directions, bins)
+            if self.prior_scale != 1:
+                priors = [prior * self.prior_scale for prior in priors]
+        else:
+            priors = [query_feat.new_zeros(query_feat.shape[0], 1, b, b) for b in bins]
+        logits, aux_logits = self.ifm(query_feat, general, priors, aux=self.training)
+        logits = logits.contiguous()
+        if self.zoom_factor != 1:
+            logits = bilinear(logits, ((height - 1) // 8 * self.zoom_factor + 1, (width - 1) // 8 * self.zoom_factor + 1))
+        return logits, aux_logits, general
 
     def forward(self, query: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor, class_ids: torch.Tensor,
                 query_label: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -130,31 +208,20 @@ class MIANet(nn.Module):
 
         Returns logits [B,2,H',W'] (H' = (H-1)//8*zoom+1); in train mode with ``query_label`` [B,H,W] a dict
         with ``logits``, ``loss_main``, ``loss_aux``, ``loss_triplet`` and their weighted sum ``loss``.
+        Built on :meth:`encode`, :meth:`summarize_supports` and :meth:`head`.
         """
         batch, shots = supports.shape[:2]
         height, width = query.shape[-2:]
-        mid, layer4 = self._encode(query, supports)
+        encoded = self._encode_episodes(query, supports)
         dropout = self.down_features[2]
-        query_feat, support_feat = dropout(mid[:batch]), dropout(mid[batch:])
-
+        support_feat = dropout(encoded.mid[batch:])
         # the support masks at layer3's size: for the prototype, HPM and the triplet loss's cell labels
-        small_masks = bilinear((support_masks == 1).to(support_feat.dtype).flatten(0, 1).unsqueeze(1),
-                               support_feat.shape[-2:])
-        prototype = masked_average(support_feat, small_masks).view(batch, shots, -1).mean(dim=1)
-        general = self.gig(self.word_vectors[class_ids], prototype) if self.use_gim else prototype
-
-        bins = pyramid_bins((height - 1) // 8 + 1)
-        if self.use_hpm:
-            priors = hierarchical_priors(layer4[:batch], layer4[batch:].view(batch, shots, *layer4.shape[1:]),
-                                         small_masks.view(batch, shots, *small_masks.shape[-2:]), bins)
-            if self.prior_scale != 1:
-                priors = [prior * self.prior_scale for prior in priors]
-        else:
-            priors = [query_feat.new_zeros(batch, 1, b, b) for b in bins]
-        logits, aux_logits = self.ifm(query_feat, general, priors, aux=self.training)
-        logits = logits.contiguous()
-        if self.zoom_factor != 1:
-            logits = bilinear(logits, ((height - 1) // 8 * self.zoom_factor + 1, (width - 1) // 8 * self.zoom_factor + 1))
+        small_masks = _small_masks(support_masks.flatten(0, 1), support_feat)
+        summary = self._summarize(support_feat, encoded.layer4[batch:], small_masks, _bins(height))
+        per_episode = SupportSummary(summary.prototype.view(batch, shots, -1),
+                                     [d.view(batch, shots, -1) for d in summary.directions])
+        logits, aux_logits, general = self._head(EncodedImages(encoded.mid[:batch], encoded.layer4[:batch]), per_episode,
+                                       class_ids, (height, width))
         if not self.training or query_label is None:
             return logits
 

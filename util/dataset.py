@@ -183,21 +183,26 @@ class EpisodeDataset(Dataset):
         supports = [tuple(self.items[candidates[int(c)]][:2]) for c in chosen]
         return Episode(query=(image, label), supports=supports, class_id=class_id)
 
-    def _binary(self, image: str, label: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
-        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
-        return rgb, binary_label(classes, class_id, self.cfg.ignore_label)
+    def read(self, image: str, label: str) -> tuple[np.ndarray, np.ndarray]:
+        """An image and its class-id label, by their paths relative to data_root (checked as :func:`load_pair`)."""
+        return load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
+
+    def view(self, rgb: np.ndarray, classes: np.ndarray, class_id: int, rng: np.random.Generator,
+             support: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The network input and its label for ``class_id`` (a support's mask is its bounding box with
+        ``ann_type: bbox``), transformed with ``rng``; and the binary label before the transform."""
+        binary = binary_label(classes, class_id, self.cfg.ignore_label)
+        mask = bbox_mask(binary, self.cfg.ignore_label) if support and self.cfg.ann_type == "bbox" else binary
+        tensor, label = self.transform(rgb, mask, rng)
+        return tensor, label, binary
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         episode = self.episode(index)
         rngs = [np.random.default_rng(s) for s in self._sequences(index)[1].spawn(self.shot + 1)]
-        query_rgb, query_binary = self._binary(*episode.query, episode.class_id)
-        query, query_label = self.transform(query_rgb, query_binary, rngs[0])
+        query, query_label, query_binary = self.view(*self.read(*episode.query), episode.class_id, rngs[0], support=False)
         supports, masks = [], []
-        for (image, label), rng in zip(episode.supports, rngs[1:]):
-            rgb, mask = self._binary(image, label, episode.class_id)
-            if self.cfg.ann_type == "bbox":
-                mask = bbox_mask(mask, self.cfg.ignore_label)
-            support, support_mask = self.transform(rgb, mask, rng)
+        for pair, rng in zip(episode.supports, rngs[1:]):
+            support, support_mask, _ = self.view(*self.read(*pair), episode.class_id, rng, support=True)
             supports.append(support)
             masks.append(support_mask)
         sample = {

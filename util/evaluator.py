@@ -7,18 +7,22 @@ multi-process evaluation gives exactly the numbers of a single process.
 from __future__ import annotations
 
 import statistics
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from util.checkpoint import MODEL_CONFIG_KEYS
 from util.classes import class_names, novel_classes
-from util.dataset import EpisodeDataset, episode_collate
+from model.mianet import EncodedImages, SupportSummary
+from util.dataset import Episode, EpisodeDataset, episode_collate
 from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
 from util.metrics import (NEARLY_ALL, FewShotIoU, SemanticIoU, check_finite_logits, foreground_coverage,
@@ -29,6 +33,9 @@ from util.transform import normalization_for
 from util.visualize import save_contact_sheet, save_sample_figure
 
 CONTACT_SHEET = "contact_sheet.png"
+# feature_reuse: (support image, class) summaries kept per evaluation; ~34 KB each with ResNet-50 (256 + 4 x 2048
+# float32), so at most ~0.28 GB, more than the pairs of a PASCAL or synth protocol (the least recently used go first)
+SUPPORT_CACHE_ENTRIES = 8192
 DEGENERATE_MEANING = {
     "all foreground": "the model marks (nearly) every pixel as the object whatever the support, so it has not learned "
                       "to segment (an untrained or random-weight backbone, or a diverged run); its IoU then only "
@@ -67,31 +74,208 @@ def _episode_predictions(
             if ori_resize:
                 h0, w0 = batch["query_size_ori"][b].tolist()
                 label = batch["query_label_ori"][b, :h0, :w0]
-                pred = predict_on_label(logits[b], (h0, w0), ori_size=(h0, w0))
             else:
                 label = batch["query_label"][b]
-                pred = predict_on_label(logits[b], tuple(label.shape))
-            yield batch, b, pred, label
+            yield batch, b, _predict(logits[b], label, ori_resize), label
+
+
+def _predict(logits: torch.Tensor, label: torch.Tensor, ori_resize: bool) -> torch.Tensor:
+    """The binary prediction of one episode's ``logits`` on the grid of the ``label`` it is scored against."""
+    size = tuple(label.shape)
+    return predict_on_label(logits, size, ori_size=size) if ori_resize else predict_on_label(logits, size)
 
 
 @torch.no_grad()
 def evaluate_episodes(
-    model: nn.Module, episodes: Dataset, ctx: DistContext, *, num_classes: int, ignore_label: int, batch_size: int = 1,
-    ori_resize: bool = True, workers: int = 0, amp: str = "off", desc: str = "test",
+    model: nn.Module, episodes: EpisodeDataset, ctx: DistContext, *, num_classes: int, ignore_label: int,
+    batch_size: int = 1, ori_resize: bool = True, workers: int = 0, amp: str = "off", desc: str = "test",
+    feature_reuse: bool = False,
 ) -> FewShotIoU:
     """Run ``model`` (eval mode) on every episode and return the scores, already reduced over ranks.
 
     ``ori_resize``: score against ``query_label_ori`` (original size, see :func:`predict_on_label`);
-    otherwise against ``query_label`` on the network input grid.
+    otherwise against ``query_label`` on the network input grid. ``feature_reuse``: see :func:`evaluate_episode_sets`.
+    """
+    return evaluate_episode_sets(model, [episodes], ctx, num_classes=num_classes, ignore_label=ignore_label,
+                                 batch_size=batch_size, ori_resize=ori_resize, workers=workers, amp=amp, desc=desc,
+                                 feature_reuse=feature_reuse)[0]
+
+
+@torch.no_grad()
+def evaluate_episode_sets(
+    model: nn.Module, episode_sets: list[EpisodeDataset], ctx: DistContext, *, num_classes: int, ignore_label: int,
+    batch_size: int = 1, ori_resize: bool = True, workers: int = 0, amp: str = "off", desc: str = "test",
+    feature_reuse: bool = False,
+) -> list[FewShotIoU]:
+    """:func:`evaluate_episodes` of each set (e.g. one per test seed), as one evaluation.
+
+    ``feature_reuse`` with a model that splits into ``encode`` / ``summarize_supports`` / ``head`` (MIANet): each
+    image is encoded once per query turn and each (support image, class) summarised once for all the sets
+    (:func:`_evaluate_reusing_features`); the scores are the per-episode path's (integer counts, summed in any
+    order; ``tests/test_feature_reuse.py``). Other models run per episode.
     """
     model.eval()
-    scores = FewShotIoU(num_classes, ignore_label)
-    loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
-                        num_workers=workers, collate_fn=episode_collate(ignore_label), worker_init_fn=worker_signals)
-    bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
-    for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp):
-        scores.update(pred, label, int(batch["class_id"][b]))
-    scores.reduce()
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    if feature_reuse and all(callable(getattr(net, name, None)) for name in ("encode", "summarize_supports", "head")):
+        return _evaluate_reusing_features(net, episode_sets, ctx, num_classes=num_classes, ignore_label=ignore_label,
+                                          batch_size=batch_size, ori_resize=ori_resize, workers=workers, amp=amp,
+                                          desc=desc)
+    results = []
+    for episodes in episode_sets:
+        scores = FewShotIoU(num_classes, ignore_label)
+        loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
+                            num_workers=workers, collate_fn=episode_collate(ignore_label),
+                            worker_init_fn=worker_signals)
+        bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+        for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp):
+            scores.update(pred, label, int(batch["class_id"][b]))
+        scores.reduce()
+        results.append(scores)
+    return results
+
+
+Image = tuple[str, str]  # (image, label) paths relative to data_root, as in the lists
+
+
+@dataclass
+class _QueryTurn:
+    """The episodes of one query image (``(set, index, spec)``) and the images encoded for them: the query first,
+    then supports whose summaries are not cached. ``summarize``: per encoded image, the classes whose support
+    summaries are computed from it now; ``evict``: cache keys dropped once the episodes are done."""
+
+    query: Image
+    episodes: list[tuple[int, int, Episode]]
+    summarize: dict[Image, list[int]] = field(default_factory=dict)
+    evict: list[tuple[Image, int]] = field(default_factory=list)
+
+    def images(self) -> list[Image]:
+        return [self.query] + [image for image in self.summarize if image != self.query]
+
+
+def _plan_query_turns(episode_sets: list[EpisodeDataset], ctx: DistContext, capacity: int) -> list[_QueryTurn]:
+    """This rank's episodes of every set grouped by query image (in order of first appearance), with the support
+    summaries each turn computes and the least recently used ones it drops to keep at most ``capacity`` cached.
+
+    An image is summarised for every class any of the rank's episodes needs from it, at the first turn that
+    encodes it (as a query or as an uncached support), so most images are encoded once per query turn only.
+    """
+    turns: dict[Image, _QueryTurn] = {}
+    needed: dict[Image, set[int]] = defaultdict(set)
+    for number, episodes in enumerate(episode_sets):
+        for index in ShardSampler(len(episodes), ctx):
+            spec = episodes.episode(index)
+            turns.setdefault(spec.query, _QueryTurn(spec.query, [])).episodes.append((number, index, spec))
+            for support in spec.supports:
+                needed[support].add(spec.class_id)
+    cache: OrderedDict[tuple[Image, int], None] = OrderedDict()
+
+    def schedule(turn: _QueryTurn, image: Image) -> None:
+        missing = sorted(c for c in needed[image] if (image, c) not in cache)
+        turn.summarize[image] = missing
+        cache.update(((image, c), None) for c in missing)
+
+    for turn in turns.values():
+        if needed[turn.query]:
+            schedule(turn, turn.query)
+        for _, _, spec in turn.episodes:
+            for support in spec.supports:
+                if (support, spec.class_id) not in cache:
+                    schedule(turn, support)
+                cache.move_to_end((support, spec.class_id))
+        while len(cache) > capacity:
+            turn.evict.append(cache.popitem(last=False)[0])
+    return list(turns.values())
+
+
+class _QueryTurnImages(Dataset):
+    """Loads the pixels of a query turn (in a DataLoader worker): the encoded images [N,3,S,S] (query first), the
+    query's label per episode class (network grid and original size) and the support masks to summarise."""
+
+    def __init__(self, episodes: EpisodeDataset, turns: list[_QueryTurn]):
+        self.episodes, self.turns = episodes, turns
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        turn = self.turns[index]
+        rng = np.random.default_rng(0)  # the test transform draws nothing
+        query_classes = sorted({spec.class_id for _, _, spec in turn.episodes})
+        tensors, query_labels, support_masks = [], {}, {}
+        for image in turn.images():
+            rgb, classes = self.episodes.read(*image)
+            tensor = None
+            for class_id in query_classes if image == turn.query else ():
+                tensor, label, binary = self.episodes.view(rgb, classes, class_id, rng, support=False)
+                query_labels[class_id] = (label, torch.from_numpy(binary.astype(np.int64)))
+            for class_id in turn.summarize.get(image, ()):
+                tensor, mask, _ = self.episodes.view(rgb, classes, class_id, rng, support=True)
+                support_masks[image, class_id] = mask
+            tensors.append(tensor)
+        return {"images": torch.stack(tensors), "query_labels": query_labels, "support_masks": support_masks}
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _evaluate_reusing_features(
+    net: nn.Module, episode_sets: list[EpisodeDataset], ctx: DistContext, *, num_classes: int, ignore_label: int,
+    batch_size: int, ori_resize: bool, workers: int, amp: str, desc: str,
+) -> list[FewShotIoU]:
+    """The ``feature_reuse`` path of :func:`evaluate_episode_sets`.
+
+    Episodes run grouped by query image (:func:`_plan_query_turns`): the query's encoder maps live for its turn only;
+    a (support image, class) pair is kept as its summary (prototype and HPM directions, ~34 KB with ResNet-50) in a
+    cache of at most :data:`SUPPORT_CACHE_ENTRIES` entries. The loader's workers read each turn's images once; the main process
+    encodes them. Every set must share the data settings (data_root, ann_type, val_size): the first set loads.
+    """
+    first = episode_sets[0]
+    for episodes in episode_sets:
+        if episodes.mode != "val":
+            raise ValueError("feature reuse needs the test transform (EpisodeDataset mode 'val'); training augments")
+        if (episodes.root, episodes.cfg.ann_type, episodes.cfg.val_size) != (first.root, first.cfg.ann_type,
+                                                                             first.cfg.val_size):
+            raise ValueError("feature reuse needs episode sets with the same data_root, ann_type and val_size")
+    turns = _plan_query_turns(episode_sets, ctx, SUPPORT_CACHE_ENTRIES)
+    loader = DataLoader(_QueryTurnImages(first, turns), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        worker_init_fn=worker_signals)
+    scores = [FewShotIoU(num_classes, ignore_label) for _ in episode_sets]
+    cache: dict[tuple[Image, int], SupportSummary] = {}
+    bar = tqdm(zip(turns, loader), total=len(turns), desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+    for turn, loaded in bar:
+        images = loaded["images"].to(ctx.device)
+        size = tuple(images.shape[-2:])
+        with autocast(ctx.device, amp):
+            encoded = net.encode(images)
+            for position, image in enumerate(turn.images()):
+                for class_id in turn.summarize.get(image, ()):
+                    mask = loaded["support_masks"][image, class_id].to(ctx.device)[None]
+                    cache[image, class_id] = net.summarize_supports(
+                        EncodedImages(encoded.mid[position:position + 1], encoded.layer4[position:position + 1]),
+                        mask, size[0])
+        query = EncodedImages(encoded.mid[:1], encoded.layer4[:1])
+        del encoded, images
+        for start in range(0, len(turn.episodes), batch_size):
+            chunk = turn.episodes[start:start + batch_size]
+            shots = [[cache[support, spec.class_id] for support in spec.supports] for _, _, spec in chunk]
+            summary = SupportSummary(
+                torch.stack([torch.cat([shot.prototype for shot in row]) for row in shots]),
+                [torch.stack([torch.cat([shot.directions[level] for shot in row]) for row in shots])
+                 for level in range(len(shots[0][0].directions))])
+            class_ids = torch.tensor([spec.class_id for _, _, spec in chunk], device=ctx.device)
+            repeated = EncodedImages(*(maps.expand(len(chunk), *maps.shape[1:]) for maps in query))
+            with autocast(ctx.device, amp):
+                logits = net.head(repeated, summary, class_ids, size)
+            check_finite_logits(logits, amp, [turn.query[0]] * len(chunk))
+            for b, (number, _, spec) in enumerate(chunk):
+                label, label_ori = loaded["query_labels"][spec.class_id]
+                label = (label_ori if ori_resize else label).to(ctx.device)
+                scores[number].update(_predict(logits[b], label, ori_resize), label, spec.class_id)
+        for key in turn.evict:
+            del cache[key]
+    for score in scores:
+        score.reduce()
     return scores
 
 
@@ -215,12 +399,14 @@ def run_protocol(
     novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
     per_seed = []
     coverage = torch.zeros(5, dtype=torch.int64)
-    for seed in cfg["test_seeds"]:
-        episodes = make_episodes(seed)
-        scores = evaluate_episodes(model, episodes, ctx, num_classes=total_classes, ignore_label=cfg["ignore_label"],
-                                   batch_size=cfg["test_batch_size"],
-                                   ori_resize=cfg["ori_resize"], workers=cfg["workers"], amp=cfg["amp"],
-                                   desc=f"test seed {seed}")
+    seeds = list(cfg["test_seeds"])
+    episode_sets = [make_episodes(seed) for seed in seeds]
+    all_scores = evaluate_episode_sets(model, episode_sets, ctx, num_classes=total_classes,
+                                       ignore_label=cfg["ignore_label"], batch_size=cfg["test_batch_size"],
+                                       ori_resize=cfg["ori_resize"], workers=cfg["workers"], amp=cfg["amp"],
+                                       feature_reuse=cfg["feature_reuse"],
+                                       desc=f"test seeds {' '.join(map(str, seeds))}")
+    for seed, episodes, scores in zip(seeds, episode_sets, all_scores):
         baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes, cfg["ignore_label"])
         coverage += scores.coverage
         entry = {"seed": seed, **episode_scores_summary(scores, names),
