@@ -291,7 +291,7 @@ def main() -> None:
                 row.loader[workers] = loader_rate(episodes, row.batch, workers, loader_seconds)
 
         test_cfg = synth_config(root, device, sizes[0], 1, workers=2, test_episodes=test_episodes, test_seeds=[1],
-                                test_batch_size=1)
+                                test_batch_size=1, feature_reuse=False)  # the per-episode loop; bench.reuse times reuse
         bracket = Row(sizes[0], 1, "eval")  # the eval latency alone, right before and right after the loop
         bench.measure(bracket, inputs[id(rows[0])])
         start = time.perf_counter()
