@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
+    weight = Path(args.weight) if args.weight else stage2_weight(cfg)  # a fold never trained: said before any image
     class_id = class_id_for(args.class_name, cfg.dataset)
     transform = build_transform(cfg, train=False)
     supports, masks = read_supports(args.support, transform, cfg.ann_type, cfg.ignore_label)
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)
 
-    model = load_model(cfg, Path(args.weight) if args.weight else stage2_weight(cfg), device)
+    model = load_model(cfg, weight, device)
     with torch.inference_mode(), autocast(device, cfg.amp):
         logits = model(query[None].to(device), supports[None].to(device), masks[None].to(device),
                        torch.tensor([class_id], device=device))

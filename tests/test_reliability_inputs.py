@@ -552,8 +552,8 @@ def test_cli_predict_refuses_an_rgb_mask_it_cannot_read_and_writes_nothing(tmp_p
     Image.fromarray(mask).save(tmp_path / "mask.png")
     write_rgb(tmp_path / "support.jpg", np.full((40, 60, 3), 128, np.uint8))
     write_rgb(tmp_path / "query.jpg", np.full((40, 60, 3), 128, np.uint8))
-    line = run_cli([str(REPO / "predict.py"), "--config", SYNTH, "--support", "support.jpg", "mask.png", "--query",
-                    "query.jpg", "--out", "out.png", "device", "cpu"], tmp_path)
+    line = run_cli([str(REPO / "predict.py"), "--config", SYNTH, "--weight", "model.pth", "--support", "support.jpg",
+                    "mask.png", "--query", "query.jpg", "--out", "out.png", "device", "cpu"], tmp_path)
     assert line == ("error: mask.png: an RGB annotation may hold only black, white and VOC palette colours, but it "
                     "holds (0,0,7) 83.3%, (255,0,0) 10.7% (100.0% of the pixels are not black); save it as a "
                     "single-channel PNG (0 background, 255 object or ignore, or class ids)")
