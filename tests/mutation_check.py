@@ -117,7 +117,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        ]).mean()\n", "        ]).sum()\n",
              (T + "test_model_shapes.py::test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored",)),
     Mutation("support pixels labelled 255 taken as foreground", "model/mianet.py",
-             "small_masks = bilinear((support_masks == 1)", "small_masks = bilinear((support_masks != 0)",
+             "return bilinear((masks == 1).to(", "return bilinear((masks != 0).to(",
              (T + "test_model_shapes.py::test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic",)),
     # ---- HPM
     Mutation("HPM: query not reweighted by the prior", "model/hpm.py",
@@ -127,8 +127,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "mask = bilinear(mask, size)", "mask = bilinear(start_mask, size)",
              (T + "test_model_hpm_gim.py::test_hierarchical_priors_match_the_reference_chain",)),
     Mutation("HPM: K-shot prior is the maximum over shots", "model/hpm.py",
-             "return _normalised_priors(main, directions).mean(dim=1, keepdim=True)",
-             "return _normalised_priors(main, directions).amax(dim=1, keepdim=True)",
+             "prior = _normalised_priors(main, level_directions).mean(dim=1, keepdim=True)",
+             "prior = _normalised_priors(main, level_directions).amax(dim=1, keepdim=True)",
              (T + "test_model_hpm_gim.py::test_k_shot_first_prior_is_the_mean_of_the_per_shot_priors",)),
     # ---- IFM
     Mutation("IFM: beta_conv residual dropped", "model/ifm.py",
