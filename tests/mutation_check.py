@@ -88,7 +88,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              (T + "test_metrics.py::test_class_iou_sums_counts_over_episodes_then_averages_classes",)),
     Mutation("evaluator scores against the batch's padded label", "util/evaluator.py",
              'label = batch["query_label_ori"][b, :h0, :w0]', 'label = batch["query_label_ori"][b]',
-             (T + "test_engine_evaluator.py::test_all_foreground_scores_match_hand_counts_at_original_size",)),
+             (T + "test_engine_evaluator.py::test_spatially_varying_prediction_on_non_square_images_matches_hand_counts[3]",)),
     # ---- transforms
     Mutation("rotated label interpolated linearly", "util/transform.py",
              "label = cv2.warpAffine(label, matrix, (width, height), flags=cv2.INTER_NEAREST,",

@@ -228,15 +228,25 @@ def test_train_sh_skips_an_imported_base_learner_and_finished_stages(stage1, tmp
     stage2 = load_checkpoint(tmp_path / "meta" / "last.pth")
     assert stage2["finished"] and stage2["pretrained_backbone_source"] == f"imported reference pspnet checkpoint {reference}"
 
-    # finished stages stay finished whatever stage-1-only options change (this one changes the iterations per epoch)
+    # finished stages stay finished whatever stage-1 training options change (this one changes the iterations
+    # per epoch) ...
     before = {p: _sha(p) for p in (root / "base" / "best.pth", tmp_path / "meta" / "best.pth")}
     again = subprocess.run(["bash", "train.sh", "synth", "0", "efficientnet_lite0", "1", *overrides,
-                            "novel_in_train", "keep_as_background", "exp_dir", str(tmp_path / "meta")],
+                            "base_batch_size", "3", "exp_dir", str(tmp_path / "meta")],
                            cwd=REPO, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [f"stage 1 done ({root / 'base' / 'best.pth'}), skipping"]
     assert again.stderr.strip().splitlines()[-1] == (f"stage 2 done ({tmp_path / 'meta' / 'best.pth'}), skipping; to "
                                                      "train it again: resume null overwrite true, or another exp_dir")
+    assert {p: _sha(p) for p in before} == before
+
+    # ... but an option that makes another base learner (what counts as background) is refused, not skipped past
+    other = subprocess.run(["bash", "train.sh", "synth", "0", "efficientnet_lite0", "1", *overrides,
+                            "novel_in_train", "keep_as_background", "exp_dir", str(tmp_path / "meta")],
+                           cwd=REPO, env=env, capture_output=True, text=True)
+    assert other.returncode == 2
+    assert _final_error(other.stderr).startswith(f"error: {root / 'base' / 'best.pth'} holds another stage 1 run")
+    assert "(this config: novel_in_train 'keep_as_background')" in _final_error(other.stderr)
     assert {p: _sha(p) for p in before} == before
 
 
