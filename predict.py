@@ -70,11 +70,11 @@ def _name_key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
-def class_id_for(name: str | None, dataset: str) -> int:
+def class_id_for(name: str | None, dataset: str, list_root: str = "lists") -> int:
     """The dataset class id of ``name``, or 0 without a name; an unknown name is a UserError naming the closest ones."""
     if name is None:
         return NO_CLASS
-    names = class_names(dataset)
+    names = class_names(dataset, list_root)
     keys = [_name_key(n) for n in names]
     wanted = _name_key(name)
     if wanted in keys:
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
     weight = Path(args.weight) if args.weight else stage2_weight(cfg)  # a fold never trained: said before any image
-    class_id = class_id_for(args.class_name, cfg.dataset)
+    class_id = class_id_for(args.class_name, cfg.dataset, cfg.list_root)
     transform = build_transform(cfg, train=False)
     supports, masks = read_supports(args.support, transform, cfg.ann_type, cfg.ignore_label)
     query_rgb = read_image(_existing(args.query, "--query"))
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     write_label(out, pred * MASK_FOREGROUND)
     foreground = float(pred.mean())
-    shown_class = class_names(cfg.dataset)[class_id - 1] if class_id else "no class name"
+    shown_class = class_names(cfg.dataset, cfg.list_root)[class_id - 1] if class_id else "no class name"
     title = f"{shown_class}, {len(supports)}-shot: {100 * foreground:.1f}% foreground"
     overlay_path = out.with_name(f"{out.stem}_overlay.png")
     overlay = add_title(overlay_mask(query_rgb, pred, PRED_COLOUR), title)

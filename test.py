@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 log.info(f"results: {out_path}")
                 if cfg.vis:
                     seed = cfg.test_seeds[0]
-                    episodes = EpisodeDataset(cfg, "val", episodes=cfg.test_episodes, seed=seed)
+                    episodes = EpisodeDataset(cfg, "test", episodes=cfg.test_episodes, seed=seed)
                     figures = draw_episode_figures(model, episodes, cfg.vis, out_dir / VIS_DIR, cfg, ctx.device)
                     log.info(f"episode figures (the first {len(figures)} of seed {seed}): {out_dir / VIS_DIR}/ "
                              f"(episode_*.png, {CONTACT_SHEET})")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate stage-2 checkpoints of one fold or all folds, print the table (mIoU and FB-IoU per fold + mean)
 # and draw the per-class IoU bar chart of the fold(s).
-#   bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
+#   bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]     (fold 0-3; fss: 0, FSS-1000's one split)
 #   e.g. bash test.sh pascal all resnet50 1        bash test.sh pascal 0 resnet50 5 test_seeds "[1, 2]" vis 8
 # Each fold writes exp/<dataset>/split<k>/<backbone>/<shot>shot/test/results.json (numbers + protocol; COCO:
 # exp/coco/<coco_split_style>/split<k>/...); the chart goes to the folder holding all of them (exp/<dataset>/,
@@ -10,13 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ $# -lt 4 ]; then
-  echo "usage: bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]" >&2
+  echo "usage: bash test.sh <dataset> <fold|all> <backbone> <shot> [key value ...]  (fold: 0-3; fss: 0, its one split)" >&2
   exit 2
 fi
 dataset=$1 fold=$2 backbone=$3 shot=$4
 shift 4
 folds=$fold
-[ "$fold" = all ] && folds="0 1 2 3"
+if [ "$fold" = all ]; then
+  folds="0 1 2 3"
+  [ "$dataset" = fss ] && folds=0  # FSS-1000: one class split, fold 0
+fi
 source util/launch.sh
 results=()
 for k in $folds; do

@@ -34,7 +34,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     model = build_mianet(cfg)
     load_base_learner(model, base_weight)
     source = recorded_source(base_weight)
-    names = class_names(cfg.dataset)
+    names = class_names(cfg.dataset, cfg.list_root)
     val_set = EpisodeDataset(cfg, "val", episodes=cfg.val_episodes, seed=cfg.seed)
 
     def validate(net) -> dict[str, float]:

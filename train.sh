@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage 1 (base learner) + stage 2 (MIANet) for one fold or all folds.
-#   bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]
+#   bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]     (fold 0-3; fss: 0, FSS-1000's one split)
 #   e.g. bash train.sh pascal all resnet50 1        NPROC=4 bash train.sh coco 0 resnet50 5
 # Config: config/<dataset>/<backbone>/split<fold>.yaml, shot and extra `key value` pairs as overrides.
 # Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed or interrupted one
@@ -12,13 +12,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ $# -lt 4 ]; then
-  echo "usage: bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]" >&2
+  echo "usage: bash train.sh <dataset> <fold|all> <backbone> <shot> [key value ...]  (fold: 0-3; fss: 0, its one split)" >&2
   exit 2
 fi
 dataset=$1 fold=$2 backbone=$3 shot=$4
 shift 4
 folds=$fold
-[ "$fold" = all ] && folds="0 1 2 3"
+if [ "$fold" = all ]; then
+  folds="0 1 2 3"
+  [ "$dataset" = fss ] && folds=0  # FSS-1000: one class split, fold 0
+fi
 source util/launch.sh
 for k in $folds; do
   cfg=config/$dataset/$backbone/split$k.yaml

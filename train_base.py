@@ -33,7 +33,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     val_set = BaseClassDataset(cfg, "val")
 
     def validate(net) -> dict[str, float]:
-        return evaluate_semantic(net, val_set, ctx, num_classes=num_classes, ignore_label=cfg.ignore_label,
+        return evaluate_semantic(net, val_set, ctx, num_classes=num_classes, ignore_label=val_set.ignore_index,
                                  batch_size=cfg.test_batch_size,
                                  workers=cfg.workers, amp=cfg.amp, desc="val base classes")
 

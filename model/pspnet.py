@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from model.backbone import Backbone, build_backbone, cpu_layout
 from model.resize import bilinear
 from util.backbone_weights import RANDOM
-from util.classes import base_classes
+from util.classes import base_classes, stage1_ignore_index
 
 
 class PyramidPooling(nn.Module):
@@ -60,7 +60,8 @@ class PSPNet(nn.Module):
         """The base learner of ``cfg``'s fold (base classes + background) around ``backbone`` (a random one of
         ``cfg['backbone']`` if None) whose weights came from ``backbone_source``."""
         num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
-        model = cls(backbone or build_backbone(cfg["backbone"]), num_classes, ignore_label=cfg["ignore_label"])
+        ignore = stage1_ignore_index(cfg["dataset"], cfg["split"], cfg["coco_split_style"], cfg["ignore_label"])
+        model = cls(backbone or build_backbone(cfg["backbone"]), num_classes, ignore_label=ignore)
         model.backbone_source = backbone_source
         return model
 

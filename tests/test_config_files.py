@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from util.classes import DATASETS, num_folds
 from util.cli import config_from_cli
 from util.config import ConfigError, load_config
 from util.errors import cli_entry
@@ -12,22 +13,23 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 FOLD_FILES = sorted(CONFIG_DIR.rglob("split*.yaml"))
 EXPECTED = {("pascal", "resnet50"), ("pascal", "resnet101"), ("pascal", "vgg16_bn"), ("coco", "resnet50"),
-            ("coco", "vgg16_bn"), ("synth", "efficientnet_lite0"), ("pascal", "resnet50_tv"), ("coco", "resnet50_tv")}
+            ("coco", "vgg16_bn"), ("synth", "efficientnet_lite0"), ("pascal", "resnet50_tv"), ("coco", "resnet50_tv"),
+            ("fss", "resnet50"), ("fss", "vgg16_bn"), ("fss", "efficientnet_lite0")}
 
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_config_file_loads(path):
     cfg = load_config(path)
-    assert cfg.dataset in {"pascal", "coco", "synth"}
+    assert cfg.dataset in DATASETS
 
 
-def test_every_dataset_backbone_has_four_folds():
+def test_every_dataset_backbone_has_all_its_folds():
     found = {}
     for path in FOLD_FILES:
         cfg = load_config(path)
         found.setdefault((cfg.dataset, cfg.backbone), set()).add(cfg.split)
         assert path.parent.name == cfg.backbone and path.parent.parent.name == cfg.dataset
-    assert found == {key: {0, 1, 2, 3} for key in EXPECTED}
+    assert found == {key: set(range(num_folds(key[0]))) for key in EXPECTED}
 
 
 @pytest.mark.parametrize("path", FOLD_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))

@@ -353,7 +353,7 @@ def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, An
     trained = recorded.get("train_classes")
     if recorded.get("dataset") == wanted["dataset"] and trained is not None:
         novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
-        leaked = [class_names(cfg["dataset"])[c - 1] for c in novel if c in trained]
+        leaked = [class_names(cfg["dataset"], cfg["list_root"])[c - 1] for c in novel if c in trained]
         if leaked:
             raise UserError(
                 f"base learner {path} was trained on {len(leaked)} of this run's novel classes ({', '.join(leaked[:6])}"

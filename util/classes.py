@@ -1,6 +1,9 @@
 """Class names and fold splits of the supported datasets (class id c is ``names[c - 1]``; 0 is background)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from util import fss1000
 from util.errors import UserError
 
 PASCAL_CLASSES = (
@@ -43,28 +46,47 @@ def _synth_classes() -> tuple[str, ...]:
 SYNTH_CLASSES = _synth_classes()
 
 DATASET_CLASSES = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES, "synth": SYNTH_CLASSES}
+DATASETS = (*DATASET_CLASSES, "fss")
 NUM_FOLDS = 4
 COCO_SPLIT_STYLES = ("fwb", "panet")
+ONE_CLASS_DATASETS = ("fss",)
+"""Datasets whose label files are binary masks of the image's one class (FSS-1000), not class-id maps."""
 
 
-def class_names(dataset: str) -> tuple[str, ...]:
-    """Names of the dataset's classes, index i = class id i + 1."""
+def class_names(dataset: str, list_root: str | Path = "lists") -> tuple[str, ...]:
+    """Names of the dataset's classes, index i = class id i + 1 (FSS-1000: from the class split under ``list_root``)."""
+    if dataset == "fss":
+        return fss1000.class_names(list_root)
     try:
         return DATASET_CLASSES[dataset]
     except KeyError:
-        raise UserError(f"unknown dataset '{dataset}'; choose one of {sorted(DATASET_CLASSES)}") from None
+        raise UserError(f"unknown dataset '{dataset}'; choose one of {list(DATASETS)}") from None
 
 
 def num_classes(dataset: str) -> int:
     """Number of object classes (background excluded)."""
-    return len(class_names(dataset))
+    return fss1000.NUM_CLASSES if dataset == "fss" else len(class_names(dataset))
+
+
+def num_folds(dataset: str) -> int:
+    """Folds of a dataset: 4 (PASCAL-5i, COCO-20i, synth), 1 (FSS-1000: one class split)."""
+    num_classes(dataset)  # validates the name
+    return 1 if dataset == "fss" else NUM_FOLDS
+
+
+def _check_fold(dataset: str, fold: int) -> None:
+    folds = num_folds(dataset)
+    if not isinstance(fold, int) or not 0 <= fold < folds:
+        allowed = "0 (FSS-1000 has one class split)" if folds == 1 else f"0..{folds - 1}"
+        raise UserError(f"fold (config key 'split') must be {allowed}, got {fold!r}")
 
 
 def novel_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> list[int]:
     """Class ids held out as novel in ``fold`` (the fold's test classes)."""
+    _check_fold(dataset, fold)
+    if dataset == "fss":
+        return list(fss1000.split_ids()["test"])
     total = num_classes(dataset)
-    if not isinstance(fold, int) or not 0 <= fold < NUM_FOLDS:
-        raise UserError(f"fold (config key 'split') must be 0..{NUM_FOLDS - 1}, got {fold!r}")
     per_fold = total // NUM_FOLDS
     if dataset == "coco":
         if coco_split_style == "fwb":
@@ -78,6 +100,25 @@ def novel_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> lis
 
 
 def base_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> list[int]:
-    """Class ids used for training in ``fold`` (all classes that are not novel), ascending."""
+    """Class ids used for training in ``fold``, ascending: all classes that are not novel (FSS-1000: the 520
+    training classes; its 240 validation classes are neither)."""
+    if dataset == "fss":
+        _check_fold(dataset, fold)
+        return list(fss1000.split_ids()["train"])
     novel = set(novel_classes(dataset, fold, coco_split_style))
     return [c for c in range(1, num_classes(dataset) + 1) if c not in novel]
+
+
+def val_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> list[int]:
+    """Class ids of the stage-2 validation episodes: the novel classes (the PASCAL/COCO protocol), or FSS-1000's
+    240 validation classes."""
+    if dataset == "fss":
+        _check_fold(dataset, fold)
+        return list(fss1000.split_ids()["val"])
+    return novel_classes(dataset, fold, coco_split_style)
+
+
+def stage1_ignore_index(dataset: str, fold: int, coco_split_style: str, ignore_label: int) -> int:
+    """The ignore value of stage-1 targets: ``ignore_label``, or -1 when a base class's target value (its rank + 1)
+    would equal it (FSS-1000's 520 base classes pass 255)."""
+    return -1 if len(base_classes(dataset, fold, coco_split_style)) >= ignore_label else ignore_label

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from util.classes import base_classes, num_classes
+from util.classes import ONE_CLASS_DATASETS, base_classes, num_classes, stage1_ignore_index
 from util.cli import tool_command
 from util.errors import UserError
-from util.fss_lists import (FoldList, check_dataset_fold, fold_list_path, make_lists_command, read_fold_list,
-                            pool_list_path, read_pool, train_subset)
+from util.fss1000 import read_binary_mask
+from util.fss_lists import (FoldList, check_dataset_fold, episode_subset, fold_list_path, make_lists_command,
+                            pool_list_path, read_fold_list, read_pool, stage1_subset)
 from util.image_io import check_label_values, read_image, read_label
 from util.transform import bbox_mask, binary_label, build_transform
 
@@ -90,8 +91,9 @@ def load_pool(cfg, subset: str) -> list[tuple[str, str]]:
 
 
 def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image and its label, checking sizes and class ids."""
-    rgb, classes = read_image(image_path), read_label(label_path)
+    """Read an image and its label, checking sizes and class ids (FSS-1000: its mask, 1 = the image's class)."""
+    binary_mask = dataset in ONE_CLASS_DATASETS
+    rgb, classes = read_image(image_path), (read_binary_mask if binary_mask else read_label)(label_path)
     if rgb.shape[:2] != classes.shape:
         raise UserError(f"{image_path} is {rgb.shape[:2]} but its label {label_path} is {classes.shape}; "
                         "image and label must have the same height and width")
@@ -107,11 +109,12 @@ def _seed(seed: int | None, cfg) -> int:
 
 
 class EpisodeDataset(Dataset):
-    """Few-shot episodes of the fold: base classes from the train list, or novel classes from the val list."""
+    """Few-shot episodes of the fold: base classes from the train list (``train``), novel classes from the val list
+    (``val``, ``test``; FSS-1000 validates on its validation classes and tests on its test list)."""
 
     def __init__(self, cfg, mode: str, episodes: int | None = None, seed: int | None = None):
-        if mode not in ("train", "val"):
-            raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
         if not isinstance(cfg.shot, int) or cfg.shot < 1:
             raise UserError(f"config key 'shot' must be an integer >= 1, got {cfg.shot!r}")
         if cfg.ann_type not in ANN_TYPES:
@@ -121,7 +124,8 @@ class EpisodeDataset(Dataset):
         self.root = Path(cfg.data_root)
         if cfg.episode_class not in EPISODE_CLASSES:
             raise UserError(f"config key 'episode_class' must be one of {list(EPISODE_CLASSES)}, got {cfg.episode_class!r}")
-        fold_list = load_fold_list(cfg, "val" if mode == "val" else train_subset(cfg.novel_in_train))
+        fold_list = load_fold_list(cfg, episode_subset(cfg.dataset, mode, cfg.novel_in_train))
+        self.binary_masks = cfg.dataset in ONE_CLASS_DATASETS
 
         # a class's support pool: the images in which it counts
         by_class: dict[int, list[int]] = {c: [] for c in fold_list.classes}
@@ -191,7 +195,7 @@ class EpisodeDataset(Dataset):
              support: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """The network input and its label for ``class_id`` (a support's mask is its bounding box with
         ``ann_type: bbox``), transformed with ``rng``; and the binary label before the transform."""
-        binary = binary_label(classes, class_id, self.cfg.ignore_label)
+        binary = binary_label(classes, 1 if self.binary_masks else class_id, self.cfg.ignore_label)
         mask = bbox_mask(binary, self.cfg.ignore_label) if support and self.cfg.ann_type == "bbox" else binary
         tensor, label = self.transform(rgb, mask, rng)
         return tensor, label, binary
@@ -214,7 +218,7 @@ class EpisodeDataset(Dataset):
             "query_path": str(self.root / episode.query[0]),
             "support_paths": [str(self.root / image) for image, _ in episode.supports],
         }
-        if self.mode == "val":
+        if self.mode != "train":
             sample["query_label_ori"] = torch.from_numpy(query_binary.astype(np.int64))
         return sample
 
@@ -257,10 +261,14 @@ class BaseClassDataset(Dataset):
             raise UserError(f"config key 'base_images' must be one of {list(BASE_IMAGES)}, got {cfg.base_images!r}")
         self.cfg, self.mode, self.seed = cfg, mode, _seed(seed, cfg)
         self.root = Path(cfg.data_root)
+        self.binary_masks = cfg.dataset in ONE_CLASS_DATASETS
+        if cfg.base_images == "all" and self.binary_masks:
+            raise UserError(f"{cfg.dataset} has no image pools for base_images 'all'; use base_images fold_lists "
+                            "(config key base_images; config/fss sets it)")
         if cfg.base_images == "all":
             self.items = [(image, label, ()) for image, label in load_pool(cfg, mode)]
         else:
-            fold_list = load_fold_list(cfg, "base_val" if mode == "val" else train_subset(cfg.novel_in_train))
+            fold_list = load_fold_list(cfg, stage1_subset(cfg.dataset, mode, cfg.novel_in_train))
             if not fold_list.items:
                 raise UserError(f"{fold_list.path}: the list has no images; check the data and regenerate the lists")
             self.items = [(image, label, counted) for image, label, counted, _ in fold_list.items]
@@ -268,19 +276,27 @@ class BaseClassDataset(Dataset):
             chosen = np.random.default_rng(np.random.SeedSequence([self.seed])).choice(
                 len(self.items), size=cfg.base_val_images, replace=False)
             self.items = [self.items[i] for i in sorted(chosen.tolist())]
-        lookup = np.zeros(256, dtype=np.uint8)
-        for rank, c in enumerate(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)):
-            lookup[c] = rank + 1
-        lookup[cfg.ignore_label] = cfg.ignore_label
-        self.lookup = lookup
+        base = base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)
+        self.target_of = {c: rank + 1 for rank, c in enumerate(base)}
+        self.ignore_index = stage1_ignore_index(cfg.dataset, cfg.split, cfg.coco_split_style, cfg.ignore_label)
+        if not self.binary_masks:
+            lookup = np.zeros(256, dtype=np.uint8)
+            lookup[base] = np.arange(1, len(base) + 1)
+            lookup[cfg.ignore_label] = cfg.ignore_label
+            self.lookup = lookup
         self.transform = build_transform(cfg, train=mode == "train", stage="base")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, label, _ = self.items[index]
+        image, label, counted = self.items[index]
         rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
-        tensor, target = self.transform(rgb, self.lookup[classes], rng)
-        return {"image": tensor, "label": target}
+        if not self.binary_masks:
+            tensor, target = self.transform(rgb, self.lookup[classes], rng)
+            return {"image": tensor, "label": target}
+        # one class per image: its mask goes through the transform, then 1 -> the class's target value
+        tensor, mask = self.transform(rgb, classes, rng)
+        target = torch.where(mask == 1, self.target_of[counted[0]], 0)
+        return {"image": tensor, "label": torch.where(mask == self.cfg.ignore_label, self.ignore_index, target)}

@@ -300,8 +300,9 @@ def source_description(source: str) -> str:
 
 
 def write_embeddings(out_dir: str | Path, dataset: str, name: str, matrix: np.ndarray, rows: Sequence[ClassRow],
-                     source: str, command: str, background_word: str = BACKGROUND_WORD) -> Path:
-    """Write ``<out_dir>/<dataset>_<name>.npy`` and its ``.json`` (names, words, recipe); return the .npy path."""
+                     source: str, command: str, background_word: str = BACKGROUND_WORD, recipe: str | None = None) -> Path:
+    """Write ``<out_dir>/<dataset>_<name>.npy`` and its ``.json`` (names, words, recipe: default :data:`RECIPE`);
+    return the .npy path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     npy = out_dir / f"{dataset}_{name}.npy"
@@ -310,7 +311,7 @@ def write_embeddings(out_dir: str | Path, dataset: str, name: str, matrix: np.nd
         "name": name,
         "source": source_description(source),
         "shape": list(matrix.shape),
-        "recipe": RECIPE.format(compounds=sorted(COMPOUND_WORDS), background=background_word),
+        "recipe": recipe or RECIPE.format(compounds=sorted(COMPOUND_WORDS), background=background_word),
         "command": command,
     }
     row_lines = [json.dumps({"id": row.class_id, "name": row.name, "words": list(row.words)}) for row in rows]

@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from util.checkpoint import MODEL_CONFIG_KEYS
-from util.classes import class_names, novel_classes
+from util.classes import ONE_CLASS_DATASETS, class_names, novel_classes
 from model.mianet import EncodedImages, SupportSummary
 from util.dataset import Episode, EpisodeDataset, episode_collate
+from util.fss1000 import read_binary_mask
 from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
 from util.metrics import (NEARLY_ALL, FewShotIoU, SemanticIoU, check_finite_logits, foreground_coverage,
@@ -232,8 +233,9 @@ def _evaluate_reusing_features(
     """
     first = episode_sets[0]
     for episodes in episode_sets:
-        if episodes.mode != "val":
-            raise ValueError("feature reuse needs the test transform (EpisodeDataset mode 'val'); training augments")
+        if episodes.mode == "train":
+            raise ValueError("feature reuse needs the test transform (EpisodeDataset mode 'val' or 'test'); training "
+                             "augments")
         if (episodes.root, episodes.cfg.ann_type, episodes.cfg.val_size) != (first.root, first.cfg.ann_type,
                                                                              first.cfg.val_size):
             raise ValueError("feature reuse needs episode sets with the same data_root, ann_type and val_size")
@@ -288,7 +290,7 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
     Returns the episode figures' paths; the contact sheet is ``out_dir / CONTACT_SHEET``.
     """
     model.eval()
-    names = class_names(cfg["dataset"])
+    names = class_names(cfg["dataset"], cfg["list_root"])
     mean, std = normalization_for(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("episode_*.png"):
@@ -310,19 +312,30 @@ def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: 
                           ignore_label: int) -> FewShotIoU:
     """Scores of predicting every labelled object pixel as foreground, from the episodes' query label files.
 
-    Episode specs hold paths relative to ``data_root`` (absolute paths pass through unchanged).
+    Episode specs hold paths relative to ``data_root`` (absolute paths pass through unchanged). On a dataset whose
+    masks hold one class (FSS-1000) every object is the label itself, so the baseline is the whole image instead
+    (``baseline_name``).
     Scored at the original size (as ``ori_resize``); a model that does not beat this has not learned
     to pick the episode's class among the objects in the image.
     """
     scores = FewShotIoU(num_classes, ignore_label)
     for index in ShardSampler(len(episodes), ctx):
         spec = episodes.episode(index)
+        if episodes.binary_masks:  # the mask is the one object: the baseline is the whole image
+            label = torch.from_numpy(read_binary_mask(Path(data_root) / spec.query[1]).astype(np.int64))
+            scores.update(torch.ones_like(label), label, spec.class_id)
+            continue
         semantic = torch.from_numpy(read_label(Path(data_root) / spec.query[1]).astype(np.int64))
         label = torch.where(semantic == ignore_label, ignore_label, (semantic == spec.class_id).long())
         pred = ((semantic != 0) & (semantic != ignore_label)).long()
         scores.update(pred, label, spec.class_id)
     scores.reduce()
     return scores
+
+
+def baseline_name(dataset: str) -> str:
+    """What :func:`every_object_baseline` predicts on ``dataset``, as reports name it."""
+    return "whole-image" if dataset in ONE_CLASS_DATASETS else "every-object"
 
 
 @torch.no_grad()
@@ -393,8 +406,8 @@ def run_protocol(
     """
     if make_episodes is None:
         def make_episodes(seed: int) -> EpisodeDataset:
-            return EpisodeDataset(cfg, "val", episodes=cfg["test_episodes"], seed=seed)
-    names = class_names(cfg["dataset"])
+            return EpisodeDataset(cfg, "test", episodes=cfg["test_episodes"], seed=seed)
+    names = class_names(cfg["dataset"], cfg["list_root"])
     total_classes = len(names)
     novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
     per_seed = []
@@ -415,10 +428,11 @@ def run_protocol(
         per_seed.append(entry)
         scored = f"over {len(novel) - len(entry['classes_without_episodes'])} of {len(novel)} classes"
         report(f"seed {seed}: mIoU {100 * entry['miou']:.2f} ({scored}) FB-IoU {100 * entry['fbiou']:.2f} "
-               f"({entry['episodes']} episodes; every-object baseline mIoU {100 * entry['baseline']['miou']:.2f} "
+               f"({entry['episodes']} episodes; {baseline_name(cfg['dataset'])} baseline mIoU {100 * entry['baseline']['miou']:.2f} "
                f"FB-IoU {100 * entry['baseline']['fbiou']:.2f})")
     return {
-        "protocol": {**protocol_of(cfg), "novel_classes": [names[c - 1] for c in novel], "processes": ctx.world_size},
+        "protocol": {**protocol_of(cfg), "novel_classes": [names[c - 1] for c in novel], "processes": ctx.world_size,
+                     "baseline": baseline_name(cfg["dataset"])},
         "miou": _mean_std([s["miou"] for s in per_seed]),
         "fbiou": _mean_std([s["fbiou"] for s in per_seed]),
         "baseline": {"miou": _mean_std([s["baseline"]["miou"] for s in per_seed]),

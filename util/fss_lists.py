@@ -14,6 +14,10 @@ where a class *counts* in an image if it covers at least N pixels and is *presen
     fold<k>/val_min<N>.json                       test queries: val images with a counted novel class
     fold<k>/base_val_min<N>.json                  stage-1 validation (``base_images: fold_lists``): a counted base class
 
+FSS-1000 (``python -m tools.prepare_fss``, :mod:`util.fss1000`) has no pools and one fold, and two lists more:
+``test_min<N>.json`` (its test classes; elsewhere test.py reads ``val``) and ``base_train_min<N>.json`` (stage 1
+trains without the pair of each class it validates on).
+
 The three training lists are the three values of the config key ``novel_in_train``. Each JSON file
 holds a header (``format``, dataset, fold, split style, subset, classes, min_class_pixels) and
 ``items``: ``[image, label, [counted classes of the subset], [present classes of the subset]]``,
@@ -25,7 +29,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from util.classes import novel_classes
+from util.classes import ONE_CLASS_DATASETS, novel_classes
 from util.cli import tool_command
 from util.errors import UserError
 
@@ -36,6 +40,7 @@ POOL_LISTS = {
 }
 NOVEL_IN_TRAIN = ("drop_any", "drop_counted", "keep_as_background")
 SUBSETS = tuple(f"train_{rule}" for rule in NOVEL_IN_TRAIN) + ("val", "base_val")
+ONE_CLASS_SUBSETS = SUBSETS + ("test", "base_train")  # FSS-1000's lists
 LIST_FORMAT = 2  # 2: items carry the present classes as well as the counted ones
 
 Item = tuple[str, str, tuple[int, ...], tuple[int, ...]]
@@ -48,6 +53,22 @@ class FoldList:
     path: Path
     classes: tuple[int, ...]
     items: tuple[Item, ...]
+
+
+def episode_subset(dataset: str, mode: str, novel_in_train: str) -> str:
+    """The list episodes of ``mode`` (train, val, test) read: test reads the val list except where a dataset has its
+    own test classes (FSS-1000)."""
+    if mode == "train":
+        return train_subset(novel_in_train)
+    return "test" if mode == "test" and dataset in ONE_CLASS_DATASETS else "val"
+
+
+def stage1_subset(dataset: str, mode: str, novel_in_train: str) -> str:
+    """The list stage 1 reads with ``base_images: fold_lists``: the training list (FSS-1000: without the held-out
+    pair of each class) and the base-class validation list."""
+    if mode == "val":
+        return "base_val"
+    return "base_train" if dataset in ONE_CLASS_DATASETS else train_subset(novel_in_train)
 
 
 def check_dataset_fold(dataset: str, fold: int, split_style: str = "fwb") -> None:
@@ -99,8 +120,8 @@ def train_subset(novel_in_train: str) -> str:
 
 def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, min_class_pixels: int,
                    split_style: str = "fwb") -> Path:
-    """Path of a per-fold list; ``subset`` is one of ``SUBSETS``."""
-    if subset not in SUBSETS:
+    """Path of a per-fold list; ``subset`` is one of ``SUBSETS`` (FSS-1000: ``ONE_CLASS_SUBSETS``)."""
+    if subset not in ONE_CLASS_SUBSETS:
         raise ValueError(f"unknown list subset {subset!r}")
     if subset.startswith("train_"):
         name = f"train_min{min_class_pixels}_{subset.removeprefix('train_')}"
@@ -112,6 +133,8 @@ def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, 
 def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Path = "lists",
                        min_class_pixels: int = 2048) -> str:
     """The exact command that writes the lists the dataset expects (every "run make_lists" hint prints this one)."""
+    if dataset == "fss":
+        return tool_command("prepare_fss", data_root=data_root, list_root=list_root)
     extra = {} if min_class_pixels == 2048 else {"min_class_pixels": min_class_pixels}
     return tool_command("make_lists", dataset=dataset, data_root=data_root, list_root=list_root, **extra)
 

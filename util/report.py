@@ -85,8 +85,9 @@ def format_run_table(results: Mapping[str, Any]) -> str:
         lines.append(row(name, [s["class_iou"].get(name) for s in seeds]))
     lines.append(row(miou_label, [s["miou"] for s in seeds], results["miou"]))
     lines.append(row("FB-IoU", [s["fbiou"] for s in seeds], results["fbiou"]))
-    lines.append(row("every-object mIoU", [s["baseline"]["miou"] for s in seeds], results["baseline"]["miou"]))
-    lines.append(row("every-object FB-IoU", [s["baseline"]["fbiou"] for s in seeds], results["baseline"]["fbiou"]))
+    kind = results["protocol"].get("baseline", "every-object")
+    lines.append(row(f"{kind} mIoU", [s["baseline"]["miou"] for s in seeds], results["baseline"]["miou"]))
+    lines.append(row(f"{kind} FB-IoU", [s["baseline"]["fbiou"] for s in seeds], results["baseline"]["fbiou"]))
     return "\n".join(lines + result_notes(results))
 
 
@@ -105,7 +106,8 @@ def format_fold_table(results: Sequence[Mapping[str, Any]]) -> str:
     for key, label in (("miou", "mIoU"), ("fbiou", "FB-IoU")):
         values = [100 * r[key]["mean"] for r in by_fold]
         lines.append(label.ljust(width) + "".join(f"{v:9.2f}" for v in values) + f"{sum(values) / len(values):9.2f}")
-    for key, label in (("miou", "every-object mIoU"), ("fbiou", "every-object FB-IoU")):
+    kind = first.get("baseline", "every-object")
+    for key, label in (("miou", f"{kind} mIoU"), ("fbiou", f"{kind} FB-IoU")):
         values = [100 * r["baseline"][key]["mean"] for r in by_fold]
         lines.append(label.ljust(width) + "".join(f"{v:9.2f}" for v in values) + f"{sum(values) / len(values):9.2f}")
     for result in by_fold:

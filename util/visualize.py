@@ -312,7 +312,7 @@ def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Pa
         ticks.extend(xs.tolist())
         labels.extend(names)
         x += len(names) + 0.6
-    handles.append(Patch(color=BASELINE_COLOUR, label="every-object baseline"))
+    handles.append(Patch(color=BASELINE_COLOUR, label=f"{results[0]['protocol'].get('baseline', 'every-object')} baseline"))
     axes.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=9)
     axes.set_xlim(-0.7, ticks[-1] + 0.7)
     axes.set_ylim(0, 100)
