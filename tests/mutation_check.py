@@ -144,6 +144,17 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("importer keeps GIG's reference name", "util/checkpoint_layouts.py",
              '_MIANET_RENAMES = {"GIG.": "gig.",', '_MIANET_RENAMES = {"GIG.": "GIG.",',
              (T + "test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
+    # ---- FSS-1000 (issue 18)
+    Mutation("FSS-1000 stage 1 keeps 255 as ignore (a base class's target)", "util/classes.py",
+             "return -1 if len(base_classes(dataset, fold, coco_split_style)) >= ignore_label else ignore_label",
+             "return ignore_label",
+             (T + "test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),
+    Mutation("FSS-1000 tested on its validation classes", "util/fss_lists.py",
+             'return "test" if mode == "test" and dataset in ONE_CLASS_DATASETS else "val"', 'return "val"',
+             (T + "test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),
+    Mutation("FSS-1000 masks read as class-id maps", "util/dataset.py",
+             "binary_label(classes, 1 if self.binary_masks else class_id,", "binary_label(classes, class_id,",
+             (T + "test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),
     # ---- config schema
     Mutation("base.yaml amp unquoted (YAML reads off as false)", "config/base.yaml",
              'amp: "off"  ', "amp: off    ",
