@@ -208,7 +208,7 @@ class Bench:
 def loader_rate(dataset: EpisodeDataset, batch_size: int, workers: int, seconds: float) -> float:
     """Episodes/s of a DataLoader over ``dataset`` for about ``seconds``, timed after every worker delivered a batch."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        collate_fn=episode_collate(dataset.cfg.ignore_label))
+                        collate_fn=episode_collate(dataset.spec.ignore_label))
     skip, start, counted = max(1, workers), 0.0, 0
     for index, _ in enumerate(loader):
         if index + 1 == skip:

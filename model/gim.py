@@ -31,7 +31,7 @@ class GeneralInformationGenerator(nn.Module):
 
         The reference evaluates every class row and keeps the episode's; the layers act row-wise, so
         evaluating only the episode's row gives the same result (checked against the reference oracle, which
-        runs every row: ``tests/test_model_reference.py``).
+        runs every row: ``tests/model/test_model_reference.py``).
         """
         return self.model(torch.cat([word_vectors, prototype], dim=1))
 

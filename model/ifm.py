@@ -49,7 +49,7 @@ class InformationFusion(nn.Module):
         are not built: the prototype's share of ``init_merge`` is a per-sample bias (a 1x1 conv of a constant
         map), and each level's share of ``res1`` (a 1x1 conv, linear) is applied before the bilinear upsampling
         (linear), with which it commutes. Both are checked against a literal transcription of the reference
-        (``tests/reference_forward.py``).
+        (``tests/support/reference_forward.py``).
         """
         size = query_feat.shape[-2:]
         channels = query_feat.shape[1]

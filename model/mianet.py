@@ -29,7 +29,7 @@ def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 class DownFeatures(nn.Sequential):
     """``ReLU(Conv1x1(cat(layer3, layer2)))`` computed as two convolutions on the weight's halves, so the
-    concatenation is never built (checked against the reference's concatenation, ``tests/test_model_reference.py``). The children are the reference's ``down_features`` (0 conv, 1 ReLU,
+    concatenation is never built (checked against the reference's concatenation, ``tests/model/test_model_reference.py``). The children are the reference's ``down_features`` (0 conv, 1 ReLU,
     2 Dropout2d) so its checkpoints import unchanged; the caller applies the dropout (``self[2]``).
     """
 

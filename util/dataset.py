@@ -2,7 +2,7 @@
 
 Episodes read the per-fold lists written by ``python -m tools.make_lists`` (layout in ``util/fss_lists.py``):
 ``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train_min<N>_<novel_in_train>,val_min<N>}.json``
-with paths relative to ``cfg.data_root``; stage 1 reads the image pools (``base_images: all``) or the
+with paths relative to ``data_root``; stage 1 reads the image pools (``base_images: all``) or the
 fold's lists (``fold_lists``). A missing list raises a UserError that names the command.
 
 Episodes follow the protocol: the query image's class is drawn uniformly among the subset's classes
@@ -11,15 +11,18 @@ those with at least ``min_class_pixels``), and K distinct supports are drawn uni
 other images in which that class counts. Episode ``i`` -- which images,
 which class, and every augmentation draw -- is a pure function of ``(seed, i)``: one
 ``numpy.random.SeedSequence([seed, i])`` feeds everything, so DataLoader workers and order don't matter.
-For training, give each epoch its own seed (``dataset.seed = cfg.seed + epoch``) to see new episodes.
+For training, give each epoch its own seed (``dataset.seed = seed + epoch``) to see new episodes.
+
+The datasets read their settings from one typed :class:`DataSpec` (built from a config by ``DataSpec.of``;
+they also take a config and build it).
 """
 from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -55,12 +58,59 @@ class Episode:
     class_id: int
 
 
-def _check_data_root(cfg) -> None:
-    check_dataset_fold(cfg.dataset, cfg.split, cfg.coco_split_style)
-    if not Path(cfg.data_root).is_dir():
-        raise UserError(f"data_root '{cfg.data_root}' does not exist (config key data_root); "
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything the datasets and their transforms read from a config, typed: where the data and lists are, the
+    fold, the protocol rules, the episode counts and the transform settings (keys of config/base.yaml)."""
+
+    dataset: str
+    data_root: str
+    list_root: str
+    split: int
+    coco_split_style: str
+    min_class_pixels: int
+    shot: int
+    ann_type: str
+    episode_class: str
+    novel_in_train: str
+    base_images: str
+    base_val_images: int
+    ignore_label: int
+    seed: int
+    train_episodes: int
+    test_episodes: int
+    backbone: str
+    pixel_mean: tuple[float, ...] | None
+    pixel_std: tuple[float, ...] | None
+    train_size: int
+    val_size: int
+    scale_min: float
+    scale_max: float
+    rotate_min: float
+    rotate_max: float
+    train_crop: str
+    base_train_size: int
+    base_val_size: int
+    base_scale_min: float
+    base_scale_max: float
+
+    @classmethod
+    def of(cls, source: "DataSpec | Mapping[str, Any]") -> "DataSpec":
+        """``source`` itself if it is a DataSpec, else the spec of a config."""
+        if isinstance(source, cls):
+            return source
+        values = {f.name: source[f.name] for f in fields(cls)}
+        for key in ("pixel_mean", "pixel_std"):
+            values[key] = tuple(values[key]) if values[key] else None
+        return cls(**values)
+
+
+def _check_data_root(spec: DataSpec) -> None:
+    check_dataset_fold(spec.dataset, spec.split, spec.coco_split_style)
+    if not Path(spec.data_root).is_dir():
+        raise UserError(f"data_root '{spec.data_root}' does not exist (config key data_root); "
                         f"prepare the dataset there (see README, Data preparation)"
-                        + (f" or run: {tool_command('make_synth', root=cfg.data_root)}" if cfg.dataset == "synth" else ""))
+                        + (f" or run: {tool_command('make_synth', root=spec.data_root)}" if spec.dataset == "synth" else ""))
 
 
 def _check_files(root: Path, pairs, where: str, hint: str) -> None:
@@ -71,22 +121,24 @@ def _check_files(root: Path, pairs, where: str, hint: str) -> None:
                 raise UserError(f"{where}: item {number}: {kind} {root / relative} not found; fix data_root or {hint}")
 
 
-def load_fold_list(cfg, subset: str) -> FoldList:
-    """The per-fold list ``subset`` for ``cfg`` (dataset, split, style, min_class_pixels), checking data_root."""
-    _check_data_root(cfg)
-    path = fold_list_path(cfg.list_root, cfg.dataset, cfg.split, subset, cfg.min_class_pixels, cfg.coco_split_style)
-    command = make_lists_command(cfg.dataset, cfg.data_root, cfg.list_root, cfg.min_class_pixels)
+def load_fold_list(source: DataSpec | Mapping[str, Any], subset: str) -> FoldList:
+    """The per-fold list ``subset`` of a spec or config (dataset, split, style, min_class_pixels), checking data_root."""
+    spec = DataSpec.of(source)
+    _check_data_root(spec)
+    path = fold_list_path(spec.list_root, spec.dataset, spec.split, subset, spec.min_class_pixels, spec.coco_split_style)
+    command = make_lists_command(spec.dataset, spec.data_root, spec.list_root, spec.min_class_pixels)
     fold_list = read_fold_list(path, command)
-    _check_files(Path(cfg.data_root), fold_list.items, str(path), f"regenerate the lists with: {command}")
+    _check_files(Path(spec.data_root), fold_list.items, str(path), f"regenerate the lists with: {command}")
     return fold_list
 
 
-def load_pool(cfg, subset: str) -> list[tuple[str, str]]:
-    """Every ``(image, label)`` pair of the image pool ``subset`` (train/val) of ``cfg``'s data root."""
-    _check_data_root(cfg)
-    pairs = read_pool(cfg.data_root, cfg.dataset, subset)
-    where = str(pool_list_path(cfg.data_root, cfg.dataset, subset))
-    _check_files(Path(cfg.data_root), pairs, where, "regenerate the image list")
+def load_pool(source: DataSpec | Mapping[str, Any], subset: str) -> list[tuple[str, str]]:
+    """Every ``(image, label)`` pair of the image pool ``subset`` (train/val) of a spec's or config's data root."""
+    spec = DataSpec.of(source)
+    _check_data_root(spec)
+    pairs = read_pool(spec.data_root, spec.dataset, subset)
+    where = str(pool_list_path(spec.data_root, spec.dataset, subset))
+    _check_files(Path(spec.data_root), pairs, where, "regenerate the image list")
     return pairs
 
 
@@ -101,8 +153,8 @@ def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int)
     return rgb, classes
 
 
-def _seed(seed: int | None, cfg) -> int:
-    value = cfg.seed if seed is None else seed
+def _seed(seed: int | None, spec: DataSpec) -> int:
+    value = spec.seed if seed is None else seed
     if value < 0:
         raise UserError(f"seed must be >= 0, got {value} (config key 'seed')")
     return int(value)
@@ -112,20 +164,22 @@ class EpisodeDataset(Dataset):
     """Few-shot episodes of the fold: base classes from the train list (``train``), novel classes from the val list
     (``val``, ``test``; FSS-1000 validates on its validation classes and tests on its test list)."""
 
-    def __init__(self, cfg, mode: str, episodes: int | None = None, seed: int | None = None):
+    def __init__(self, source: DataSpec | Mapping[str, Any], mode: str, episodes: int | None = None,
+                 seed: int | None = None):
+        spec = DataSpec.of(source)
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
-        if not isinstance(cfg.shot, int) or cfg.shot < 1:
-            raise UserError(f"config key 'shot' must be an integer >= 1, got {cfg.shot!r}")
-        if cfg.ann_type not in ANN_TYPES:
-            raise UserError(f"config key 'ann_type' must be one of {list(ANN_TYPES)}, got {cfg.ann_type!r}")
-        self.cfg, self.mode, self.shot = cfg, mode, cfg.shot
-        self.seed = _seed(seed, cfg)
-        self.root = Path(cfg.data_root)
-        if cfg.episode_class not in EPISODE_CLASSES:
-            raise UserError(f"config key 'episode_class' must be one of {list(EPISODE_CLASSES)}, got {cfg.episode_class!r}")
-        fold_list = load_fold_list(cfg, episode_subset(cfg.dataset, mode, cfg.novel_in_train))
-        self.binary_masks = cfg.dataset in ONE_CLASS_DATASETS
+        if not isinstance(spec.shot, int) or spec.shot < 1:
+            raise UserError(f"config key 'shot' must be an integer >= 1, got {spec.shot!r}")
+        if spec.ann_type not in ANN_TYPES:
+            raise UserError(f"config key 'ann_type' must be one of {list(ANN_TYPES)}, got {spec.ann_type!r}")
+        self.spec, self.mode, self.shot = spec, mode, spec.shot
+        self.seed = _seed(seed, spec)
+        self.root = Path(spec.data_root)
+        if spec.episode_class not in EPISODE_CLASSES:
+            raise UserError(f"config key 'episode_class' must be one of {list(EPISODE_CLASSES)}, got {spec.episode_class!r}")
+        fold_list = load_fold_list(spec, episode_subset(spec.dataset, mode, spec.novel_in_train))
+        self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
 
         # a class's support pool: the images in which it counts
         by_class: dict[int, list[int]] = {c: [] for c in fold_list.classes}
@@ -143,7 +197,7 @@ class EpisodeDataset(Dataset):
         if not kept:
             raise UserError(f"{fold_list.path}: no class has at least shot + 1 = {self.shot + 1} eligible images; "
                             "use a smaller shot or more data")
-        any_size = cfg.episode_class == "any_size"
+        any_size = spec.episode_class == "any_size"
         old_to_new: dict[int, int] = {}
         items = []
         for index, (image, label, counted, present) in enumerate(fold_list.items):
@@ -156,9 +210,9 @@ class EpisodeDataset(Dataset):
         self.class_images = {c: [old_to_new[i] for i in by_class[c]] for c in sorted(kept)}
         self.classes = sorted(kept)
         if episodes is None:
-            episodes = (cfg.train_episodes or len(items)) if mode == "train" else cfg.test_episodes
+            episodes = (spec.train_episodes or len(items)) if mode == "train" else spec.test_episodes
         self.episodes = int(episodes)
-        self.transform = build_transform(cfg, train=mode == "train", stage="meta")
+        self.transform = build_transform(spec, train=mode == "train", stage="meta")
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -189,14 +243,14 @@ class EpisodeDataset(Dataset):
 
     def read(self, image: str, label: str) -> tuple[np.ndarray, np.ndarray]:
         """An image and its class-id label, by their paths relative to data_root (checked as :func:`load_pair`)."""
-        return load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
+        return load_pair(str(self.root / image), str(self.root / label), self.spec.dataset, self.spec.ignore_label)
 
     def view(self, rgb: np.ndarray, classes: np.ndarray, class_id: int, rng: np.random.Generator,
              support: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """The network input and its label for ``class_id`` (a support's mask is its bounding box with
         ``ann_type: bbox``), transformed with ``rng``; and the binary label before the transform."""
-        binary = binary_label(classes, 1 if self.binary_masks else class_id, self.cfg.ignore_label)
-        mask = bbox_mask(binary, self.cfg.ignore_label) if support and self.cfg.ann_type == "bbox" else binary
+        binary = binary_label(classes, 1 if self.binary_masks else class_id, self.spec.ignore_label)
+        mask = bbox_mask(binary, self.spec.ignore_label) if support and self.spec.ann_type == "bbox" else binary
         tensor, label = self.transform(rgb, mask, rng)
         return tensor, label, binary
 
@@ -254,44 +308,45 @@ class BaseClassDataset(Dataset):
     of those images: a subset drawn from ``seed`` (the same every epoch), kept in list order.
     """
 
-    def __init__(self, cfg, mode: str, seed: int | None = None):
+    def __init__(self, source: DataSpec | Mapping[str, Any], mode: str, seed: int | None = None):
+        spec = DataSpec.of(source)
         if mode not in ("train", "val"):
             raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
-        if cfg.base_images not in BASE_IMAGES:
-            raise UserError(f"config key 'base_images' must be one of {list(BASE_IMAGES)}, got {cfg.base_images!r}")
-        self.cfg, self.mode, self.seed = cfg, mode, _seed(seed, cfg)
-        self.root = Path(cfg.data_root)
-        self.binary_masks = cfg.dataset in ONE_CLASS_DATASETS
-        if cfg.base_images == "all" and self.binary_masks:
-            raise UserError(f"{cfg.dataset} has no image pools for base_images 'all'; use base_images fold_lists "
+        if spec.base_images not in BASE_IMAGES:
+            raise UserError(f"config key 'base_images' must be one of {list(BASE_IMAGES)}, got {spec.base_images!r}")
+        self.spec, self.mode, self.seed = spec, mode, _seed(seed, spec)
+        self.root = Path(spec.data_root)
+        self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
+        if spec.base_images == "all" and self.binary_masks:
+            raise UserError(f"{spec.dataset} has no image pools for base_images 'all'; use base_images fold_lists "
                             "(config key base_images; config/fss sets it)")
-        if cfg.base_images == "all":
-            self.items = [(image, label, ()) for image, label in load_pool(cfg, mode)]
+        if spec.base_images == "all":
+            self.items = [(image, label, ()) for image, label in load_pool(spec, mode)]
         else:
-            fold_list = load_fold_list(cfg, stage1_subset(cfg.dataset, mode, cfg.novel_in_train))
+            fold_list = load_fold_list(spec, stage1_subset(spec.dataset, mode, spec.novel_in_train))
             if not fold_list.items:
                 raise UserError(f"{fold_list.path}: the list has no images; check the data and regenerate the lists")
             self.items = [(image, label, counted) for image, label, counted, _ in fold_list.items]
-        if mode == "val" and 0 < cfg.base_val_images < len(self.items):
+        if mode == "val" and 0 < spec.base_val_images < len(self.items):
             chosen = np.random.default_rng(np.random.SeedSequence([self.seed])).choice(
-                len(self.items), size=cfg.base_val_images, replace=False)
+                len(self.items), size=spec.base_val_images, replace=False)
             self.items = [self.items[i] for i in sorted(chosen.tolist())]
-        base = base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)
+        base = base_classes(spec.dataset, spec.split, spec.coco_split_style)
         self.target_of = {c: rank + 1 for rank, c in enumerate(base)}
-        self.ignore_index = stage1_ignore_index(cfg.dataset, cfg.split, cfg.coco_split_style, cfg.ignore_label)
+        self.ignore_index = stage1_ignore_index(spec.dataset, spec.split, spec.coco_split_style, spec.ignore_label)
         if not self.binary_masks:
             lookup = np.zeros(256, dtype=np.uint8)
             lookup[base] = np.arange(1, len(base) + 1)
-            lookup[cfg.ignore_label] = cfg.ignore_label
+            lookup[spec.ignore_label] = spec.ignore_label
             self.lookup = lookup
-        self.transform = build_transform(cfg, train=mode == "train", stage="base")
+        self.transform = build_transform(spec, train=mode == "train", stage="base")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, label, counted = self.items[index]
-        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.cfg.dataset, self.cfg.ignore_label)
+        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.spec.dataset, self.spec.ignore_label)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         if not self.binary_masks:
             tensor, target = self.transform(rgb, self.lookup[classes], rng)
@@ -299,4 +354,4 @@ class BaseClassDataset(Dataset):
         # one class per image: its mask goes through the transform, then 1 -> the class's target value
         tensor, mask = self.transform(rgb, classes, rng)
         target = torch.where(mask == 1, self.target_of[counted[0]], 0)
-        return {"image": tensor, "label": torch.where(mask == self.cfg.ignore_label, self.ignore_index, target)}
+        return {"image": tensor, "label": torch.where(mask == self.spec.ignore_label, self.ignore_index, target)}

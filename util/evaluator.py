@@ -113,7 +113,7 @@ def evaluate_episode_sets(
     ``feature_reuse`` with a model that splits into ``encode`` / ``summarize_supports`` / ``head`` (MIANet): each
     image is encoded once per query turn and each (support image, class) summarised once for all the sets
     (:func:`_evaluate_reusing_features`); the scores are the per-episode path's (integer counts, summed in any
-    order; ``tests/test_feature_reuse.py``). Other models run per episode.
+    order; ``tests/engine/test_feature_reuse.py``). Other models run per episode.
     """
     model.eval()
     net = model.module if isinstance(model, DistributedDataParallel) else model
@@ -236,8 +236,8 @@ def _evaluate_reusing_features(
         if episodes.mode == "train":
             raise ValueError("feature reuse needs the test transform (EpisodeDataset mode 'val' or 'test'); training "
                              "augments")
-        if (episodes.root, episodes.cfg.ann_type, episodes.cfg.val_size) != (first.root, first.cfg.ann_type,
-                                                                             first.cfg.val_size):
+        if (episodes.root, episodes.spec.ann_type, episodes.spec.val_size) != (first.root, first.spec.ann_type,
+                                                                               first.spec.val_size):
             raise ValueError("feature reuse needs episode sets with the same data_root, ann_type and val_size")
     turns = _plan_query_turns(episode_sets, ctx, SUPPORT_CACHE_ENTRIES)
     loader = DataLoader(_QueryTurnImages(first, turns), batch_size=None, num_workers=workers, collate_fn=_as_is,

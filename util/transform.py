@@ -214,7 +214,8 @@ class PairedTransform:
 
 
 def build_transform(cfg, train: bool, size: int | None = None, stage: str = "meta") -> PairedTransform:
-    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad).
+    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad), with the
+    settings of ``cfg`` (a :class:`util.dataset.DataSpec` or a config: the same keys).
 
     ``stage="base"`` takes stage 1's sizes and scale range (``base_train_size``, ``base_val_size``,
     ``base_scale_min/max``); ``"meta"`` those of the episodes. ``size`` overrides the size.

@@ -1,4 +1,4 @@
-"""MIANet against the reference oracle (``tests/reference_forward.py``, a literal transcription of the reference
+"""MIANet against the reference oracle (``tests/support/reference_forward.py``, a literal transcription of the reference
 forward and losses): random weights with non-trivial BatchNorm statistics, support masks holding 0, 1 and 255.
 
 Both run in float64, so what is compared is the function, not float32 rounding: eval logits must agree within
@@ -19,7 +19,7 @@ from torch import nn
 from model.backbone import build_backbone
 from model.hpm import pyramid_bins
 from model.mianet import MIANet
-from tests.reference_forward import reference_forward, reference_names
+from tests.support.reference_forward import reference_forward, reference_names
 
 LOGIT_TOLERANCE = 1e-4
 # The O(HW*C) prior leaves out the 1e-7 the reference adds to each product of norms. That matters only where

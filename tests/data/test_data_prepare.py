@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 from pycocotools import mask as mask_utils
 
-from tests.fixtures_data import block_label, write_palette_png, write_rgb
+from tests.support.data import block_label, write_palette_png, write_rgb
 from util.classes import COCO_CLASSES
 from util.atomic import AtomicFile
 from util.errors import UserError

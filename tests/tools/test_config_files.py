@@ -9,7 +9,7 @@ from util.cli import config_from_cli
 from util.config import ConfigError, load_config
 from util.errors import cli_entry
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 FOLD_FILES = sorted(CONFIG_DIR.rglob("split*.yaml"))
 EXPECTED = {("pascal", "resnet50"), ("pascal", "resnet101"), ("pascal", "vgg16_bn"), ("coco", "resnet50"),

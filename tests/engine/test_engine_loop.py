@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from tests.fixtures_engine import Crash, tiny_config, tiny_job
+from tests.support.engine import Crash, tiny_config, tiny_job
 from util.checkpoint import BEST_KEYS, TRAINING_STATE_KEYS, load_checkpoint
 from util.distributed import DistContext
 from util.engine import TrainingDiverged, train

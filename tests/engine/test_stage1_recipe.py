@@ -8,14 +8,14 @@ import torch
 import train_base
 from model.backbone import build_backbone
 from model.pspnet import PSPNet
-from tests.fixtures_engine import Crash, TinySegNet, TinySegSet, make_tiny_synth, tiny_config, tiny_job
+from tests.support.engine import Crash, TinySegNet, TinySegSet, make_tiny_synth, tiny_config, tiny_job
 from util.checkpoint import load_checkpoint
 from util.config import load_config
 from util.distributed import DistContext
 from util.engine import train
 
 CPU = DistContext(0, 1, torch.device("cpu"))
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
 # BAM's base-learner configs, transcribed (chunbolang/BAM config/pascal/pascal_split0_{resnet50,vgg}_base.yaml and
 # config/coco/coco_split0_{resnet50,vgg}_base.yaml; "gpus" from its train_base.sh, --nproc_per_node=4)

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 import train as train_script
 import train_base
-from tests.fixtures_engine import Crash, make_tiny_synth, tiny_config, tiny_job
-from tests.test_engine_e2e import CONFIG as SYNTH, TINY as E2E_TINY
+from tests.support.engine import Crash, make_tiny_synth, tiny_config, tiny_job
+from tests.engine.test_engine_e2e import CONFIG as SYNTH, TINY as E2E_TINY
 from util.checkpoint import load_checkpoint
 from util.config import load_config
 from util.distributed import DistContext, init_distributed

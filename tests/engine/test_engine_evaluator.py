@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from tests.fixtures_engine import make_tiny_synth
 from util.config import load_config
 from util.dataset import EpisodeDataset
 from util.distributed import DistContext
@@ -18,8 +17,8 @@ CPU = DistContext(0, 1, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
-def synth_cfg(tmp_path_factory):
-    data_root, list_root = make_tiny_synth(tmp_path_factory.mktemp("synth"))
+def synth_cfg(tiny_synth):
+    data_root, list_root = tiny_synth
     return load_config(None, {"dataset": "synth", "data_root": str(data_root), "list_root": str(list_root),
                               "val_size": 57, "test_episodes": 10, "test_seeds": [3, 4], "backbone": "efficientnet_lite0",
                               "workers": 0, "device": "cpu"})

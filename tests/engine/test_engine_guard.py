@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures_engine import tiny_config, tiny_job
+from tests.support.engine import tiny_config, tiny_job
 from util.checkpoint import load_checkpoint, run_record, save_atomic
 from util.distributed import DistContext
 from util.engine import TrainingDiverged, train
@@ -18,7 +18,7 @@ from util.errors import UserError
 from util.runguard import LOCK_FILE, RunInterrupted, RunLock
 
 CPU = DistContext(0, 1, torch.device("cpu"))
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def files(run_dir: Path) -> dict[str, bytes]:

@@ -31,7 +31,7 @@ from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, 
                             foreground_iou, overlay_mask, save_contact_sheet, save_episode_figure,
                             save_per_class_bar_chart, save_sample_figure, to_rgb)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
 MARGIN, TITLE_AND_CAPTION = 8, 34 + 24   # the layout of util.visualize.save_panels
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures_data import block_label, data_config, pascal_pool, write_pool, write_rgb
+from tests.support.data import block_label, data_config, pascal_pool, write_pool, write_rgb
 from util.checkpoint import load_checkpoint, save_atomic
 from util.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
@@ -27,7 +27,7 @@ from util.errors import UserError
 from util.image_io import JPEG_END, JPEG_START, VOC_PALETTE, is_truncated_jpeg, read_image, read_label, write_label
 from util.make_lists import make_lists
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_LIST = "ImageSets/SegmentationAug/train.txt"
 VAL_LIST = "ImageSets/SegmentationAug/val.txt"
 
@@ -496,7 +496,7 @@ def test_a_user_error_raised_in_a_dataloader_worker_keeps_its_own_line():
 
 
 def test_cli_train_base_data_error_in_a_worker_process(tmp_path):
-    from tests.fixtures_engine import make_tiny_synth
+    from tests.support.engine import make_tiny_synth
 
     data_root, list_root = make_tiny_synth(tmp_path, num_train=12, num_val=8)
     for image in (data_root / "JPEGImages").glob("train_*.jpg"):

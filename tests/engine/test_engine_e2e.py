@@ -11,7 +11,7 @@ import torch
 import test as test_script
 import train as train_script
 import train_base as train_base_script
-from tests.fixtures_engine import Crash, make_tiny_synth
+from tests.support.engine import Crash, make_tiny_synth
 from util.backbone_weights import RANDOM_WARNING
 from util.checkpoint import load_checkpoint
 from util.classes import class_names
@@ -22,7 +22,7 @@ from util.metrics import predict_on_label
 from util.model_io import build_mianet
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
 TINY = ["train_size", "65", "val_size", "65", "base_train_size", "65", "base_val_size", "65",
         "train_episodes", "8", "val_episodes", "4", "test_episodes", "6",

@@ -3,7 +3,7 @@ import os
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHOW = 'source util/launch.sh; echo "${launch[*]}|${OMP_NUM_THREADS:-unset}"'
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.fixtures_data import data_config, pascal_pool
+from tests.support.data import data_config, pascal_pool
 from util.dataset import BaseClassDataset, EpisodeDataset, collate_episodes, episode_collate, read_label
 from util.errors import UserError
 from util.image_io import write_label
@@ -85,7 +85,7 @@ def test_episode_sampling_rules(pascal):
 
 def test_sample_shapes_and_binary_labels(synth):
     # the foreground-anchored crop always keeps part of the target; the reference's uniform crop may not
-    # when the target cannot fit (tests/test_protocol_rules.py)
+    # when the target cannot fit (tests/data/test_protocol_rules.py)
     cfg = data_config(*synth, shot=2, train_crop="foreground_anchor")
     sample = EpisodeDataset(cfg, "train", seed=0)[0]
     assert sample["query"].shape == (3, 48, 48) and sample["query"].dtype == torch.float32

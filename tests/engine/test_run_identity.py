@@ -10,7 +10,7 @@ import torch
 import predict as predict_script
 import test as test_script
 import train as train_script
-from tests.fixtures_data import write_rgb
+from tests.support.data import write_rgb
 from tools import checkpoint_import, runguard
 from util.checkpoint import base_run_dir, load_checkpoint, meta_run_dir, run_identity, save_atomic
 from util.config import load_config
@@ -19,7 +19,7 @@ from util.image_io import write_label
 from util.model_io import build_mianet, build_pspnet
 from util.runlog import RunLog
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COCO0 = str(REPO / "config" / "coco" / "resnet50" / "split0.yaml")
 SMALL = ["backbone", "efficientnet_lite0", "pretrained_backbone", "false", "device", "cpu",
          "embedding_file", str(REPO / "embeddings" / "coco_glove50.npy")]
@@ -116,8 +116,8 @@ def test_a_checkpoint_of_another_split_style_is_not_tested(fwb_tree, capsys, tmp
 
 
 def test_a_run_directory_of_another_identity_is_neither_skipped_nor_continued(tmp_path):
-    from tests.fixtures_engine import tiny_config, tiny_job
-    from tests.test_engine_ddp import CPU
+    from tests.support.engine import tiny_config, tiny_job
+    from tests.engine.test_engine_ddp import CPU
     from util.engine import train
 
     run = tmp_path / "run"

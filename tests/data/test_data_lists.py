@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.fixtures_data import block_label, pascal_pool, write_pool, write_rgb
+from tests.support.data import block_label, pascal_pool, write_pool, write_rgb
 from tools.make_lists import main
 from util.errors import UserError
 from util.fss_lists import SUBSETS, fold_list_path, read_fold_list

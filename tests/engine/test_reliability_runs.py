@@ -18,12 +18,12 @@ import torch
 import test as test_script
 import train as train_script
 import train_base as train_base_script
-from tests.fixtures_engine import make_tiny_synth
+from tests.support.engine import make_tiny_synth
 from util.checkpoint import load_checkpoint, save_atomic
 from util.image_io import read_label, write_label
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
 TINY = ["train_size", "65", "val_size", "65", "base_train_size", "65", "base_val_size", "65",
         "train_episodes", "8", "val_episodes", "4", "test_episodes", "6",

@@ -10,7 +10,7 @@ from model.gim import triplet_loss
 from model.hpm import cosine_prior, hierarchical_priors, pyramid_bins
 from model.ifm import InformationFusion
 from model.mianet import masked_average
-from tests.reference_forward import cosine_prior as oracle_prior, hpm_priors, ifm as oracle_fusion
+from tests.support.reference_forward import cosine_prior as oracle_prior, hpm_priors, ifm as oracle_fusion
 
 
 def direct_hierarchy(query: torch.Tensor, supports: torch.Tensor, masks: torch.Tensor,

@@ -13,8 +13,7 @@ import torch
 
 import util.evaluator as evaluator
 from model.mianet import SupportSummary
-from tests.fixtures_engine import make_tiny_synth
-from tests.test_model_reference import build
+from tests.model.test_model_reference import build
 from util.config import Config, load_config
 from util.dataset import EpisodeDataset, collate_episodes
 from util.distributed import DistContext
@@ -26,8 +25,8 @@ LOGIT_TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    return make_tiny_synth(tmp_path_factory.mktemp("synth"))
+def synth(tiny_synth):
+    return tiny_synth
 
 
 def config(synth, backbone: str, shot: int, **overrides):

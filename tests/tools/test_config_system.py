@@ -8,7 +8,7 @@ import yaml
 
 from util.config import ConfigError, limits, load_config, parse_overrides, schema
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, text: str) -> Path:

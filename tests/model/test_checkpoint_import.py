@@ -15,8 +15,8 @@ import torch
 
 from model.backbone import Backbone, build_backbone
 from model.hpm import pyramid_bins
-from tests.reference_forward import reference_forward
-from tests.test_model_reference import assert_logits_close, episode
+from tests.support.reference_forward import reference_forward
+from tests.model.test_model_reference import assert_logits_close, episode
 from tools.checkpoint_import import main
 from util.checkpoint import load_checkpoint
 from util.checkpoint_layouts import mianet_from_reference, pspnet_from_reference
@@ -25,8 +25,8 @@ from util.config import Config, load_config
 from util.errors import UserError
 from util.model_io import base_learner_backbone_state, build_mianet, import_checkpoint
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-PASCAL_CONFIG = str(Path(__file__).resolve().parents[1] / "config" / "pascal" / "resnet50" / "split0.yaml")
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+PASCAL_CONFIG = str(Path(__file__).resolve().parents[2] / "config" / "pascal" / "resnet50" / "split0.yaml")
 
 STAGES = tuple(f"layer{i}." for i in range(5))
 
