@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import Backbone, build_backbone, cpu_layout
+from model.backbone import LAYER3_STRIDE, Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
 from model.hpm import priors_from_directions, pyramid_bins, support_directions, weighted_sum
 from model.ifm import InformationFusion
@@ -20,6 +20,13 @@ from model.resize import bilinear
 from util.errors import UserError
 
 PROTOTYPE_EPS = 5e-4
+LFG_MIN_CELLS = 3  # the LFG's first convolution (3x3, stride 2, no padding) needs a layer3 map of at least 3 x 3
+
+
+def min_train_size(backbone: str) -> int:
+    """The smallest training crop MIANet can train on with ``backbone``: the triplet loss's local features need a
+    layer3 map of at least 3 x 3."""
+    return (LFG_MIN_CELLS - 1) * LAYER3_STRIDE.get(backbone, 8) + 1
 
 
 def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -68,6 +75,13 @@ class SupportSummary(NamedTuple):
 
     prototype: torch.Tensor
     directions: list[torch.Tensor]
+
+
+def stack_shots(shots: list[SupportSummary]) -> SupportSummary:
+    """The K summaries [1, C] of one episode's supports as the head's input [1, K, C]."""
+    return SupportSummary(torch.cat([shot.prototype for shot in shots])[None],
+                          [torch.cat([shot.directions[level] for shot in shots])[None]
+                           for level in range(len(shots[0].directions))])
 
 
 class MIANet(nn.Module):
@@ -128,19 +142,20 @@ class MIANet(nn.Module):
             self.backbone.eval()
         return self
 
-    def encode(self, images: torch.Tensor) -> EncodedImages:
+    def encode(self, images: torch.Tensor, chunk: int | None = None) -> EncodedImages:
         """The per-image features the head reads, for ``images`` [N,3,H,W]: ``down_features`` of layer3+layer2
         (before its dropout) and layer4. Every image goes through the backbone once.
 
         In eval mode this is a pure function of each image, so an evaluation may compute it once per image and
         reuse it (:mod:`util.evaluator`, ``feature_reuse``). Backbone BN in train mode (``freeze_backbone_bn:
         false``) makes an image's features depend on its batch: use :meth:`forward`, which batches as the
-        reference does. Frozen BN: one batch on GPU; on CPU one channels-last image at a time, measured 15-30%
-        faster than one NCHW batch (ResNet-50 at 473 and 641 px, 2 cores: smaller working set per layer, no
-        layout reorder per convolution).
+        reference does. Frozen BN: on CPU one channels-last image at a time, measured 15-30% faster than one NCHW
+        batch (ResNet-50 at 473 and 641 px, 2 cores: smaller working set per layer, no layout reorder per
+        convolution), and the same computation whatever else is in the batch; elsewhere batches of at most
+        ``chunk`` images (all at once if None), which bounds the memory an evaluation needs.
         """
         with torch.no_grad():
-            groups = images.split(1) if images.device.type == "cpu" else [images]
+            groups = images.split(1 if images.device.type == "cpu" else chunk or len(images))
             features = [self.backbone(cpu_layout(group))[2:] for group in groups]
         return self._encoded(features)
 
@@ -173,6 +188,20 @@ class MIANet(nn.Module):
         support_feat = self.down_features[2](encoded.mid)
         small_masks = _small_masks(masks, support_feat)
         return self._summarize(support_feat, encoded.layer4, small_masks, _bins(image_size))
+
+    @torch.no_grad()
+    def predict(self, query: torch.Tensor, supports: torch.Tensor, support_masks: torch.Tensor, class_id: torch.Tensor,
+                chunk: int | None = None) -> torch.Tensor:
+        """Eval-mode logits [1,2,H',W'] of ONE episode (``query`` [1,3,H,W], ``supports`` [K,3,H,W], ``support_masks``
+        [K,H,W], ``class_id`` [1]) as every inference path computes them (evaluation with and without feature reuse,
+        predict.py): the query and the supports encoded (:meth:`encode`), each support summarised alone
+        (:meth:`summarize_supports`), then :meth:`head` on this episode alone. An episode's logits thus never depend
+        on which other episodes share its loader batch or which supports an evaluation cached."""
+        size = query.shape[-2:]
+        encoded = self.encode(torch.cat([query, supports]), chunk)
+        shots = [self.summarize_supports(EncodedImages(encoded.mid[k:k + 1], encoded.layer4[k:k + 1]),
+                                         support_masks[k - 1:k], size[0]) for k in range(1, len(encoded.mid))]
+        return self.head(EncodedImages(encoded.mid[:1], encoded.layer4[:1]), stack_shots(shots), class_id, size)
 
     def head(self, query: EncodedImages, supports: SupportSummary, class_ids: torch.Tensor,
              image_size: tuple[int, int]) -> torch.Tensor:

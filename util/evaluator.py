@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from util.checkpoint import MODEL_CONFIG_KEYS
 from util.classes import ONE_CLASS_DATASETS, class_names, novel_classes
-from model.mianet import EncodedImages, SupportSummary
+from model.mianet import EncodedImages, SupportSummary, stack_shots
 from util.dataset import Episode, EpisodeDataset, episode_collate
 from util.fss1000 import read_binary_mask
 from util.image_io import read_label
@@ -62,14 +62,23 @@ class _WithOriginalSize(Dataset):
 
 
 def _episode_predictions(
-    model: nn.Module, batches: Iterable[dict], device: torch.device, ori_resize: bool, amp: str,
+    model: nn.Module, batches: Iterable[dict], device: torch.device, ori_resize: bool, amp: str, encode_batch: int,
 ) -> Iterator[tuple[dict, int, torch.Tensor, torch.Tensor]]:
     """``(batch, b, prediction, label)`` for every episode ``b`` of every batch: the binary prediction on the
-    grid of the label it is scored against (``query_label_ori`` with ``ori_resize``, else ``query_label``)."""
+    grid of the label it is scored against (``query_label_ori`` with ``ori_resize``, else ``query_label``).
+
+    A model with ``predict`` (MIANet) computes each episode alone (:meth:`model.mianet.MIANet.predict`), so the
+    loader's batch size changes no prediction; other models get the whole batch."""
+    net = model.module if isinstance(model, DistributedDataParallel) else model
     for batch in batches:
         batch = to_device(batch, device)
         with autocast(device, amp):
-            logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
+            if callable(getattr(net, "predict", None)):  # one episode at a time: the feature-reuse path's computation
+                logits = torch.cat([net.predict(batch["query"][b:b + 1], batch["supports"][b], batch["support_masks"][b],
+                                                batch["class_id"][b:b + 1], encode_batch)
+                                    for b in range(len(batch["query"]))])
+            else:
+                logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
         check_finite_logits(logits, amp, batch.get("query_path"))
         for b in range(logits.shape[0]):
             if ori_resize:
@@ -90,37 +99,42 @@ def _predict(logits: torch.Tensor, label: torch.Tensor, ori_resize: bool) -> tor
 def evaluate_episodes(
     model: nn.Module, episodes: EpisodeDataset, ctx: DistContext, *, num_classes: int, ignore_label: int,
     batch_size: int = 1, ori_resize: bool = True, workers: int = 0, amp: str = "off", desc: str = "test",
-    feature_reuse: bool = False,
+    feature_reuse: bool = False, encode_batch: int | None = None,
 ) -> FewShotIoU:
     """Run ``model`` (eval mode) on every episode and return the scores, already reduced over ranks.
 
     ``ori_resize``: score against ``query_label_ori`` (original size, see :func:`predict_on_label`);
-    otherwise against ``query_label`` on the network input grid. ``feature_reuse``: see :func:`evaluate_episode_sets`.
+    otherwise against ``query_label`` on the network input grid. ``feature_reuse`` and ``encode_batch``: see
+    :func:`evaluate_episode_sets`.
     """
     return evaluate_episode_sets(model, [episodes], ctx, num_classes=num_classes, ignore_label=ignore_label,
                                  batch_size=batch_size, ori_resize=ori_resize, workers=workers, amp=amp, desc=desc,
-                                 feature_reuse=feature_reuse)[0]
+                                 feature_reuse=feature_reuse, encode_batch=encode_batch)[0]
 
 
 @torch.no_grad()
 def evaluate_episode_sets(
     model: nn.Module, episode_sets: list[EpisodeDataset], ctx: DistContext, *, num_classes: int, ignore_label: int,
     batch_size: int = 1, ori_resize: bool = True, workers: int = 0, amp: str = "off", desc: str = "test",
-    feature_reuse: bool = False,
+    feature_reuse: bool = False, encode_batch: int | None = None,
 ) -> list[FewShotIoU]:
     """:func:`evaluate_episodes` of each set (e.g. one per test seed), as one evaluation.
 
     ``feature_reuse`` with a model that splits into ``encode`` / ``summarize_supports`` / ``head`` (MIANet): each
     image is encoded once per query turn and each (support image, class) summarised once for all the sets
-    (:func:`_evaluate_reusing_features`); the scores are the per-episode path's (integer counts, summed in any
-    order; ``tests/engine/test_feature_reuse.py``). Other models run per episode.
+    (:func:`_evaluate_reusing_features`). Both paths compute every episode alone with the same calls (images
+    encoded, supports summarised one at a time, the head on one episode: :meth:`model.mianet.MIANet.predict`), so on
+    the CPU, where images are encoded one at a time, they give the same predictions and scores for any
+    ``batch_size`` (``tests/engine/test_feature_reuse.py``); ``batch_size`` only groups the episodes the loader
+    reads. ``encode_batch``: on a GPU, images are encoded at most this many at a time (None: all of an episode or
+    a query turn at once); different groupings differ there at float-rounding level. Other models run per batch.
     """
     model.eval()
     net = model.module if isinstance(model, DistributedDataParallel) else model
     if feature_reuse and all(callable(getattr(net, name, None)) for name in ("encode", "summarize_supports", "head")):
         return _evaluate_reusing_features(net, episode_sets, ctx, num_classes=num_classes, ignore_label=ignore_label,
-                                          batch_size=batch_size, ori_resize=ori_resize, workers=workers, amp=amp,
-                                          desc=desc)
+                                          ori_resize=ori_resize, workers=workers, amp=amp, desc=desc,
+                                          encode_batch=encode_batch)
     results = []
     for episodes in episode_sets:
         scores = FewShotIoU(num_classes, ignore_label)
@@ -128,7 +142,7 @@ def evaluate_episode_sets(
                             num_workers=workers, collate_fn=episode_collate(ignore_label),
                             worker_init_fn=worker_signals)
         bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
-        for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp):
+        for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp, encode_batch):
             scores.update(pred, label, int(batch["class_id"][b]))
         scores.reduce()
         results.append(scores)
@@ -222,7 +236,7 @@ def _as_is(item: Any) -> Any:
 
 def _evaluate_reusing_features(
     net: nn.Module, episode_sets: list[EpisodeDataset], ctx: DistContext, *, num_classes: int, ignore_label: int,
-    batch_size: int, ori_resize: bool, workers: int, amp: str, desc: str,
+    ori_resize: bool, workers: int, amp: str, desc: str, encode_batch: int | None,
 ) -> list[FewShotIoU]:
     """The ``feature_reuse`` path of :func:`evaluate_episode_sets`.
 
@@ -249,7 +263,7 @@ def _evaluate_reusing_features(
         images = loaded["images"].to(ctx.device)
         size = tuple(images.shape[-2:])
         with autocast(ctx.device, amp):
-            encoded = net.encode(images)
+            encoded = net.encode(images, encode_batch)
             for position, image in enumerate(turn.images()):
                 for class_id in turn.summarize.get(image, ()):
                     mask = loaded["support_masks"][image, class_id].to(ctx.device)[None]
@@ -258,22 +272,14 @@ def _evaluate_reusing_features(
                         mask, size[0])
         query = EncodedImages(encoded.mid[:1], encoded.layer4[:1])
         del encoded, images
-        for start in range(0, len(turn.episodes), batch_size):
-            chunk = turn.episodes[start:start + batch_size]
-            shots = [[cache[support, spec.class_id] for support in spec.supports] for _, _, spec in chunk]
-            summary = SupportSummary(
-                torch.stack([torch.cat([shot.prototype for shot in row]) for row in shots]),
-                [torch.stack([torch.cat([shot.directions[level] for shot in row]) for row in shots])
-                 for level in range(len(shots[0][0].directions))])
-            class_ids = torch.tensor([spec.class_id for _, _, spec in chunk], device=ctx.device)
-            repeated = EncodedImages(*(maps.expand(len(chunk), *maps.shape[1:]) for maps in query))
+        for number, _, spec in turn.episodes:
+            summary = stack_shots([cache[support, spec.class_id] for support in spec.supports])
             with autocast(ctx.device, amp):
-                logits = net.head(repeated, summary, class_ids, size)
-            check_finite_logits(logits, amp, [turn.query[0]] * len(chunk))
-            for b, (number, _, spec) in enumerate(chunk):
-                label, label_ori = loaded["query_labels"][spec.class_id]
-                label = (label_ori if ori_resize else label).to(ctx.device)
-                scores[number].update(_predict(logits[b], label, ori_resize), label, spec.class_id)
+                logits = net.head(query, summary, torch.tensor([spec.class_id], device=ctx.device), size)
+            check_finite_logits(logits, amp, [turn.query[0]])
+            label, label_ori = loaded["query_labels"][spec.class_id]
+            label = (label_ori if ori_resize else label).to(ctx.device)
+            scores[number].update(_predict(logits[0], label, ori_resize), label, spec.class_id)
         for key in turn.evict:
             del cache[key]
     for score in scores:
@@ -299,7 +305,8 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
     loader = DataLoader(chosen, batch_size=cfg["test_batch_size"], num_workers=cfg["workers"],
                         collate_fn=episode_collate(cfg["ignore_label"]), worker_init_fn=worker_signals)
     paths: list[Path] = []
-    for batch, b, pred, label in _episode_predictions(model, loader, device, cfg["ori_resize"], cfg["amp"]):
+    for batch, b, pred, label in _episode_predictions(model, loader, device, cfg["ori_resize"], cfg["amp"],
+                                                      cfg["encode_batch"]):
         class_name = names[int(batch["class_id"][b]) - 1]
         paths.append(save_sample_figure(out_dir / f"episode_{len(paths):04d}.png", batch, b, pred, label,
                                         mean, std, class_name))
@@ -417,7 +424,7 @@ def run_protocol(
     all_scores = evaluate_episode_sets(model, episode_sets, ctx, num_classes=total_classes,
                                        ignore_label=cfg["ignore_label"], batch_size=cfg["test_batch_size"],
                                        ori_resize=cfg["ori_resize"], workers=cfg["workers"], amp=cfg["amp"],
-                                       feature_reuse=cfg["feature_reuse"],
+                                       feature_reuse=cfg["feature_reuse"], encode_batch=cfg["encode_batch"],
                                        desc=f"test seeds {' '.join(map(str, seeds))}")
     for seed, episodes, scores in zip(seeds, episode_sets, all_scores):
         baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes, cfg["ignore_label"])
