@@ -29,26 +29,25 @@ import difflib
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 
-from model.mianet import MIANet
-from util.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, load_checkpoint,
-                              load_model_state, stage2_weight)
+from util.atomic import check_writable, write_output
+from util.checkpoint import stage2_weight
 from util.classes import class_names
-from util.config import Config, load_config
+from util.config import load_config
 from util.errors import UserError, cli_entry
-from util.image_io import read_image, read_label, write_label
+from util.image_io import encode_label_png, read_image, read_label
 from util.metrics import check_finite_logits, predict_on_label
-from util.model_io import build_mianet
+from util.model_io import load_stage2_model
 from util.runtime import autocast, check_amp, resolve_device
 from util.transform import PairedTransform, bbox_mask, build_transform
-from util.visualize import PRED_COLOUR, add_title, overlay_mask
+from util.visualize import PRED_COLOUR, add_title, overlay_mask, png_bytes
 
 NO_CLASS = 0
 MASK_FOREGROUND = 255
 SUGGESTIONS = 3
+OUT_WRITABLE = "give --out a writable .png path (free disk space)"
 NO_RANDOMNESS = np.random.default_rng(0)  # the test geometry draws nothing; the transforms take a generator
 
 
@@ -130,17 +129,6 @@ def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, an
     return torch.stack(supports), torch.stack(masks)
 
 
-def load_model(cfg: Config, weight: Path, device: torch.device) -> MIANet:
-    """The stage-2 model of ``weight`` (checked against ``cfg``: architecture keys and identity) on ``device``, in
-    eval mode."""
-    state = load_checkpoint(weight)
-    check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
-    check_model_identity(state, cfg, weight)
-    model = build_mianet(cfg)
-    load_model_state(model, state["model"], weight)
-    return model.to(device).eval()
-
-
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
@@ -148,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out}: the mask is written as PNG (lossless); give a .png path")
     cfg = load_config(args.config, args.overrides)
+    for path in (out, overlay_path(out)):
+        check_writable(path, OUT_WRITABLE)
     device = resolve_device(cfg.device)
     check_amp(cfg.amp, device)
     weight = Path(args.weight) if args.weight else stage2_weight(cfg)  # a fold never trained: said before any image
@@ -158,23 +148,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)
 
-    model = load_model(cfg, weight, device)
+    model, _ = load_stage2_model(cfg, weight, device)
     with torch.inference_mode(), autocast(device, cfg.amp):
-        logits = model(query[None].to(device), supports[None].to(device), masks[None].to(device),
-                       torch.tensor([class_id], device=device))
+        logits = model.predict(query[None].to(device), supports.to(device), masks.to(device),
+                               torch.tensor([class_id], device=device), cfg.encode_batch)
     check_finite_logits(logits, cfg.amp, [args.query])
     pred = predict_on_label(logits[0], (height, width), ori_size=(height, width)).cpu().numpy().astype(np.uint8)
 
-    write_label(out, pred * MASK_FOREGROUND)
+    write_output(out, encode_label_png(pred * MASK_FOREGROUND), OUT_WRITABLE)
     foreground = float(pred.mean())
     shown_class = class_names(cfg.dataset, cfg.list_root)[class_id - 1] if class_id else "no class name"
     title = f"{shown_class}, {len(supports)}-shot: {100 * foreground:.1f}% foreground"
-    overlay_path = out.with_name(f"{out.stem}_overlay.png")
     overlay = add_title(overlay_mask(query_rgb, pred, PRED_COLOUR), title)
-    if not cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
-        raise UserError(f"cannot write {overlay_path}; check the folder is writable")
-    print(f"query {args.query} ({height}x{width}), {title}; wrote {out} (0/255) and {overlay_path}")
-    return {"mask": out, "overlay": overlay_path, "class_id": class_id, "foreground": foreground, "title": title}
+    write_output(overlay_path(out), png_bytes(overlay), OUT_WRITABLE)
+    print(f"query {args.query} ({height}x{width}), {title}; wrote {out} (0/255) and {overlay_path(out)}")
+    return {"mask": out, "overlay": overlay_path(out), "class_id": class_id, "foreground": foreground, "title": title}
+
+
+def overlay_path(out: Path) -> Path:
+    """Where the overlay of the mask ``out`` goes: ``<out stem>_overlay.png`` beside it."""
+    return out.with_name(f"{out.stem}_overlay.png")
 
 
 if __name__ == "__main__":

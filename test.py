@@ -6,7 +6,10 @@ predictions that are (nearly) all foreground or background, a backbone trained f
 writes ``<run dir>/test/results.json`` (the numbers, the resolved protocol, the checkpoint tested and the base
 learner it was trained from) and ``<run dir>/test/config.yaml``. A checkpoint trained under another identity
 than the config's (dataset, fold, COCO split style, classes, ``novel_in_train``, ``base_images``, backbone; not
-the shot) is refused; a fold that was never trained stops with the train.sh command to run first. ``vis N``
+the shot), a stage-1 base learner, and an ``embedding_file`` holding other class vectors than the checkpoint was
+trained with are refused, before any work; so is an output folder that cannot be written, and a second test.py
+on the same run folder while one runs (the folder's lock); a fold that was never trained stops with the train.sh
+command to run first. Results are written atomically (a full disk keeps the previous file). ``vis N``
 also draws the first N episodes of the first seed (supports, truth, prediction, IoU) and their contact sheet to
 ``<run dir>/test/vis/``.
 Usage: ``python test.py --config config/pascal/resnet50/split0.yaml [weight PATH] [vis N] [key value ...]``
@@ -16,20 +19,22 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+from util.atomic import check_writable, write_output
 from util.backbone_weights import SOURCE_KEY, source_in
-from util.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, describe_identity,
-                              load_checkpoint, load_model_state, stage2_weight)
+from util.checkpoint import describe_identity, recorded_identity, stage2_weight
 from util.cli import config_from_cli
 from util.dataset import EpisodeDataset
 from util.distributed import init_distributed, shutdown_distributed
 from util.errors import cli_entry
 from util.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
-from util.model_io import build_mianet
+from util.model_io import CLASS_VECTORS, class_vectors_record, embedding_path, load_stage2_model
 from util.report import format_run_table, results_path
+from util.runguard import run_dir_lock
 from util.runlog import RunLog
 from util.runtime import check_amp, seed_everything
 
 VIS_DIR = "vis"
+WRITABLE = "free disk space or choose a writable exp_dir (test.py writes <exp_dir>/test/)"
 
 
 @cli_entry
@@ -40,36 +45,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         check_amp(cfg.amp, ctx.device)
         seed_everything(cfg.seed)
         weight = stage2_weight(cfg)
-        state = load_checkpoint(weight)
-        check_checkpoint_config(state, cfg, weight, MODEL_CONFIG_KEYS)
-        identity = check_model_identity(state, cfg, weight)
-        model = build_mianet(cfg)
-        load_model_state(model, state["model"], weight)
-        model.to(ctx.device)
+        model, state = load_stage2_model(cfg, weight, ctx.device)
+        identity = recorded_identity(state)
         out_path = results_path(cfg)
         out_dir = out_path.parent
-        log = RunLog(out_dir, "test", enabled=ctx.is_main, tensorboard=False)
-        try:
-            log.info(f"testing {weight} on {cfg.dataset} fold {cfg.split} {cfg.shot}-shot, device {ctx.device}; "
-                     f"it was trained as: {describe_identity(identity)}")
-            results = run_protocol(model, cfg, ctx, report=log.info)
-            results["protocol"]["weight"] = str(weight)
-            results["protocol"]["base_weight"] = identity.get("base_weight")
-            results["protocol"]["trained_shot"] = identity.get("shot")
-            results["protocol"][SOURCE_KEY] = source_in(state, weight)
-            if ctx.is_main:
-                cfg.save(out_dir / "config.yaml")
-                out_path.write_text(json.dumps(results, indent=2))
-                log.info(format_run_table(results))
-                log.info(f"results: {out_path}")
-                if cfg.vis:
-                    seed = cfg.test_seeds[0]
-                    episodes = EpisodeDataset(cfg, "test", episodes=cfg.test_episodes, seed=seed)
-                    figures = draw_episode_figures(model, episodes, cfg.vis, out_dir / VIS_DIR, cfg, ctx.device)
-                    log.info(f"episode figures (the first {len(figures)} of seed {seed}): {out_dir / VIS_DIR}/ "
-                             f"(episode_*.png, {CONTACT_SHEET})")
-        finally:
-            log.close()
+        if ctx.is_main:
+            check_writable(out_path, WRITABLE)
+        with run_dir_lock(out_dir, ctx, "exp_dir"):
+            log = RunLog(out_dir, "test", enabled=ctx.is_main, tensorboard=False)
+            try:
+                log.info(f"testing {weight} on {cfg.dataset} fold {cfg.split} {cfg.shot}-shot, device {ctx.device}; "
+                         f"it was trained as: {describe_identity(identity)}")
+                results = run_protocol(model, cfg, ctx, report=log.info)
+                results["protocol"] |= {"weight": str(weight), "base_weight": identity.get("base_weight"),
+                                        "trained_shot": identity.get("shot"), SOURCE_KEY: source_in(state, weight),
+                                        "embedding_file": str(embedding_path(cfg)),
+                                        CLASS_VECTORS: class_vectors_record(model)}
+                if ctx.is_main:
+                    cfg.save(out_dir / "config.yaml")
+                    write_output(out_path, (json.dumps(results, indent=2) + "\n").encode(), WRITABLE)
+                    log.info(format_run_table(results))
+                    log.info(f"results: {out_path}")
+                    if cfg.vis:
+                        seed = cfg.test_seeds[0]
+                        episodes = EpisodeDataset(cfg, "test", episodes=cfg.test_episodes, seed=seed)
+                        figures = draw_episode_figures(model, episodes, cfg.vis, out_dir / VIS_DIR, cfg, ctx.device)
+                        log.info(f"episode figures (the first {len(figures)} of seed {seed}): {out_dir / VIS_DIR}/ "
+                                 f"(episode_*.png, {CONTACT_SHEET})")
+            finally:
+                log.close()
         return results
     finally:
         shutdown_distributed()

@@ -28,7 +28,7 @@ for k in $folds; do
     echo "error: $cfg not found; datasets/backbones with configs: $(cd config && ls -d */*/ | tr '\n' ' ')" >&2
     exit 2
   fi
-  "${launch[@]}" test.py --config "$cfg" shot "$shot" "$@"
+  run_entry test.py --config "$cfg" shot "$shot" "$@"
   results+=("$(python -m tools.report --results-path --config "$cfg" shot "$shot" "$@")")
 done
 python -m tools.report --chart "${results[@]}"

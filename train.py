@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from model.mianet import min_train_size
 from util.backbone_weights import SOURCE_KEY, recorded_source, source_notices
 from util.checkpoint import base_weight_path, check_base_learner, meta_run_dir, run_identity
 from util.classes import class_names
@@ -19,13 +20,17 @@ from util.distributed import DistContext
 from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
 from util.errors import UserError, cli_entry
 from util.evaluator import episode_scores_summary, evaluate_episodes
-from util.model_io import build_mianet, load_base_learner
+from util.model_io import CLASS_VECTORS, build_mianet, class_vectors_record, load_base_learner
 from util.runtime import epoch_seed
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     """Stage 2 as a :class:`TrainJob`: only ``model.trainable_parameters()`` are optimised; its checkpoints carry
     the base learner's record of where the backbone's weights came from."""
+    if cfg.train_size < min_train_size(cfg.backbone):
+        raise UserError(f"config key 'train_size' is {cfg.train_size}, below the {min_train_size(cfg.backbone)} px "
+                        f"that MIANet with {cfg.backbone} needs to train (its triplet loss's local features); use "
+                        f"train_size {min_train_size(cfg.backbone)} or more")
     base_weight = base_weight_path(cfg)
     if not base_weight.is_file():
         raise UserError(f"stage-1 checkpoint {base_weight} not found; run stage 1 first "
@@ -40,7 +45,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     def validate(net) -> dict[str, float]:
         scores = evaluate_episodes(net, val_set, ctx, num_classes=len(names), ignore_label=cfg.ignore_label,
                                    batch_size=cfg.test_batch_size, ori_resize=cfg.ori_resize, workers=cfg.workers,
-                                   amp=cfg.amp, desc="val novel classes", feature_reuse=cfg.feature_reuse)
+                                   amp=cfg.amp, desc="val novel classes", feature_reuse=cfg.feature_reuse,
+                                   encode_batch=cfg.encode_batch)
         summary = episode_scores_summary(scores, names)
         return {"miou": summary["miou"], "fbiou": summary["fbiou"]}
 
@@ -55,18 +61,18 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         make_train_set=lambda epoch: EpisodeDataset(cfg, "train", seed=epoch_seed(cfg.seed, epoch)),
         step=step,
         run_dir=meta_run_dir(cfg),
-        schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters),
+        schedule=Schedule(cfg.epochs, cfg.batch_size, cfg.base_lr, cfg.max_iters, batch_key="batch_size"),
         identity=run_identity(cfg, "meta") | {"base_weight": str(base_weight)},
         validate=validate,
         collate=episode_collate(cfg.ignore_label),
-        record={SOURCE_KEY: source},
+        record={SOURCE_KEY: source, CLASS_VECTORS: class_vectors_record(model)},
         notices=source_notices(source),
     )
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    return train_from_cli(argv, __doc__, build_job)
+    return train_from_cli(argv, __doc__, build_job, batch_key="batch_size")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@
 # Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed or interrupted one
 # continues). Stage 1 is skipped when it is done: a finished or imported best.pth in its run directory, or
 # an existing base_weight file (util/runguard.py decides).
-# NPROC > 1 launches each stage with torchrun (DDP, one process per GPU; OMP_NUM_THREADS: util/launch.sh). A
-# finished fold is skipped whatever NPROC is; continuing an unfinished one needs the NPROC (global batch) it began with.
+# NPROC > 1 launches each stage with torchrun (DDP, one process per GPU; several nodes: TORCHRUN_ARGS; see
+# util/launch.sh). Batch sizes are global, so NPROC changes no iteration, schedule or batch. A finished fold is
+# skipped whatever NPROC is; continuing an unfinished one needs the NPROC it began with (each process's random state).
+# SIGINT/SIGTERM/SIGHUP to this script reach the running stage, which saves last.pth and stops; rerun to continue.
 # COCO runs go to initmodel/coco/<coco_split_style>/split<k>/... and exp/coco/<coco_split_style>/split<k>/...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,7 +35,7 @@ for k in $folds; do
   if [ -n "$base_done" ]; then
     echo "stage 1 done ($base_done), skipping"
   else
-    "${launch[@]}" train_base.py --config "$cfg" resume auto "$@"
+    run_entry train_base.py --config "$cfg" resume auto "$@"
   fi
-  "${launch[@]}" train.py --config "$cfg" shot "$shot" resume auto "$@"
+  run_entry train.py --config "$cfg" shot "$shot" resume auto "$@"
 done

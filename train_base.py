@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from torch import nn
+
 from util.backbone_weights import SOURCE_KEY, source_notices
 from util.checkpoint import base_run_dir, run_identity
 from util.classes import base_classes
@@ -15,20 +17,36 @@ from util.config import Config
 from util.dataset import BaseClassDataset
 from util.distributed import DistContext
 from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
-from util.errors import cli_entry
+from util.errors import UserError, cli_entry
 from util.evaluator import evaluate_semantic
 from util.model_io import build_pspnet
 from util.runtime import epoch_seed
+
+MIN_IMAGES_PER_PROCESS = 2
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     """Stage 1 as a :class:`TrainJob`: PSPNet over base classes, validated by base-class mIoU.
 
     Two SGD groups as in BAM: the backbone at ``base_learner_lr``, PPM + classifier at ``base_head_lr_mult``
-    times it; the run stops early after ``base_stop_patience`` epochs without a better validation mIoU.
+    times it; the run stops early after ``base_stop_patience`` epochs without a better validation mIoU. With more
+    than one process on GPUs and ``sync_bn`` (default), BatchNorm layers normalise over the global batch
+    (SyncBatchNorm, as BAM's base learner).
     Its checkpoints record where the backbone's starting weights came from (ImageNet file, or random).
     """
+    if cfg.base_batch_size // ctx.world_size < MIN_IMAGES_PER_PROCESS:
+        raise UserError(f"config key 'base_batch_size' ({cfg.base_batch_size}) gives each of the {ctx.world_size} "
+                        f"process(es) {cfg.base_batch_size // ctx.world_size} image(s); stage 1 needs at least "
+                        f"{MIN_IMAGES_PER_PROCESS} per process (the pyramid pooling's 1 x 1 BatchNorm normalises over "
+                        "a process's images)")
     model = build_pspnet(cfg)
+    notices = source_notices(model.backbone_source)
+    if cfg.sync_bn and ctx.world_size > 1:
+        if ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            notices.append(f"sync_bn: SyncBatchNorm runs on GPUs only; on {ctx.device.type} each of the "
+                           f"{ctx.world_size} processes normalises over its own share of the batch")
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
     val_set = BaseClassDataset(cfg, "val")
 
@@ -44,18 +62,19 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         make_train_set=lambda epoch: BaseClassDataset(cfg, "train", seed=epoch_seed(cfg.seed, epoch)),
         step=lambda net, batch: net(batch["image"], batch["label"]),
         run_dir=base_run_dir(cfg),
-        schedule=Schedule(cfg.base_epochs, cfg.base_batch_size, cfg.base_learner_lr, cfg.max_iters),
+        schedule=Schedule(cfg.base_epochs, cfg.base_batch_size, cfg.base_learner_lr, cfg.max_iters,
+                          batch_key="base_batch_size"),
         identity=run_identity(cfg, "base"),
         validate=validate,
         stop_patience=cfg.base_stop_patience,
         record={SOURCE_KEY: model.backbone_source},
-        notices=source_notices(model.backbone_source),
+        notices=notices,
     )
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    return train_from_cli(argv, __doc__, build_job)
+    return train_from_cli(argv, __doc__, build_job, batch_key="base_batch_size")
 
 
 if __name__ == "__main__":

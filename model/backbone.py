@@ -20,6 +20,8 @@ from torchvision.models.vgg import cfgs, make_layers
 from util.errors import UserError
 
 BACKBONES = ("resnet50", "resnet101", "vgg16_bn", "efficientnet_lite0", "resnet50_tv")
+LAYER3_STRIDE = {"vgg16_bn": 16}
+"""Input pixels per layer3 position where it is not 8 (the dilated ResNets and EfficientNet-Lite0)."""
 
 
 class Backbone(nn.Module):

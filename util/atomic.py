@@ -11,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from util.errors import UserError
+
 
 class AtomicFile:
     """``with AtomicFile(path) as handle: handle.write(...)`` writes ``path`` all at once or not at all.
@@ -65,3 +67,51 @@ def write_text_if_changed(path: str | Path, text: str) -> bool:
         return False
     write_bytes_atomic(path, data)
     return True
+
+
+def _cannot_write(path: Path, reason: str, setting: str) -> UserError:
+    kept = " (the previous file is intact)" if path.is_file() else ""
+    return UserError(f"cannot write {path} ({reason}){kept}; {setting}")
+
+
+def _reason(path: Path, err: OSError) -> str:
+    """Why ``path`` cannot be written: a file where a folder must be, a folder in its place, or the system's reason."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"{blocker} is a file, not a directory"
+    if path.is_dir():
+        return "it is a directory"
+    return err.strerror or str(err)
+
+
+def check_writable(path: str | Path, setting: str) -> Path:
+    """Make sure ``path`` can be written before the work that produces it starts: its folder exists (created if
+    needed) and takes a new file, and ``path`` is not a directory. Otherwise a one-line :class:`UserError` naming the
+    file, the reason and ``setting`` (what to change, e.g. "choose a writable exp_dir")."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(0, "it is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with AtomicFile(path, durable=False) as handle:
+            raise _Probe(handle)
+    except _Probe:
+        return path
+    except OSError as err:
+        raise _cannot_write(path, _reason(path, err), setting) from None
+
+
+class _Probe(Exception):
+    """Leaves an :class:`AtomicFile` without committing it (``check_writable``'s trial file)."""
+
+
+def write_output(path: str | Path, data: bytes, setting: str) -> Path:
+    """Write a run's output file (results, a resolved config, a figure) atomically: the whole file or, on any
+    failure (a full disk, no permission, a directory in the way), the previous file untouched and a one-line
+    :class:`UserError` naming the file, the reason and ``setting``."""
+    path = Path(path)
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as err:
+        raise _cannot_write(path, _reason(path, err), setting) from None
+    return path

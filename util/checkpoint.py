@@ -1,7 +1,9 @@
 """Checkpoints: atomic writes, loading with actionable errors, RNG capture, run directories.
 
 A training checkpoint (``last.pth``) is a dict ``{"model", "optimizer", "scheduler", "scaler", "epoch", "iteration",
-"rng", "data_order", "best", "config", "stage", "run_id", "finished", "pretrained_backbone_source"}``. ``best.pth``
+"rng" (one entry per process), "data_order", "best", "config", "stage", "run_id", "finished", "validated" (false at an
+epoch's end before its validation), "identity"}`` plus the stage's records (``pretrained_backbone_source``,
+``class_vectors``). ``best.pth``
 keeps only :data:`BEST_KEYS`, what inference and the run guard read (the weights, the config, the run record); the
 training state (:data:`TRAINING_STATE_KEYS`) lives in ``last.pth`` alone. ``run_id`` names the run that wrote the
 file (a resumed run keeps it), ``finished`` is true once the stage's schedule is complete. Imported checkpoints
@@ -38,6 +40,7 @@ BEST_KEYS = (
     "model", "config", "stage", "run_id", "finished", "iteration", "epoch", "best",  # test.py, predict.py, util/runguard.py
     BACKBONE_SOURCE,  # stage 2 and test.py report it
     "identity",  # test.py and predict.py check it, stage 2 checks its base learner's
+    "class_vectors",  # test.py and predict.py check embedding_file holds them (util/model_io.CLASS_VECTORS)
 )
 """What ``best.pth`` keeps of a training checkpoint; one entry per key, so a new record is one more line."""
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data_order")
@@ -367,8 +370,9 @@ def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, An
     return recorded
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state (python, numpy, torch CPU and CUDA), in a form ``torch.load(weights_only=True)`` reads."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's global RNG states (python, numpy, torch CPU, and ``device``'s if it is a GPU), in a form
+    ``torch.load(weights_only=True)`` reads."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -376,21 +380,29 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": has_gauss, "gauss": gauss},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Put back what :func:`rng_state` captured."""
+def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Put back what :func:`rng_state` captured (a GPU state onto ``device``, if that is a GPU). A checkpoint with
+    one GPU state per visible device whose list does not reach ``device`` is a :class:`UserError`."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
     np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):  # one state per visible device
+        if device.index is None or device.index >= len(cuda):
+            raise UserError(f"the checkpoint holds GPU random states for {len(cuda)} device(s), this process uses "
+                            f"{device}; continue it with the devices it was trained on (CUDA_VISIBLE_DEVICES)")
+        cuda = cuda[device.index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from util.atomic import write_output
 from util.errors import UserError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "config" / "base.yaml"
@@ -25,6 +26,7 @@ REPLACED_KEYS = {  # a key that no longer exists -> what to write instead
                                 "for the former false (or drop_any, the reference)",
 }
 LIMITS_KEY = "_limits_"
+NOT_ABOVE = "not_above"  # in _limits_: the key may not exceed the value of the key named here
 
 
 class ConfigError(UserError):
@@ -49,12 +51,12 @@ class Config(dict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(dict(self), sort_keys=False, default_flow_style=None)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the resolved config as YAML (recorded next to a run's outputs)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
-        return path
+    def save(self, path: str | Path, header: str | None = None) -> Path:
+        """Write the resolved config as YAML (recorded next to a run's outputs), ``header`` as a comment line above it
+        (e.g. the process count), atomically: a failure leaves the previous file and is one line
+        (:func:`util.atomic.write_output`)."""
+        text = (f"# {header}\n" if header else "") + self.to_yaml()
+        return write_output(path, text.encode(), "free disk space or choose a writable run directory")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -176,7 +178,7 @@ def schema() -> dict[str, Any]:
 
 def limits() -> dict[str, dict[str, Any]]:
     """The ranges of the numeric keys (``_limits_`` in ``config/base.yaml``): ``min``/``max`` inclusive,
-    ``above``/``below`` exclusive, ``min_items`` for lists (whose items take the bounds)."""
+    ``above``/``below`` exclusive, ``min_items`` for lists (whose items take the bounds), ``not_above`` another key."""
     return _read_yaml(SCHEMA_FILE)[LIMITS_KEY]
 
 
@@ -188,12 +190,16 @@ def _range_text(bounds: Mapping[str, Any]) -> str:
 
 
 def _check_range(key: str, value: Any, bounds: Mapping[str, Any], where: str) -> None:
-    """Raise a one-line ConfigError if ``value`` (or an item of a list value) lies outside ``bounds``."""
+    """Raise a one-line ConfigError if ``value`` (or an item of a list value) lies outside ``bounds`` (its numeric
+    bounds; ``not_above``, a bound by another key, is checked once every key is known)."""
     if isinstance(value, list):
         if len(value) < bounds.get("min_items", 0):
             raise ConfigError(f"{where}: key '{key}' must list at least {bounds['min_items']} value(s), got {value!r}")
         for i, item in enumerate(value):
             _check_range(f"{key}[{i}]", item, bounds, where)
+        return
+    bounds = {k: v for k, v in bounds.items() if k != NOT_ABOVE}
+    if not bounds:
         return
     inside = (value >= bounds.get("min", -math.inf) and value <= bounds.get("max", math.inf)
               and value > bounds.get("above", -math.inf) and value < bounds.get("below", math.inf))
@@ -222,4 +228,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
         resolved[key] = _check_type(key, value, defaults[key], where)
         if key in ranges:
             _check_range(key, resolved[key], ranges[key], where)
+    for key, bounds in ranges.items():
+        other = bounds.get(NOT_ABOVE)
+        if other is not None and resolved[key] > resolved[other]:
+            place = " and ".join(dict.fromkeys(values[k][1] for k in (key, other)))
+            raise ConfigError(f"{place}: key '{key}' ({resolved[key]!r}) must not exceed '{other}' "
+                              f"({resolved[other]!r}); a range is written low to high")
     return resolved

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -36,23 +36,47 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+_CONTROL_GROUP = None
+"""A gloo process group for small CPU messages (stop votes) when the main group is nccl: voting there needs no copy
+to the GPU and no wait on its queue. None: the main group (gloo) serves."""
+
+
 def init_distributed(device_name: str) -> DistContext:
     """Join the torchrun process group if there is one (env ``WORLD_SIZE`` > 1) and pick this rank's device.
 
-    If a process group is already initialised (e.g. by a test harness) it is used as is.
+    On CUDA each process takes device ``LOCAL_RANK % device_count()`` (one process per GPU of its node; the modulo
+    keeps a launcher that numbers ranks across nodes working) and the group uses nccl, plus a gloo group for control
+    messages; elsewhere gloo. If a process group is already initialised (e.g. by a test harness) it is used as is.
     """
+    global _CONTROL_GROUP
     device = resolve_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _CONTROL_GROUP = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
     if dist.is_available() and dist.is_initialized():
         if device.type == "cuda" and dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         return DistContext(dist.get_rank(), dist.get_world_size(), device)
     return DistContext(0, 1, device)
+
+
+class MaxVote:
+    """The maximum of one integer over all ranks, started at construction and read by :meth:`result` (an
+    asynchronous all-reduce on CPU: the ranks wait for each other only when the result is read)."""
+
+    def __init__(self, value: int):
+        self.tensor = torch.tensor([value], dtype=torch.int64)
+        self.work = (dist.all_reduce(self.tensor, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP, async_op=True)
+                     if is_distributed() else None)
+
+    def result(self) -> int:
+        if self.work is not None:
+            self.work.wait()
+        return int(self.tensor)
 
 
 def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
@@ -77,25 +101,49 @@ def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
 
 def shutdown_distributed() -> None:
     """Leave the process group (if this process created one through torchrun)."""
+    global _CONTROL_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _CONTROL_GROUP = None
+
+
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    """``op`` over all ranks of a copy of ``tensor`` (on the group's device), returned on ``tensor``'s device."""
+    work = tensor.detach().clone()
+    if dist.get_backend() == "nccl":
+        work = work.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(work, op=op)
+    return work.to(tensor.device)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks (a copy; the input is untouched). Identity in a single process."""
-    if not is_distributed():
-        return tensor.clone()
-    work = tensor.detach().clone()
-    if dist.get_backend() == "nccl":
-        work = work.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
-    return work.to(tensor.device)
+    return _all_reduce(tensor, dist.ReduceOp.SUM) if is_distributed() else tensor.clone()
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Average ``tensor`` over all ranks."""
     world = dist.get_world_size() if is_distributed() else 1
     return all_reduce_sum(tensor) / world
+
+
+def all_reduce_first(value: torch.Tensor) -> torch.Tensor:
+    """The smallest positive value of an int64 scalar over all ranks (0 if every rank holds 0): e.g. the first
+    iteration at which any rank saw something."""
+    if not is_distributed():
+        return value.clone()
+    never = torch.iinfo(torch.int64).max
+    first = _all_reduce(torch.where(value > 0, value, never), dist.ReduceOp.MIN)
+    return torch.where(first == never, 0, first)
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on the main rank, None on the others (``[obj]`` in one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0, group=_CONTROL_GROUP)
+    return gathered
 
 
 def barrier() -> None:

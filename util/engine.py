@@ -3,25 +3,30 @@
 SGD with momentum, poly learning rate stepped per iteration, optional autocast (bf16/fp16, GradScaler
 for fp16), DDP when run under torchrun, tqdm bars, tensorboardX scalars and a log file per run.
 
+Batch sizes are global: with N processes each takes ``batch / N`` of every batch, so the iterations, the
+learning-rate schedule and the batches themselves (the same images per iteration) do not depend on N.
+
 Resumability: the data order of epoch e is a pure function of (seed, e) (:class:`EpochSampler`) and
 the dataset of epoch e comes from ``make_train_set(e)`` whose items are pure functions of their index,
 so a run resumed from a checkpoint skips the iterations already done in that epoch and then sees
-exactly the batches, dropout draws (restored RNG states) and learning rates of an uninterrupted run.
-Resumable checkpoints (``last.pth``) are written every ``checkpoint_interval`` iterations, at the
-end of every epoch after its validation and when SIGINT/SIGTERM stops the run; ``best.pth`` (what inference
-needs, without the training state) whenever the validation score improves. Both are marked ``finished`` at the end of the schedule. What protects
-the user's files (lock, overwrite rule, finished stages, stop signals) is in :mod:`util.runguard`.
+exactly the batches, dropout draws (every rank's restored RNG states) and learning rates of an uninterrupted run.
+Resumable checkpoints (``last.pth``) are written every ``checkpoint_interval`` iterations, at the end of every
+epoch before its validation (a run resumed there validates first) and when a stop signal arrives; ``best.pth``
+(what inference needs, without the training state) whenever the validation score improves. Both are marked
+``finished`` at the end of the schedule. A step does not wait for the device: the losses are read (and checked
+to be finite) every ``print_freq`` iterations and before every save, so a non-finite loss still stops the run
+before it reaches a checkpoint. What protects the user's files (lock, overwrite rule, finished stages, stop
+signals) is in :mod:`util.runguard`.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import signal
 import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,16 +34,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from util.checkpoint import (BEST, LAST, RUN_DIR_KEYS, TRAINING_STATE_KEYS, describe_identity, inference_state,
-                              load_checkpoint, restore_rng_state, rng_state, run_record, save_atomic)
+                              load_checkpoint, load_model_state, restore_rng_state, rng_state, run_record, save_atomic)
 from util.cli import config_from_cli
 from util.config import Config
-from util.distributed import (DistContext, EpochSampler, all_reduce_mean, barrier, data_parallel, init_distributed,
-                              shutdown_distributed)
+from util.distributed import (DistContext, EpochSampler, all_reduce_first, all_reduce_mean, barrier, data_parallel,
+                              gather_to_main, init_distributed, shutdown_distributed)
 from util.errors import UserError
-from util.runguard import (RunInterrupted, StartPoint, StopRequest, plan_start, run_dir_lock, skip_message,
+from util.runguard import (RunInterrupted, StartPoint, StopNow, StopRequest, plan_start, run_dir_lock, skip_message,
                            worker_signals)
 from util.runlog import RunLog
-from util.runtime import autocast, check_amp, grad_scaler, seed_everything, to_device
+from util.runtime import autocast, check_amp, configure_device, grad_scaler, seed_everything, to_device
 
 
 class TrainingDiverged(UserError):
@@ -47,12 +52,14 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class Schedule:
-    """How long and how fast: epochs, batch size per process, learning rate, optional iteration cap."""
+    """How long and how fast: epochs, the GLOBAL batch size (split over the processes; ``batch_key`` is the config
+    key that sets it), learning rate, optional iteration cap."""
 
     epochs: int
     batch_size: int
     lr: float
     max_iters: int = 0
+    batch_key: str = "batch_size"
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,9 @@ class TrainJob:
     since the best validation (the poly schedule still spans all epochs).
     ``identity`` is what defines the trained model (:func:`util.checkpoint.run_identity`, plus provenance such
     as ``base_weight``); every checkpoint stores it, and the run directory's checkpoints must agree with it.
-    ``record`` entries are saved in every checkpoint (e.g. where the backbone's weights came from); ``notices``
-    are logged when the run starts and again when it ends (e.g. a warning that the backbone started from random
-    weights).
+    ``record`` entries are saved in every checkpoint (e.g. where the backbone's weights came from) and a resumed
+    run must have the same; ``notices`` are logged when the run starts and again when it ends (e.g. a warning that
+    the backbone started from random weights).
     """
 
     stage: str
@@ -116,27 +123,14 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _checkpoint(job: TrainJob, cfg: Mapping[str, Any], seed: int, optimizer, scheduler, scaler, iteration: int,
-                iters_per_epoch: int, world_size: int, best: dict[str, Any], run_id: str | None,
-                finished: bool) -> dict[str, Any]:
-    return {
-        "stage": job.stage,
-        "identity": job.identity,
-        "run_id": run_id,
-        "finished": finished,
-        "model": job.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": iteration // iters_per_epoch,
-        "iteration": iteration,
-        "rng": rng_state(),
-        "data_order": {"seed": seed, "iters_per_epoch": iters_per_epoch, "world_size": world_size,
-                       "batch_size": job.schedule.batch_size},
-        "best": best,
-        "config": dict(cfg),
-        **job.record,
-    }
+def per_process_batch(batch_size: int, batch_key: str, ctx: DistContext) -> int:
+    """The share of a global batch each of ``ctx.world_size`` processes takes; a batch that does not divide is a
+    :class:`UserError` naming ``batch_key``."""
+    if batch_size % ctx.world_size:
+        raise UserError(f"config key '{batch_key}' is the global batch ({batch_size}), split over the "
+                        f"{ctx.world_size} processes: it must be a multiple of {ctx.world_size}; choose such a batch or "
+                        f"a process count (NPROC) that divides {batch_size}")
+    return batch_size // ctx.world_size
 
 
 def _check_finite_weights(job: TrainJob, iteration: int, amp: str) -> None:
@@ -152,44 +146,6 @@ def _last_good(run_dir: Path, amp: str) -> str:
     return f"no checkpoint had been written yet: {fix} and start again"
 
 
-def _interrupted(signum: int, iteration: int, total: int, run_dir: Path, log: RunLog) -> RunInterrupted:
-    """The error that ends a run stopped by ``signum`` once ``last.pth`` holds ``iteration``."""
-    name = signal.Signals(signum).name
-    log.info(f"{name}: saved {run_dir / LAST} at iteration {iteration}")
-    return RunInterrupted(f"stopped by {name} at iteration {iteration}/{total}; {run_dir / LAST} holds that state: "
-                          "run the same command with resume auto to continue (train.sh does)", signum)
-
-
-def _batches(loader: DataLoader, steps: int, stop: StopRequest, world_size: int) -> Iterator[Any]:
-    """The first ``steps`` batches of ``loader``; if a stop signal also ended the loader's workers (SIGTERM to
-    the process group) while it waited for a batch, the epoch just ends early (one process: the loop then saves)."""
-    batches = itertools.islice(loader, steps)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except RuntimeError:  # torch: "DataLoader worker (pid(s) ...) exited unexpectedly"
-            if stop.signal is None or world_size > 1:
-                raise
-            return
-        yield batch
-
-
-def _validate(job: TrainJob, model: nn.Module, stop: StopRequest, world_size: int, iteration: int) -> dict[str, float]:
-    """``job.validate(model)``; if a stop signal also ended the validation loader's workers (SIGTERM to the
-    process group), the run stops with the last checkpoint saved before this validation."""
-    try:
-        return job.validate(model)
-    except RuntimeError:  # torch: "DataLoader worker (pid(s) ...) exited unexpectedly"
-        if stop.signal is None or world_size > 1:
-            raise
-        last = job.run_dir / LAST
-        kept = f"{last} holds iteration {run_record(last)['iteration']}" if last.is_file() else "no checkpoint was saved yet"
-        raise RunInterrupted(f"stopped by {signal.Signals(stop.signal).name} during the validation after iteration "
-                             f"{iteration}; {kept}: run the same command with resume auto to continue", stop.signal) from None
-
-
 def _skip_finished(job: TrainJob, done: Path, ctx: DistContext) -> TrainResult:
     """A finished stage under ``resume auto``: say so and change nothing (the result is read from ``last.pth``, which
     holds where the run ended, when it exists)."""
@@ -201,44 +157,60 @@ def _skip_finished(job: TrainJob, done: Path, ctx: DistContext) -> TrainResult:
     return TrainResult(iteration=record.get("iteration") or 0, best=best, last_metrics=best.get("metrics", {}))
 
 
-def _mark_finished(path: Path) -> None:
-    """Flag a checkpoint written before the schedule ended (``best.pth``; ``last.pth`` of a run resumed at
-    its end) as belonging to a finished run."""
-    if path.is_file() and not run_record(path).get("finished"):
-        save_atomic(load_checkpoint(path) | {"finished": True}, path)
+def _mark_finished(path: Path, best: dict[str, Any]) -> None:
+    """Flag a checkpoint written before the schedule ended (``best.pth``; ``last.pth``, saved before the last
+    validation) as belonging to a finished run; ``last.pth`` also takes the final ``best`` record."""
+    if not path.is_file():
+        return
+    record = run_record(path)
+    update = {"finished": True} | ({"best": best} if path.name == LAST else {})
+    if any(record.get(key) != value for key, value in update.items()):
+        save_atomic(load_checkpoint(path) | update, path)
 
 
 def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResult:
     """Run (or resume, per ``cfg.resume``) a training job to the end of its schedule.
 
     Holds the run directory's lock, refuses to replace checkpoints another run wrote (``cfg.overwrite``),
-    does nothing for a stage already finished (``resume auto``), and on SIGINT/SIGTERM saves ``last.pth``
-    at the current iteration and raises :class:`RunInterrupted`.
+    does nothing for a stage already finished (``resume auto``), refuses to continue a run under other settings
+    (:func:`util.runguard.plan_start`), and on SIGINT/SIGTERM/SIGHUP saves ``last.pth`` at the current iteration and
+    raises :class:`RunInterrupted`. Until the start is decided (and a resumed state loaded) nothing is written in the
+    run directory but its lock; then the resolved config goes to ``config.yaml`` and the log opens.
     """
     with run_dir_lock(job.run_dir, ctx, RUN_DIR_KEYS.get(job.stage, "exp_dir")) as lock:
-        start = plan_start(cfg, job.stage, job.run_dir, job.identity)
+        start = plan_start(cfg, job.stage, job.run_dir, job.identity, job.record)
         if start.finished is not None:
             return _skip_finished(job, start.finished, ctx)
+        run = _Run(job, LoopOptions.from_config(cfg), cfg, ctx, start)
+        resumed = run.restore()
         if ctx.is_main:
-            cfg.save(job.run_dir / "config.yaml")
-        log = RunLog(job.run_dir, f"train_{job.stage}", enabled=ctx.is_main)
+            cfg.save(job.run_dir / "config.yaml", header=run.describe_processes())
+        run.log = RunLog(job.run_dir, f"train_{job.stage}", enabled=ctx.is_main)
         try:
             if lock is not None and lock.taken_over:
-                log.info(lock.taken_over)
+                run.log.info(lock.taken_over)
+            if resumed:
+                run.log.info(f"resumed from {start.source} at iteration {run.iteration}/{run.total}")
+            elif cfg["resume"] == "auto":
+                run.log.info(f"resume auto: no {LAST} in {job.run_dir}, starting fresh")
             with StopRequest() as stop:
-                return _train(cfg, job, ctx, log, start, stop)
+                run.stop = stop
+                return run.run()
         finally:
-            log.close()
+            run.log.close()
 
 
 def train_from_cli(argv: Sequence[str] | None, description: str,
-                   build_job: Callable[[Config, DistContext], TrainJob]) -> TrainResult:
-    """An entry point's whole run: config from the command line, distributed set-up, seeding, :func:`train`."""
+                   build_job: Callable[[Config, DistContext], TrainJob], batch_key: str) -> TrainResult:
+    """An entry point's whole run: config from the command line, distributed set-up (the global batch ``batch_key``
+    must divide over the processes: checked before any work), seeding, :func:`train`."""
     cfg = config_from_cli(argv, description)
     ctx = init_distributed(cfg.device)
     try:
+        per_process_batch(cfg[batch_key], batch_key, ctx)
         check_amp(cfg.amp, ctx.device)
-        seed_everything(cfg.seed)
+        configure_device(ctx.device)
+        seed_everything(cfg.seed, ctx.rank)
         return train(cfg, build_job(cfg, ctx), ctx)
     finally:
         shutdown_distributed()
@@ -246,21 +218,24 @@ def train_from_cli(argv: Sequence[str] | None, description: str,
 
 class _Run:
     """One run of a :class:`TrainJob`: the optimiser, the schedule's position and the best score, and the steps of
-    the loop (:func:`_train`). ``cfg`` is only recorded in the checkpoints; the loop reads ``options``."""
+    the loop (:meth:`run`). ``cfg`` is only recorded in the checkpoints; the loop reads ``options``."""
 
-    def __init__(self, job: TrainJob, options: LoopOptions, cfg: Mapping[str, Any], ctx: DistContext, log: RunLog,
-                 start: StartPoint, stop: StopRequest) -> None:
-        self.job, self.options, self.cfg, self.ctx, self.log, self.start, self.stop = job, options, cfg, ctx, log, start, stop
+    def __init__(self, job: TrainJob, options: LoopOptions, cfg: Mapping[str, Any], ctx: DistContext,
+                 start: StartPoint) -> None:
+        self.job, self.options, self.cfg, self.ctx, self.start = job, options, cfg, ctx, start
+        self.log: RunLog | None = None  # opened by train() once the start is decided
+        self.stop: StopRequest | None = None
         schedule = job.schedule
+        self.batch = per_process_batch(schedule.batch_size, schedule.batch_key, ctx)
         self.model = job.model.to(ctx.device)
         self.optimizer = torch.optim.SGD(job.parameters, lr=schedule.lr, momentum=options.momentum,
                                          weight_decay=options.weight_decay)
         self.train_set = job.make_train_set(0)
-        self.iters_per_epoch = len(self.train_set) // ctx.world_size // schedule.batch_size
+        self.iters_per_epoch = len(self.train_set) // schedule.batch_size
         if self.iters_per_epoch == 0:
             raise UserError(
-                f"{len(self.train_set)} training items cannot fill one batch of {schedule.batch_size} per process "
-                f"on {ctx.world_size} process(es); lower the batch size or add data"
+                f"{len(self.train_set)} training items cannot fill one batch of {schedule.batch_size} (config key "
+                f"'{schedule.batch_key}'); lower the batch size or add data"
             )
         self.total = schedule.epochs * self.iters_per_epoch
         if schedule.max_iters > 0:
@@ -270,14 +245,25 @@ class _Run:
         self.iteration = 0
         self.best: dict[str, Any] = {"miou": -math.inf, "iteration": -1, "metrics": {}}
         self.last_metrics: dict[str, float] = {}
+        self.validation_due = False  # a resumed run whose last epoch ended before its validation ran
         self.step_model = self.model
+        self.losses: dict[str, torch.Tensor] = {}
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=ctx.device)  # first non-finite iteration (0: none)
+        self.bad_loss = torch.zeros((), device=ctx.device)  # the loss at that iteration
 
     @property
     def epoch(self) -> int:
         return self.iteration // self.iters_per_epoch
 
-    def resume(self) -> None:
-        """Continue from ``start.source`` (model, optimiser, schedule, scaler, RNG states) if there is one."""
+    def describe_processes(self) -> str:
+        """``2 processes x 2 = global batch 4`` for the logs and config.yaml."""
+        return (f"{self.ctx.world_size} process(es) x {self.batch} = global batch {self.job.schedule.batch_size} "
+                f"(config key {self.job.schedule.batch_key})")
+
+    def restore(self) -> bool:
+        """Load ``start.source`` (model, optimiser, schedule, scaler, this rank's RNG states) if there is one; True if
+        it did. Writes nothing: a checkpoint this run cannot continue is refused here, before the run directory
+        changes."""
         source, job, ctx = self.start.source, self.job, self.ctx
         if source is not None:
             state = load_checkpoint(source)
@@ -288,29 +274,32 @@ class _Run:
             if state.get("stage") != job.stage or order.get("iters_per_epoch") != self.iters_per_epoch:
                 raise UserError(
                     f"checkpoint {source} is an unfinished run (stage {state.get('stage')}, {order.get('iters_per_epoch')} "
-                    f"iterations per epoch with {order.get('world_size')} process(es) x batch {order.get('batch_size')}) that "
-                    f"this run (stage {job.stage}, {self.iters_per_epoch} iterations per epoch with {ctx.world_size} "
-                    f"process(es) x batch {job.schedule.batch_size}) cannot continue: continuing needs the same global "
-                    "schedule (stage, processes x batch size, episodes; a finished run is skipped whatever they are); run "
-                    "it as before, or start over with resume null overwrite true"
+                    f"iterations per epoch) that this run (stage {job.stage}, {self.iters_per_epoch} iterations per "
+                    "epoch) cannot continue: continuing needs the same stage, global batch and episodes (a finished "
+                    "run is skipped whatever they are); run it as before, or start over with resume null overwrite true"
                 )
-            self.model.load_state_dict(state["model"])
+            if order.get("world_size", 1) != ctx.world_size:
+                raise UserError(
+                    f"checkpoint {source} was trained by {order.get('world_size')} process(es), this run has "
+                    f"{ctx.world_size}: continue it with NPROC={order.get('world_size')} (the global batch, the "
+                    "iterations and the schedule do not depend on the process count, each process's random state does)")
+            load_model_state(self.model, state["model"], source)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.iteration, self.best = state["iteration"], state["best"]
             self.last_metrics = self.best.get("metrics", {})
-            restore_rng_state(state["rng"])
-            self.log.info(f"resumed from {source} at iteration {self.iteration}/{self.total}")
-        elif self.options.resume == "auto":
-            self.log.info(f"resume auto: no {LAST} in {job.run_dir}, starting fresh")
+            self.validation_due = state.get("validated") is False
+            rng = state["rng"]
+            restore_rng_state(rng[ctx.rank] if isinstance(rng, list) else rng, ctx.device)
         self.step_model = data_parallel(self.model, ctx)
+        return source is not None
 
     def announce(self) -> None:
         job, schedule = self.job, self.job.schedule
         self.log.info(
             f"{job.stage}: {self.total} iterations ({self.iters_per_epoch}/epoch, {schedule.epochs} epochs, max_iters "
-            f"{schedule.max_iters}), batch {schedule.batch_size} x {self.ctx.world_size} process(es), "
+            f"{schedule.max_iters}), {self.describe_processes()}, "
             f"lr {' / '.join(format(group['initial_lr'], 'g') for group in self.optimizer.param_groups)}, "
             f"amp {self.options.amp}, device {self.ctx.device}, run dir {job.run_dir}"
         )
@@ -326,13 +315,37 @@ class _Run:
             return True
         return False
 
-    def save(self, name: str) -> None:
-        """Write ``name`` (``last.pth`` or ``best.pth``) after checking that the weights are finite."""
+    def checkpoint(self, validated: bool) -> dict[str, Any]:
+        """The training checkpoint of the current iteration (every rank's RNG states; on the main rank only)."""
+        job, order = self.job, self.job.schedule
+        rng = gather_to_main(rng_state(self.ctx.device))
+        return {
+            "stage": job.stage,
+            "identity": job.identity,
+            "run_id": self.start.run_id,
+            "finished": False,
+            "validated": validated,
+            "model": job.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "rng": rng,
+            "data_order": {"seed": self.options.seed, "iters_per_epoch": self.iters_per_epoch,
+                           "world_size": self.ctx.world_size, "batch_size": order.batch_size},
+            "best": self.best,
+            "config": dict(self.cfg),
+            **job.record,
+        }
+
+    def save(self, name: str, validated: bool = True) -> None:
+        """Write ``name`` (``last.pth`` or ``best.pth``) after checking that the losses since the last check and the
+        weights are finite. ``validated``: false for the ``last.pth`` written at an epoch's end before its validation."""
+        self.check_finite()
         _check_finite_weights(self.job, self.iteration, self.options.amp)
+        state = self.checkpoint(validated)
         if self.ctx.is_main:
-            state = _checkpoint(self.job, self.cfg, self.options.seed, self.optimizer, self.scheduler, self.scaler,
-                                self.iteration, self.iters_per_epoch, self.ctx.world_size, self.best, self.start.run_id,
-                                self.iteration >= self.total)
             save_atomic(inference_state(state) if name == BEST else state, self.job.run_dir / name)
         barrier()
 
@@ -340,96 +353,125 @@ class _Run:
         """The loader of ``epoch``'s remaining batches (a resumed epoch skips those done) and how many it gives."""
         if epoch > 0:
             self.train_set = self.job.make_train_set(epoch)
-        batch_size, seed = self.job.schedule.batch_size, self.options.seed
+        seed = self.options.seed
         done_in_epoch = self.iteration - epoch * self.iters_per_epoch
         steps = min(self.iters_per_epoch, self.total - epoch * self.iters_per_epoch) - done_in_epoch
-        sampler = EpochSampler(len(self.train_set), epoch, seed, self.ctx, skip=done_in_epoch * batch_size)
+        sampler = EpochSampler(len(self.train_set), epoch, seed, self.ctx, skip=done_in_epoch * self.batch)
         loader = DataLoader(
-            self.train_set, batch_size=batch_size, sampler=sampler, num_workers=self.options.workers,
+            self.train_set, batch_size=self.batch, sampler=sampler, num_workers=self.options.workers,
             collate_fn=self.job.collate, drop_last=True, generator=torch.Generator().manual_seed(seed + epoch),
-            worker_init_fn=worker_signals,
+            worker_init_fn=worker_signals, pin_memory=self.ctx.device.type == "cuda",
         )
         return loader, steps
 
-    def step(self, batch: Any, epoch: int) -> tuple[dict[str, float], float]:
-        """One optimisation step on ``batch``: the losses (averaged over ranks) and the learning rate it used."""
+    def step(self, batch: Any) -> float:
+        """One optimisation step on ``batch``; returns the learning rate it used. The losses stay on the device."""
         batch = to_device(batch, self.ctx.device)
         # under DDP gradients persist (data_parallel)
         self.optimizer.zero_grad(set_to_none=self.step_model is self.model)
         with autocast(self.ctx.device, self.options.amp):
             outputs = self.job.step(self.step_model, batch)
-        loss_names = [k for k in outputs if k.startswith("loss")]
-        losses = all_reduce_mean(torch.stack([outputs[k].detach().float() for k in loss_names]))
-        values = dict(zip(loss_names, losses.tolist()))
-        if not math.isfinite(values["loss"]):
-            raise TrainingDiverged(f"loss became {values['loss']} at iteration {self.iteration + 1} (epoch {epoch + 1}); "
-                                   + _last_good(self.job.run_dir, self.options.amp))
+        self.losses = {k: v.detach().float() for k, v in outputs.items() if k.startswith("loss")}
+        first = (self.first_bad == 0) & ~torch.isfinite(self.losses["loss"])
+        self.first_bad = torch.where(first, self.iteration + 1, self.first_bad)
+        self.bad_loss = torch.where(first, self.losses["loss"], self.bad_loss)
         self.scaler.scale(outputs["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.iteration += 1
-        return values, lr
+        return lr
 
-    def log_step(self, values: dict[str, float], lr: float, epoch: int, per_iter: float) -> None:
-        if self.iteration % self.options.print_freq == 0 or self.iteration == self.total:
-            self.log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, self.iteration)
-            self.log.info(
-                f"iter {self.iteration}/{self.total} epoch {epoch + 1} "
-                + " ".join(f"{k} {v:.4f}" for k, v in values.items())
-                + f" lr {lr:.3e} {per_iter:.2f}s/it"
-            )
+    def check_finite(self) -> None:
+        """Stop (:class:`TrainingDiverged`) if a loss of any rank was not finite since the run began (reads the device)."""
+        first_bad = int(all_reduce_first(self.first_bad))
+        if first_bad:
+            value = float(self.bad_loss) if int(self.first_bad) == first_bad else "non-finite"
+            raise TrainingDiverged(f"loss became {value} at iteration {first_bad} (epoch "
+                                   f"{(first_bad - 1) // self.iters_per_epoch + 1}); "
+                                   + _last_good(self.job.run_dir, self.options.amp))
+
+    def log_step(self, lr: float, epoch: int, per_iter: float, bar: tqdm) -> None:
+        """Every ``print_freq`` iterations and at the end: the losses (averaged over ranks), checked to be finite."""
+        if self.iteration % self.options.print_freq and self.iteration != self.total:
+            return
+        self.check_finite()
+        names = list(self.losses)
+        values = dict(zip(names, all_reduce_mean(torch.stack([self.losses[k] for k in names])).tolist()))
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+        self.log.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, self.iteration)
+        self.log.info(
+            f"iter {self.iteration}/{self.total} epoch {epoch + 1} "
+            + " ".join(f"{k} {v:.4f}" for k, v in values.items())
+            + f" lr {lr:.3e} {per_iter:.2f}s/it"
+        )
+
+    def interrupted(self, signum: int) -> RunInterrupted:
+        """The error that ends a run stopped by ``signum`` once ``last.pth`` holds the current iteration."""
+        name, last = signal.Signals(signum).name, self.job.run_dir / LAST
+        self.log.info(f"{name}: saved {last} at iteration {self.iteration}")
+        return RunInterrupted(f"stopped by {name} at iteration {self.iteration}/{self.total}; {last} holds that state: "
+                              "run the same command with resume auto to continue (train.sh does)", signum)
 
     def train_epoch(self, epoch: int) -> None:
-        """The rest of ``epoch``; mid-epoch ``last.pth`` every ``checkpoint_interval`` iterations and on a stop signal."""
+        """The rest of ``epoch``; mid-epoch ``last.pth`` every ``checkpoint_interval`` iterations and on a stop signal
+        (all ranks agree on the iteration: :meth:`util.runguard.StopRequest.poll`)."""
         loader, steps = self.epoch_loader(epoch)
         self.model.train()
         with tqdm(total=steps, desc=f"{self.job.stage} epoch {epoch + 1}/{self.job.schedule.epochs}",
                   disable=not self.ctx.is_main, dynamic_ncols=True) as bar:
             started, done = time.perf_counter(), 0
-            for batch in _batches(loader, steps, self.stop, self.ctx.world_size):
-                values, lr = self.step(batch, epoch)
+            for batch in loader if steps else ():
+                lr = self.step(batch)
                 done += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
-                self.log_step(values, lr, epoch, (time.perf_counter() - started) / done)
+                self.log_step(lr, epoch, (time.perf_counter() - started) / done, bar)
                 if self.iteration % self.iters_per_epoch and self.iteration < self.total:  # the epoch's end saves later
-                    signum = self.stop.agreed()
+                    signum = self.stop.poll()
                     if signum or self.iteration % self.options.checkpoint_interval == 0:
                         self.save(LAST)
                     if signum:
-                        raise _interrupted(signum, self.iteration, self.total, self.job.run_dir, self.log)
-            if done < steps:  # the stop signal ended the loader's workers
-                self.save(LAST)
-                raise _interrupted(self.stop.signal, self.iteration, self.total, self.job.run_dir, self.log)
+                        raise self.interrupted(signum)
+                if done == steps:
+                    break
 
-    def validate_and_save(self) -> None:
-        """At an epoch's end: validate every ``val_interval`` epochs (``best.pth`` if better), then ``last.pth``;
-        a stop signal received meanwhile ends the run here."""
-        job, run_dir = self.job, self.job.run_dir
-        if job.validate is not None and (self.epoch % self.options.val_interval == 0 or self.iteration == self.total):
-            self.last_metrics = _validate(job, self.model, self.stop, self.ctx.world_size, self.iteration)
+    def end_epoch(self) -> None:
+        """At an epoch's end: ``last.pth`` (marked as not yet validated), then the validation every ``val_interval``
+        epochs (``best.pth`` if better). A stop signal before it ends the run without validating; one during it ends
+        the validation at once (``last.pth`` already holds the iteration; a resumed run validates first)."""
+        job = self.job
+        signum = self.stop.agreed()
+        due = job.validate is not None and (self.epoch % self.options.val_interval == 0 or self.iteration == self.total)
+        self.save(LAST, validated=not due)
+        if signum:
+            raise self.interrupted(signum)
+        if due:
+            try:
+                with self.stop.interruptible():
+                    self.last_metrics = job.validate(self.model)
+            except StopNow as stopped:
+                raise RunInterrupted(
+                    f"stopped by {signal.Signals(stopped.args[0]).name} during the validation after iteration "
+                    f"{self.iteration}; {job.run_dir / LAST} holds that iteration (the validation runs again when the "
+                    "run continues): run the same command with resume auto to continue", stopped.args[0]) from None
             self.log.scalars({f"val/{k}": v for k, v in self.last_metrics.items()}, self.iteration)
             self.log.info(f"validation after iteration {self.iteration}: "
                           + " ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items()))
             if self.last_metrics["miou"] > self.best["miou"]:
                 self.best = {"miou": self.last_metrics["miou"], "iteration": self.iteration, "metrics": self.last_metrics}
                 self.save(BEST)
-                self.log.info(f"new best mIoU {self.best['miou']:.4f} -> {run_dir / BEST}")
+                self.log.info(f"new best mIoU {self.best['miou']:.4f} -> {job.run_dir / BEST}")
         elif job.validate is None:
             self.best = {"miou": math.nan, "iteration": self.iteration, "metrics": {}}
             self.save(BEST)
-        self.save(LAST)
-        signum = self.stop.agreed()
-        if signum and self.iteration < self.total:
-            raise _interrupted(signum, self.iteration, self.total, run_dir, self.log)
+        self.validation_due = False
 
     def finish(self) -> TrainResult:
         """Mark both checkpoints finished and say how the run ended."""
         if self.ctx.is_main:
             for name in (BEST, LAST):
-                _mark_finished(self.job.run_dir / name)
+                _mark_finished(self.job.run_dir / name, self.best)
         barrier()
         self.log.info(f"{self.job.stage} done: {self.iteration} iterations; best mIoU {self.best['miou']:.4f} at "
                       f"iteration {self.best['iteration']}")
@@ -437,14 +479,12 @@ class _Run:
             self.log.info(line)
         return TrainResult(iteration=self.iteration, best=self.best, last_metrics=self.last_metrics)
 
-
-def _train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext, log: RunLog, start: StartPoint,
-           stop: StopRequest) -> TrainResult:
-    """Resume, then per epoch: build its loader and step through it, validate and save; then mark the run finished."""
-    run = _Run(job, LoopOptions.from_config(cfg), cfg, ctx, log, start, stop)
-    run.resume()
-    run.announce()
-    while run.iteration < run.total and not run.patience_exhausted():
-        run.train_epoch(run.epoch)
-        run.validate_and_save()
-    return run.finish()
+    def run(self) -> TrainResult:
+        """Per epoch: build its loader and step through it, then save and validate; then mark the run finished."""
+        self.announce()
+        if self.validation_due:
+            self.end_epoch()
+        while self.iteration < self.total and not self.patience_exhausted():
+            self.train_epoch(self.epoch)
+            self.end_epoch()
+        return self.finish()

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Callable, TypeVar
 
 from util.console import warnings_in_one_line
@@ -11,7 +14,8 @@ from util.console import warnings_in_one_line
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a command: a training loop saves ``last.pth`` first (util.runguard)."""
 
 _WORKER_PREAMBLE = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
@@ -40,21 +44,40 @@ def _original_line(message: str, kind: type) -> str:
     return match.group(1) if match else message
 
 
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP outside a training loop (which saves and stops on its own, ``util.runguard``)."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    for other in STOP_SIGNALS:  # the first signal ends the command; more of them (a shell passing one on) change nothing
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a command-line ``main``: a :class:`UserError` prints ``error: <message>`` and exits with its
-    ``exit_code`` (2); Ctrl-C outside a training loop prints ``error: interrupted`` and exits 130; Python
-    warnings are one line each (:func:`util.console.warnings_in_one_line`)."""
+    ``exit_code`` (2); SIGINT (Ctrl-C), SIGTERM or SIGHUP outside a training loop print ``error: interrupted (by
+    SIGTERM)`` and exit with 128 + the signal (a signal the process was started ignoring included: a shell's
+    background job gets its signals passed on by train.sh/test.sh); Python warnings are one line each
+    (:func:`util.console.warnings_in_one_line`)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS} if main_thread else {}
         try:
             with warnings_in_one_line():
                 return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+        except (KeyboardInterrupt, Interrupted) as err:
+            signum = err.args[0] if isinstance(err, Interrupted) else signal.SIGINT
+            name = signal.Signals(signum).name
+            print("error: interrupted" + ("" if signum == signal.SIGINT else f" (by {name})"), file=sys.stderr)
+            sys.exit(128 + signum)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return wrapper

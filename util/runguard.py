@@ -9,7 +9,8 @@ run-directory lock, and a clean stop on SIGINT/SIGTERM.
   checkpoint of another identity is neither skipped nor continued, the run refuses in one line.
 - Lock: ``<run dir>/run.lock`` holds the pid and host of the run using the directory; a second run
   refuses, a lock left by a dead process on this host is taken over.
-- Stop: SIGINT/SIGTERM ask the training loop to save ``last.pth`` after the current iteration and stop.
+- Stop: SIGINT/SIGTERM/SIGHUP ask the training loop to save ``last.pth`` at the current iteration and stop, on every
+  rank at the same iteration.
 
 :func:`stage1_done` is the checkpoint that makes stage 1 done for a config; train.sh asks it through
 ``python -m tools.runguard --stage1-done`` to skip stage 1.
@@ -33,14 +34,14 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from util.checkpoint import (BEST, IMPORTED, LAST, RUN_DIR_KEYS, RUN_IDENTITY_KEYS, STAGE_NAMES, base_run_dir,
-                             finished_checkpoint, identity_conflict, resume_path, run_identity, run_record,
-                             warn_unchecked)
-from util.distributed import DistContext, all_reduce_sum
-from util.errors import UserError
+from util.checkpoint import (BEST, IMPORTED, LAST, RUN_DIR_KEYS, RUN_IDENTITY_KEYS, STAGE_NAMES, TRAINING_STATE_KEYS,
+                             base_run_dir,
+                             finished_checkpoint, identity_conflict, read_checkpoint_file, resume_path, run_identity,
+                             run_record, warn_unchecked)
+from util.distributed import DistContext, MaxVote, all_reduce_sum, is_distributed
+from util.errors import STOP_SIGNALS, UserError
 
 LOCK_FILE = "run.lock"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunInterrupted(UserError):
@@ -82,11 +83,58 @@ def _identity_conflict(path: Path, identity: Mapping[str, Any]) -> str | None:
     return conflict
 
 
-def plan_start(cfg: Mapping[str, Any], stage: str, run_dir: Path, identity: Mapping[str, Any]) -> StartPoint:
+RESUME_MAY_CHANGE = (
+    "workers", "device", "data_root", "list_root", "exp_dir", "base_exp_dir", "base_weight", "resume", "overwrite",
+    "checkpoint_interval", "print_freq", "weight", "test_seeds", "test_episodes", "test_batch_size", "vis",
+    "feature_reuse", "encode_batch",
+)
+"""Config keys a resumed run may change: where things are (the base learner is checked by the identity), how the
+work is spread and reported, and test-time settings that change no training step or validation score. Every other
+key defines the model, the data or the optimisation of the stage, and a run can continue only with its recorded
+value."""
+IGNORED_BY_STAGE = {
+    "base": ("shot", "ann_type", "train_size", "val_size", "scale_min", "scale_max", "episode_class", "embedding_file",
+             "use_gim", "use_hpm", "prior_scale", "freeze_backbone_bn", "reduce_dim", "zoom_factor", "triplet_margin",
+             "aux_weight", "epochs", "batch_size", "base_lr", "train_episodes", "val_episodes", "ori_resize"),
+    "meta": ("base_images", "base_train_size", "base_val_size", "base_val_images", "base_scale_min", "base_scale_max",
+             "base_epochs", "base_batch_size", "base_learner_lr", "base_head_lr_mult", "base_stop_patience",
+             "pretrained_backbone", "backbone_weight"),
+}
+"""Keys a stage does not read, so a resumed run of it may change them: stage 1 (``base``) ignores stage 2's keys,
+stage 2 (``meta``) stage 1's (it meets the base learner through its checkpoint and identity)."""
+
+
+def _resume_keys(stage: str, cfg: Mapping[str, Any]) -> list[str]:
+    """The keys of ``cfg`` a run of ``stage`` can only continue with unchanged."""
+    other = set(IGNORED_BY_STAGE.get(stage, ()))
+    if stage == "base" and cfg.get("base_images") != "fold_lists":  # stage 1 reads the lists' rules only with fold_lists
+        other |= {"min_class_pixels", "novel_in_train"}
+    return [key for key in cfg if key not in RESUME_MAY_CHANGE and key not in other]
+
+
+def _resume_conflict(source: Path, stage: str, cfg: Mapping[str, Any], records: Mapping[str, Any]) -> str | None:
+    """How ``cfg`` and ``records`` (:attr:`util.engine.TrainJob.record`) differ from what the checkpoint ``source``
+    was trained with, as text; None if the run can continue under them."""
+    state = read_checkpoint_file(source, mmap=True)
+    recorded = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(recorded, dict) or any(key not in state for key in TRAINING_STATE_KEYS):
+        return None  # not a run to continue: util.engine says so
+    differing = [f"{key} {recorded[key]!r} (now {cfg[key]!r})" for key in _resume_keys(stage, cfg)
+                 if key in recorded and recorded[key] != cfg[key]]
+    differing += [f"{key} {state[key]!r} (now {value!r})" for key, value in records.items()
+                  if key in state and state[key] != value]
+    return ", ".join(differing) or None
+
+
+def plan_start(cfg: Mapping[str, Any], stage: str, run_dir: Path, identity: Mapping[str, Any],
+               records: Mapping[str, Any] | None = None) -> StartPoint:
     """Decide how a run of ``stage`` in ``run_dir`` starts under ``cfg.resume``, or refuse in one line if it
-    would replace a checkpoint another run wrote (unless ``cfg.overwrite``), or continue or skip as finished
-    a run whose identity (:func:`util.checkpoint.run_identity`) differs from ``identity``; with
-    ``resume auto overwrite true`` such a run is replaced by a fresh start."""
+    would replace a checkpoint another run wrote (unless ``cfg.overwrite``), continue or skip as finished
+    a run whose identity (:func:`util.checkpoint.run_identity`) differs from ``identity``, or continue a run under
+    other values of the keys that define its model, data or optimisation (all but :data:`RESUME_MAY_CHANGE` and
+    :data:`IGNORED_BY_STAGE`) or other ``records`` (e.g. the class vectors it was trained with); with
+    ``resume auto overwrite true`` a run of another identity is replaced by a fresh start. Reads only: nothing is
+    written before this has decided."""
     dir_key = RUN_DIR_KEYS.get(stage, "exp_dir")
     replace = cfg["resume"] == "auto" and cfg["overwrite"]
     if cfg["resume"] == "auto":
@@ -106,6 +154,12 @@ def plan_start(cfg: Mapping[str, Any], stage: str, run_dir: Path, identity: Mapp
                             f"cannot continue; choose another {dir_key}, or start over with resume null overwrite true")
         if conflict is not None:
             source = None
+    if source is not None:
+        changed = _resume_conflict(source, stage, cfg, records or {})
+        if changed is not None:
+            raise UserError(f"{source} is a run trained with {changed}, which it cannot continue under: continuing "
+                            f"needs the values it was trained with; run it with those, or start over with resume null "
+                            f"overwrite true (or another {dir_key})")
     run_id = run_record(source).get("run_id") if source is not None else uuid.uuid4().hex
     if cfg["overwrite"]:
         return StartPoint(source, run_id)
@@ -262,46 +316,79 @@ def run_dir_lock(run_dir: Path, ctx: DistContext, dir_key: str) -> Iterator[RunL
 # ---------------------------------------------------------------- stopping on SIGINT / SIGTERM
 
 
+class StopNow(BaseException):
+    """Raised by :class:`StopRequest`'s handler inside :meth:`StopRequest.interruptible`: leave that phase now."""
+
+
 class StopRequest:
-    """Within ``with StopRequest() as stop:``, SIGINT/SIGTERM set ``stop.signal`` instead of killing the
-    process; the loop checks it between steps. The handler is then removed, so a second Ctrl-C stops at
-    once (KeyboardInterrupt). A SIGINT ignored at start (a background job of a shell) stays ignored."""
+    """Within ``with StopRequest() as stop:``, SIGINT, SIGTERM and SIGHUP — any number of them, on any rank — ask
+    the run to stop instead of killing the process: the training loop asks :meth:`poll` after every step and
+    :meth:`agreed` at every epoch's end, both of which every rank calls at the same iterations, so all ranks stop at
+    one iteration and save it once. Inside :meth:`interruptible` (validation, once ``last.pth`` holds the
+    iteration) a signal raises :class:`StopNow` at once. Outside the ``with`` block the previous handlers apply."""
 
     def __init__(self):
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._vote: MaxVote | None = None
+        self._interruptible = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signal = signum
-        signal.signal(signum, self._previous.pop(signum))
+        if self.signal is None:
+            self.signal = signum
+        if self._interruptible:
+            self._interruptible = False
+            raise StopNow(signum)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
-                previous = signal.getsignal(signum)
-                if previous is not signal.SIG_IGN:
-                    self._previous[signum] = previous
-                    signal.signal(signum, self._handle)
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if self._vote is not None:
+            self._vote.result()  # finish the collective every rank started
+            self._vote = None
+
+    def poll(self) -> int | None:
+        """The stop signal all ranks agreed on at the previous poll (None: go on), and this rank's vote for the next:
+        the vote runs while the next step computes, so polling never waits on the other ranks."""
+        if not is_distributed():
+            return self.signal
+        previous, self._vote = self._vote, MaxVote(self.signal or 0)
+        return (previous.result() or None) if previous is not None else None
 
     def agreed(self) -> int | None:
-        """The signal that asked to stop, on this rank or any other (so every rank stops at one iteration)."""
-        if int(all_reduce_sum(torch.tensor([self.signal or 0], dtype=torch.int64))):
-            return self.signal or signal.SIGTERM
-        return None
+        """The stop signal of any rank, agreed now (every rank waits for the others)."""
+        if not is_distributed():
+            return self.signal
+        if self._vote is not None:
+            self._vote.result()
+        self._vote = None
+        return MaxVote(self.signal or 0).result() or None
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A phase that a signal ends at once (:class:`StopNow`); one already received ends it before it starts."""
+        if self.signal is not None:
+            raise StopNow(self.signal)
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
 
 def worker_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C (SIGINT to the whole process group) is left to the main process,
-    which stops between steps; SIGTERM ends a worker quietly (exit code 0, so torch does not interrupt the
-    main process mid-step), and still ends it when the main process shuts its workers down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt: torch's worker loop exits cleanly
+    """DataLoader ``worker_init_fn``: a worker ignores SIGINT, SIGTERM and SIGHUP (a terminal's Ctrl-C or a scheduler
+    signals every process of the job). The main process decides when to stop; it ends its workers itself."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- command line (train.sh)

@@ -34,11 +34,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) global generators."""
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (all devices) global generators: with ``seed`` on rank 0 (a one-process run), with
+    a seed derived from (seed, rank) on the other ranks, so that each process draws its own dropout masks."""
+    if rank:
+        seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def configure_device(device: torch.device) -> None:
+    """Per-device speed settings: on CUDA, cuDNN benchmarks its convolution algorithms once per input shape (the
+    training crops and the test inputs have fixed sizes)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def check_amp(amp: str, device: torch.device) -> None:
@@ -65,8 +75,10 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """Move every tensor of a collated batch to ``device`` (other entries, e.g. paths, stay as they are)."""
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    """Move every tensor of a collated batch to ``device`` (other entries, e.g. paths, stay as they are); copies from
+    pinned memory to a GPU do not block the host."""
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -9,6 +9,7 @@ test.py (``vis N``) draws episode figures through ``util.evaluator.draw_episode_
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from util.atomic import write_output
 from util.errors import UserError
 from util.image_io import IGNORE_ID, image_size
 from util.metrics import intersection_union
@@ -37,6 +39,7 @@ BASELINE_COLOUR = "#999999"
 NO_EPISODES_COLOUR = "#D55E00"    # the "no episodes" label where a class's bars would be (Okabe-Ito vermillion)
 PANEL_HEIGHT = 240                 # pixels of every image panel in an episode figure
 DPI = 100
+WRITABLE = "free disk space or choose a writable output folder"
 SHEET_GAP = 10
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -159,11 +162,19 @@ def add_title(rgb: ArrayLike, title: str) -> np.ndarray:
     return canvas
 
 
+def png_bytes(rgb: ArrayLike) -> bytes:
+    """An RGB uint8 image ``[H, W, 3]`` as the bytes of a PNG file."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(_numpy(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("OpenCV could not encode the image as PNG")
+    return data.tobytes()
+
+
 def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, facecolor="white")
-    return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return write_output(path, buffer.getvalue(), WRITABLE)
 
 
 def save_panels(path: str | Path, panels: Sequence[tuple[np.ndarray, str]], title: str) -> Path:
@@ -256,11 +267,7 @@ def save_contact_sheet(paths: Sequence[str | Path], out: str | Path, columns: in
             sheet[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
             left += cell_width + SHEET_GAP
         top += row_height + SHEET_GAP
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise UserError(f"cannot write {out}; check the folder is writable")
-    return out
+    return write_output(Path(out), png_bytes(sheet), WRITABLE)
 
 
 def _class_means(seeds: Sequence[Mapping[str, Any]], names: Sequence[str], baseline: bool) -> tuple[list[float], list[float]]:

@@ -77,12 +77,12 @@ def test_poly_learning_rate_per_iteration_and_run_outputs(tmp_path):
 def test_best_pth_keeps_what_inference_needs_and_only_last_pth_the_training_state(tmp_path):
     cfg = tiny_config(epochs=1)
     job = tiny_job(cfg, tmp_path / "run")
-    job.record = {"pretrained_backbone_source": "random"}
+    job.record = {"pretrained_backbone_source": "random", "class_vectors": {"rows": 21, "dim": 50, "sha256": "0" * 64}}
     job.notices = ["WARNING: a notice for the log"]
     train(cfg, job, CPU)
     best, last = load_checkpoint(tmp_path / "run" / "best.pth"), load_checkpoint(tmp_path / "run" / "last.pth")
     assert set(best) == set(BEST_KEYS) and not set(best) & set(TRAINING_STATE_KEYS)
-    assert set(last) == set(BEST_KEYS) | set(TRAINING_STATE_KEYS)
+    assert set(last) == set(BEST_KEYS) | set(TRAINING_STATE_KEYS) | {"validated"}
     assert best["pretrained_backbone_source"] == last["pretrained_backbone_source"] == "random"
     assert best["finished"] and best["config"] == dict(cfg) and best["run_id"] == last["run_id"]
     assert (tmp_path / "run" / "train_meta.log").read_text().count("WARNING: a notice for the log") == 2  # start, end
@@ -96,9 +96,12 @@ def test_resume_with_another_batch_size_is_refused(tmp_path):
     cfg = tiny_config()
     with pytest.raises(Crash):
         train(cfg, tiny_job(cfg, tmp_path / "run", crash_at=4), CPU)
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pth", "config.yaml")}
     other = tiny_config(resume="auto", batch_size=4)
-    with pytest.raises(Exception, match="iterations per epoch"):
+    with pytest.raises(UserError, match=r"last\.pth is a run trained with batch_size 2 \(now 4\), which it cannot "
+                                        r"continue under"):
         train(other, tiny_job(other, tmp_path / "run"), CPU)
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in before} == before  # decided before writing
 
 
 def test_batch_larger_than_data_is_a_user_error(tmp_path):
