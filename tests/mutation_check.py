@@ -160,7 +160,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        if key not in first:\n", "        if True:\n",
              (T + "data/test_list_integrity.py::test_episodes_from_a_list_with_doubled_items_never_use_the_query_as_support",)),
     Mutation("sampler compares list indices, not image paths", "util/dataset.py",
-             "if self.image_keys[i] != query_key}", "if i != query}",
+             "if self.image_ids[i] != self.image_ids[query]]", "if i != query]",
              (T + "data/test_list_integrity.py::test_the_sampler_itself_never_picks_the_query_image",)),
     Mutation("absolute pool paths accepted", "util/fss_lists.py",
              "    if os.path.isabs(path):\n", "    if False:\n",

@@ -185,11 +185,13 @@ class EpisodeDataset(Dataset):
         fold_list = load_fold_list(spec, episode_subset(spec.dataset, mode, spec.novel_in_train))
         self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
 
-        # a class's support pool: the images in which it counts
-        by_class: dict[int, list[int]] = {c: [] for c in fold_list.classes}
+        # a class's support pool: the images in which it counts, each image (by path) once
+        image_ids: dict[str, int] = {}
+        ids = [image_ids.setdefault(image_key(image), len(image_ids)) for image, *_ in fold_list.items]
+        by_class: dict[int, dict[int, int]] = {c: {} for c in fold_list.classes}
         for index, (_, _, counted, _) in enumerate(fold_list.items):
             for c in counted:
-                by_class[c].append(index)
+                by_class[c].setdefault(ids[index], index)
         # with at least K + 1 images in its pool, a class has K supports besides any query
         kept = {c for c, images in by_class.items() if len(images) >= self.shot + 1}
         left_out = sorted(set(by_class) - kept)
@@ -211,9 +213,9 @@ class EpisodeDataset(Dataset):
                 items.append((image, label, drawable))
         # (image, label, classes the episode's class is drawn from)
         self.items: list[tuple[str, str, tuple[int, ...]]] = items
-        self.image_keys = [image_key(image) for image, _, _ in items]
+        self.image_ids = [ids[index] for index in old_to_new]  # items with one id name one image
         self.label_remedy = label_remedy(spec.dataset, spec.data_root)
-        self.class_images = {c: [old_to_new[i] for i in by_class[c]] for c in sorted(kept)}
+        self.class_images = {c: [old_to_new[i] for i in by_class[c].values()] for c in sorted(kept)}
         self.classes = sorted(kept)
         if episodes is None:
             episodes = (spec.train_episodes or len(items)) if mode == "train" else spec.test_episodes
@@ -242,9 +244,7 @@ class EpisodeDataset(Dataset):
         query = int(self._query_order()[index % len(self.items)])
         image, label, classes = self.items[query]
         class_id = int(classes[int(rng.integers(len(classes)))])
-        query_key = self.image_keys[query]
-        by_image = {self.image_keys[i]: i for i in self.class_images[class_id] if self.image_keys[i] != query_key}
-        candidates = list(by_image.values())  # other images, each once, compared by path
+        candidates = [i for i in self.class_images[class_id] if self.image_ids[i] != self.image_ids[query]]
         chosen = rng.choice(len(candidates), size=self.shot, replace=False)
         supports = [tuple(self.items[candidates[int(c)]][:2]) for c in chosen]
         return Episode(query=(image, label), supports=supports, class_id=class_id)
