@@ -4,12 +4,18 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
 [--class-name dog] --out out.png [key value ...]``
 
 - The number of ``--support`` pairs is the shot K (any K, whatever shot the model was trained with).
-- Support masks: a black/white mask (only values 0 and 255: 255 = object), or a class-id / palette PNG
-  (0 = background, 255 = ignore as in VOC borders, any other value = object). RGB masks are read by the
-  datasets' rule (``util.image_io.label_from_colours``): black = 0, white = 255, a VOC palette colour =
-  its class id, so a black/white RGB mask is a black/white mask and an RGB VOC label is a class-id mask;
-  any other colour is refused, naming the colours found. The mask must have its image's height and width.
-  With ``ann_type bbox`` each mask is replaced by its filled bounding box, as in testing.
+- Support masks are read by the datasets' rule (``util.image_io.read_object_mask``), chosen by ``--mask-format``.
+  ``class-ids``: a class-id label (0 = background, 255 = ignore as in VOC borders); with ``--class-name`` the
+  object is exactly that class's pixels, as in episodes; without it the mask must hold one class. ``binary``: a
+  black/white mask (0/255, grey level >= 128 = object; or 0/1, 1 = object, 255 = ignore). ``auto`` (default):
+  palette PNGs and RGB masks in VOC palette colours are class-id labels; other masks holding only 0 and 255, or
+  0 and 1 (and 255), are black/white, except a 0/255 mask whose 255 pixels form only thin lines (the ignore
+  border of a VOC label without the class), which is refused; anything else is a class-id label. RGB colours
+  follow ``util.image_io.label_from_colours`` (black = 0, white = 255, a VOC palette colour = its class id; any
+  other colour is refused). A mask with no object pixel is refused, saying what it holds. The mask must have
+  its image's height and width; photos are read on their stored pixel grid (an EXIF orientation tag is not
+  applied, so draw masks on the stored pixels; ``--out`` has the query's stored size). With ``ann_type bbox``
+  each mask is replaced by its filled bounding box, as in testing.
 - Images of any size go through the test geometry (longer side resized to ``val_size``, placed top-left,
   padded); the prediction is mapped back to the query's original size exactly as ``ori_resize`` scoring does.
 - ``--class-name`` must be one of the config dataset's class names (case, spaces and underscores do not
@@ -26,18 +32,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from util.atomic import check_writable, write_output
 from util.checkpoint import stage2_weight
-from util.classes import class_names
+from util.classes import class_names, num_classes
 from util.config import load_config
 from util.errors import UserError, cli_entry
-from util.image_io import encode_label_png, read_image, read_label
+from util.image_io import MASK_FORMATS, encode_label_png, exif_note, read_image, read_object_mask
 from util.metrics import check_finite_logits, predict_on_label
 from util.model_io import load_stage2_model
 from util.runtime import autocast, check_amp, resolve_device
@@ -51,17 +58,14 @@ OUT_WRITABLE = "give --out a writable .png path (free disk space)"
 NO_RANDOMNESS = np.random.default_rng(0)  # the test geometry draws nothing; the transforms take a generator
 
 
-def read_support_mask(path: str | Path, ignore_label: int) -> np.ndarray:
-    """A support mask file as uint8 {0, 1, ``ignore_label``} (object 1); rules in the module docstring."""
+def read_support_mask(path: str | Path, ignore_label: int, class_id: int = NO_CLASS, class_name: str = "",
+                      mask_format: str = "auto", dataset_classes: int = 255) -> np.ndarray:
+    """A support mask file as uint8 {0, 1, ``ignore_label``} (object 1) by the datasets' rule
+    (:func:`util.image_io.read_object_mask`; the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: support mask not found; give --support IMAGE MASK with existing files")
-    values = read_label(path)
-    if set(np.unique(values).tolist()) <= {0, MASK_FOREGROUND}:
-        return (values == MASK_FOREGROUND).astype(np.uint8)
-    mask = (values != 0).astype(np.uint8)
-    mask[values == ignore_label] = ignore_label
-    return mask
+    return read_object_mask(path, mask_format, class_id, class_name, ignore_label, dataset_classes)
 
 
 def _name_key(name: str) -> str:
@@ -98,9 +102,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help="YAML config of the trained model")
     parser.add_argument("--weight", default=None, help="stage-2 checkpoint (default: config key weight, else <run dir>/best.pth)")
     parser.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMAGE", "MASK"),
-                        help="a support image and its mask (PNG of the image's size: 0/255, or class ids / palette "
-                             "with 0 = background and 255 = ignore, or RGB in black/white or VOC palette colours); "
-                             "repeat for K shots")
+                        help="a support image and its mask (PNG of the image's stored size: EXIF orientation is not "
+                             "applied; format: --mask-format); repeat for K shots")
+    parser.add_argument("--mask-format", choices=MASK_FORMATS, default="auto",
+                        help="class-ids: 0 = background, 255 = ignore, the object = the --class-name class's pixels "
+                             "(without --class-name: the mask's one class); binary: black/white, grey >= 128 (or 1 "
+                             "in a 0/1 mask) = object; auto (default): palette or VOC-coloured masks are class ids, "
+                             "masks of only 0/255 or 0/1 are black/white unless their 255 pixels are thin lines only "
+                             "(a VOC label's ignore border: refused), others class ids. A mask with no object pixel "
+                             "is refused")
     parser.add_argument("--query", required=True, help="image to segment")
     parser.add_argument("--class-name", default=None,
                         help="the object's class among the config dataset's classes (optional; without it the "
@@ -110,17 +120,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, ann_type: str,
-                  ignore_label: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``--support IMAGE MASK`` pairs as network input: images ``[K, 3, S, S]`` and masks ``[K, S, S]``."""
+def read_supports(pairs: Sequence[Sequence[str]], transform: PairedTransform, ann_type: str, ignore_label: int,
+                  read_mask: Callable[[str], np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``--support IMAGE MASK`` pairs as network input: images ``[K, 3, S, S]`` and masks ``[K, S, S]``, each
+    mask file read by ``read_mask`` (:func:`read_support_mask` with the command line's class and format)."""
     supports, masks = [], []
     for image_path, mask_path in pairs:
-        rgb, mask = read_image(_existing(image_path, "--support")), read_support_mask(mask_path, ignore_label)
+        rgb, mask = read_image(_existing(image_path, "--support")), read_mask(mask_path)
         if rgb.shape[:2] != mask.shape:
             raise UserError(f"support mask {mask_path} is {mask.shape} but its image {image_path} is {rgb.shape[:2]}; "
-                            "they must have the same height and width")
-        if not (mask == 1).any():
-            raise UserError(f"support mask {mask_path} marks no object pixel; see --help for the mask format")
+                            f"they must have the same height and width{exif_note(image_path, 'mask')}")
         if ann_type == "bbox":
             mask = bbox_mask(mask, ignore_label)
         support, support_mask = transform(rgb, mask, NO_RANDOMNESS)
@@ -143,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     weight = Path(args.weight) if args.weight else stage2_weight(cfg)  # a fold never trained: said before any image
     class_id = class_id_for(args.class_name, cfg.dataset, cfg.list_root)
     transform = build_transform(cfg, train=False)
-    supports, masks = read_supports(args.support, transform, cfg.ann_type, cfg.ignore_label)
+    read_mask = functools.partial(read_support_mask, ignore_label=cfg.ignore_label, class_id=class_id,
+                                  class_name=args.class_name or "", mask_format=args.mask_format,
+                                  dataset_classes=num_classes(cfg.dataset))
+    supports, masks = read_supports(args.support, transform, cfg.ann_type, cfg.ignore_label, read_mask)
     query_rgb = read_image(_existing(args.query, "--query"))
     height, width = query_rgb.shape[:2]
     query, _ = transform(query_rgb, np.zeros((height, width), np.uint8), NO_RANDOMNESS)

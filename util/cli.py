@@ -3,6 +3,7 @@ a ``tools/`` command that hints and error messages print."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Sequence
 
 from util.config import Config, load_config
@@ -20,7 +21,8 @@ def config_from_cli(argv: Sequence[str] | None, description: str) -> Config:
 
 
 def tool_command(tool: str, **options: object) -> str:
-    """The shell command that runs ``tools/<tool>.py`` with ``--option value`` pairs (``_`` in a name becomes ``-``),
-    e.g. ``tool_command("make_synth", root="data/synth")`` -> ``python -m tools.make_synth --root data/synth``."""
+    """The shell command that runs ``tools/<tool>.py`` with ``--option value`` pairs (``_`` in a name becomes ``-``;
+    values quoted for the shell where they need it), e.g. ``tool_command("make_synth", root="my data")`` ->
+    ``python -m tools.make_synth --root 'my data'``."""
     return " ".join(["python", "-m", f"tools.{tool}",
-                     *(f"--{name.replace('_', '-')} {value}" for name, value in options.items())])
+                     *(f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in options.items())])

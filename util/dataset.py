@@ -8,7 +8,8 @@ fold's lists (``fold_lists``). A missing list raises a UserError that names the 
 Episodes follow the protocol: the query image's class is drawn uniformly among the subset's classes
 it holds (``episode_class``: ``any_size`` = present at any size, the reference; ``counted`` = only
 those with at least ``min_class_pixels``), and K distinct supports are drawn uniformly among the
-other images in which that class counts. Episode ``i`` -- which images,
+other images in which that class counts (other by image path: the lists hold each image once, see
+``util/fss_lists.py``, and the query's own path is never a support). Episode ``i`` -- which images,
 which class, and every augmentation draw -- is a pure function of ``(seed, i)``: one
 ``numpy.random.SeedSequence([seed, i])`` feeds everything, so DataLoader workers and order don't matter.
 For training, give each epoch its own seed (``dataset.seed = seed + epoch``) to see new episodes.
@@ -33,9 +34,9 @@ from util.classes import ONE_CLASS_DATASETS, base_classes, num_classes, stage1_i
 from util.cli import tool_command
 from util.errors import UserError
 from util.fss1000 import read_binary_mask
-from util.fss_lists import (FoldList, check_dataset_fold, episode_subset, fold_list_path, make_lists_command,
-                            pool_list_path, read_fold_list, read_pool, stage1_subset)
-from util.image_io import check_label_values, read_image, read_label
+from util.fss_lists import (FoldList, check_dataset_fold, episode_subset, fold_list_path, image_key, label_remedy,
+                            make_lists_command, pool_list_path, read_fold_list, read_pool, stage1_subset)
+from util.image_io import check_label_values, exif_note, read_image, read_label
 from util.transform import bbox_mask, binary_label, build_transform
 
 __all__ = ["Episode", "EpisodeDataset", "BaseClassDataset", "collate_episodes", "episode_collate", "read_image",
@@ -142,13 +143,16 @@ def load_pool(source: DataSpec | Mapping[str, Any], subset: str) -> list[tuple[s
     return pairs
 
 
-def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image and its label, checking sizes and class ids (FSS-1000: its mask, 1 = the image's class)."""
+def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int,
+              remedy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its label on their stored pixel grids, checking sizes and class ids (FSS-1000: its mask,
+    1 = the image's class); ``remedy`` ends the message for a label that is not 8-bit (:func:`util.fss_lists.label_remedy`)."""
     binary_mask = dataset in ONE_CLASS_DATASETS
-    rgb, classes = read_image(image_path), (read_binary_mask if binary_mask else read_label)(label_path)
+    rgb = read_image(image_path)
+    classes = read_binary_mask(label_path) if binary_mask else read_label(label_path, remedy)
     if rgb.shape[:2] != classes.shape:
         raise UserError(f"{image_path} is {rgb.shape[:2]} but its label {label_path} is {classes.shape}; "
-                        "image and label must have the same height and width")
+                        f"image and label must have the same height and width{exif_note(image_path)}")
     check_label_values(classes, num_classes(dataset), label_path, ignore_label)
     return rgb, classes
 
@@ -181,11 +185,13 @@ class EpisodeDataset(Dataset):
         fold_list = load_fold_list(spec, episode_subset(spec.dataset, mode, spec.novel_in_train))
         self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
 
-        # a class's support pool: the images in which it counts
-        by_class: dict[int, list[int]] = {c: [] for c in fold_list.classes}
+        # a class's support pool: the images in which it counts, each image (by path) once
+        image_ids: dict[str, int] = {}
+        ids = [image_ids.setdefault(image_key(image), len(image_ids)) for image, *_ in fold_list.items]
+        by_class: dict[int, dict[int, int]] = {c: {} for c in fold_list.classes}
         for index, (_, _, counted, _) in enumerate(fold_list.items):
             for c in counted:
-                by_class[c].append(index)
+                by_class[c].setdefault(ids[index], index)
         # with at least K + 1 images in its pool, a class has K supports besides any query
         kept = {c for c, images in by_class.items() if len(images) >= self.shot + 1}
         left_out = sorted(set(by_class) - kept)
@@ -207,7 +213,9 @@ class EpisodeDataset(Dataset):
                 items.append((image, label, drawable))
         # (image, label, classes the episode's class is drawn from)
         self.items: list[tuple[str, str, tuple[int, ...]]] = items
-        self.class_images = {c: [old_to_new[i] for i in by_class[c]] for c in sorted(kept)}
+        self.image_ids = [ids[index] for index in old_to_new]  # items with one id name one image
+        self.label_remedy = label_remedy(spec.dataset, spec.data_root)
+        self.class_images = {c: [old_to_new[i] for i in by_class[c].values()] for c in sorted(kept)}
         self.classes = sorted(kept)
         if episodes is None:
             episodes = (spec.train_episodes or len(items)) if mode == "train" else spec.test_episodes
@@ -236,14 +244,15 @@ class EpisodeDataset(Dataset):
         query = int(self._query_order()[index % len(self.items)])
         image, label, classes = self.items[query]
         class_id = int(classes[int(rng.integers(len(classes)))])
-        candidates = [i for i in self.class_images[class_id] if i != query]
+        candidates = [i for i in self.class_images[class_id] if self.image_ids[i] != self.image_ids[query]]
         chosen = rng.choice(len(candidates), size=self.shot, replace=False)
         supports = [tuple(self.items[candidates[int(c)]][:2]) for c in chosen]
         return Episode(query=(image, label), supports=supports, class_id=class_id)
 
     def read(self, image: str, label: str) -> tuple[np.ndarray, np.ndarray]:
         """An image and its class-id label, by their paths relative to data_root (checked as :func:`load_pair`)."""
-        return load_pair(str(self.root / image), str(self.root / label), self.spec.dataset, self.spec.ignore_label)
+        return load_pair(str(self.root / image), str(self.root / label), self.spec.dataset, self.spec.ignore_label,
+                         self.label_remedy)
 
     def view(self, rgb: np.ndarray, classes: np.ndarray, class_id: int, rng: np.random.Generator,
              support: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -317,6 +326,7 @@ class BaseClassDataset(Dataset):
         self.spec, self.mode, self.seed = spec, mode, _seed(seed, spec)
         self.root = Path(spec.data_root)
         self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
+        self.label_remedy = label_remedy(spec.dataset, spec.data_root)
         if spec.base_images == "all" and self.binary_masks:
             raise UserError(f"{spec.dataset} has no image pools for base_images 'all'; use base_images fold_lists "
                             "(config key base_images; config/fss sets it)")
@@ -346,7 +356,8 @@ class BaseClassDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, label, counted = self.items[index]
-        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.spec.dataset, self.spec.ignore_label)
+        rgb, classes = load_pair(str(self.root / image), str(self.root / label), self.spec.dataset, self.spec.ignore_label,
+                                 self.label_remedy)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         if not self.binary_masks:
             tensor, target = self.transform(rgb, self.lookup[classes], rng)

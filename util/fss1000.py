@@ -23,9 +23,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from util.errors import UserError
+from util.image_io import binary_object, read_grey
 
 NUM_CLASSES = 1000
 SPLIT_SIZES = {"train": 520, "val": 240, "test": 240}
@@ -34,7 +34,6 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "lists" / "published"
 TEST_SPLIT_FILE = PUBLISHED / "fss_test.txt"
 WORD_FIXES_FILE = PUBLISHED / "fss_word_fixes.tsv"
 HSNET_SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
-FOREGROUND_THRESHOLD = 128
 
 
 def split_ids() -> dict[str, range]:
@@ -77,13 +76,9 @@ def class_names(list_root: str | Path) -> tuple[str, ...]:
 # ---------------------------------------------------------------- masks and class-name words
 
 def read_binary_mask(path: str | Path) -> np.ndarray:
-    """A FSS-1000 mask as uint8 0/1 ``[H, W]``: foreground where its grey level is at least 128."""
-    try:
-        with Image.open(path) as img:
-            grey = np.array(img.convert("L"))
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise UserError(f"{path}: cannot decode the mask ({err}); replace it or leave the pair out") from None
-    return (grey >= FOREGROUND_THRESHOLD).astype(np.uint8)
+    """A FSS-1000 mask as uint8 0/1 ``[H, W]`` on its stored pixel grid, by the black/white mask rule of
+    :func:`util.image_io.binary_object` (foreground where its grey level is at least 128)."""
+    return binary_object(read_grey(path))
 
 
 def read_word_fixes(path: Path = WORD_FIXES_FILE) -> dict[str, tuple[str, ...]]:

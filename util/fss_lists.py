@@ -22,10 +22,18 @@ The three training lists are the three values of the config key ``novel_in_train
 holds a header (``format``, dataset, fold, split style, subset, classes, min_class_pixels) and
 ``items``: ``[image, label, [counted classes of the subset], [present classes of the subset]]``,
 sorted by image path, one per line.
+
+Every path in a list is relative to the data root; an absolute path is refused (naming the file and line or item).
+Each image is listed once: a repeated line or item (the same image, spelled alike after normalisation, with the
+same label and classes) is removed with one warning per file saying how many; the same image with another label
+or other classes is refused.
 """
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +89,72 @@ def pool_list_path(data_root: str | Path, dataset: str, subset: str) -> Path:
     return Path(data_root) / POOL_LISTS[dataset].format(subset=subset)
 
 
+def image_key(path: str) -> str:
+    """A list path as compared when telling images apart (``./a//b.jpg`` is ``a/b.jpg``)."""
+    return os.path.normpath(path)
+
+
+def preparation_command(dataset: str, data_root: str | Path) -> str | None:
+    """The command that writes ``dataset``'s labels and image pools into ``data_root`` (None for FSS-1000, used as
+    published)."""
+    return {"pascal": tool_command("prepare_pascal", voc_root=data_root) + " --sbd-root SBD_ROOT",
+            "coco": tool_command("prepare_coco", coco_root=data_root),
+            "synth": tool_command("make_synth", root=data_root)}.get(dataset)
+
+
+def label_remedy(dataset: str, data_root: str | Path) -> str | None:
+    """What rebuilds a broken label file of ``dataset`` (None: no tool does, the file is as published)."""
+    command = preparation_command(dataset, data_root)
+    if dataset == "synth":
+        return (f"delete {shlex.quote(str(data_root))} and run {command} again (with the arguments recorded in its "
+                "synth_meta.json)")
+    return command and f"rebuild it with {command}"
+
+
+def _relative(path: str, where: str) -> str:
+    if os.path.isabs(path):
+        raise UserError(f"{where}: '{path}' is an absolute path; paths in a list are relative to the data root "
+                        "(config key data_root): write it relative to that folder")
+    return path
+
+
+def unique_images(entries: list[tuple[int, tuple]], path: Path, unit: str, remedy: str) -> list[tuple[int, tuple]]:
+    """``entries`` (``(line or item number, item)``, an item starting with its image and label paths) with each
+    image once: an exact repeat is removed, and one warning says how many were and in which file; the
+    same image with another label or classes is a UserError naming both places and ending with ``remedy``."""
+    first: dict[str, tuple[int, tuple]] = {}
+    kept, repeats = [], []
+    for number, item in entries:
+        key = image_key(item[0])
+        if key not in first:
+            first[key] = (number, item)
+            kept.append((number, item))
+            continue
+        seen_number, seen = first[key]
+        if (image_key(item[1]), *item[2:]) != (image_key(seen[1]), *seen[2:]):
+            where = f"{path}:{number}" if unit == "line" else f"{path}: item {number}"
+            raise UserError(f"{where}: {item[0]} is listed on {unit} {seen_number} with another label"
+                            f"{'' if unit == 'line' else ' or classes'}; {remedy}")
+        repeats.append((number, seen_number, item[0]))
+    if repeats:
+        number, seen_number, image = repeats[0]
+        warnings.warn(f"{path}: {len(repeats)} duplicate {unit}s removed, each image is used once (first: {unit} "
+                      f"{number} repeats {unit} {seen_number}, {image})", stacklevel=3)
+    return kept
+
+
 def read_pool(data_root: str | Path, dataset: str, subset: str) -> list[tuple[str, str]]:
-    """``(image, label)`` root-relative pairs of a pool list; UserError naming the file and line if broken."""
+    """``(image, label)`` root-relative pairs of a pool list (:func:`read_pool_lines`)."""
+    return [pair for _, pair in read_pool_lines(data_root, dataset, subset)]
+
+
+def read_pool_lines(data_root: str | Path, dataset: str, subset: str) -> list[tuple[int, tuple[str, str]]]:
+    """``(line number, (image, label))`` of a pool list, root-relative, each image once (:func:`unique_images`);
+    UserError naming the file and line if it is broken or a path is absolute."""
     path = pool_list_path(data_root, dataset, subset)
     if not path.is_file():
-        hint = {"pascal": tool_command("prepare_pascal"), "coco": tool_command("prepare_coco"),
-                "synth": tool_command("make_synth", root=data_root)}[dataset]
-        raise UserError(f"{path}: image list not found; check data_root or create it with {hint}")
+        raise UserError(f"{path}: image list not found; check data_root or create it with "
+                        f"{preparation_command(dataset, data_root)}")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -99,10 +166,10 @@ def read_pool(data_root: str | Path, dataset: str, subset: str) -> list[tuple[st
             continue
         if len(fields) != 2:
             raise UserError(f"{path}:{number}: expected 'image_path label_path', got '{line.strip()}'")
-        pairs.append((fields[0].lstrip("/"), fields[1].lstrip("/")))
+        pairs.append((number, tuple(_relative(field, f"{path}:{number}") for field in fields)))
     if not pairs:
         raise UserError(f"{path}: the image list is empty; regenerate it")
-    return pairs
+    return unique_images(pairs, path, "line", "keep the right line")
 
 
 def dataset_list_dir(list_root: str | Path, dataset: str, split_style: str = "fwb") -> Path:
@@ -140,7 +207,8 @@ def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Pat
 
 
 def read_fold_list(path: Path, rerun_hint: str) -> FoldList:
-    """Load a per-fold list; UserError naming the command to run if it is missing, malformed or of an older format."""
+    """Load a per-fold list, each image once (:func:`unique_images`); UserError naming the command to run if it is
+    missing, malformed or of an older format, or naming the item if a path is absolute."""
     if not path.is_file():
         raise UserError(f"{path}: list not found; generate it with: {rerun_hint}")
     try:
@@ -149,9 +217,13 @@ def read_fold_list(path: Path, rerun_hint: str) -> FoldList:
         if version != LIST_FORMAT:
             raise UserError(f"{path}: list format {version}, this code reads format {LIST_FORMAT} "
                             f"(items with the present classes); regenerate the lists with: {rerun_hint}")
-        items = tuple((str(image), str(label), tuple(int(c) for c in counted), tuple(int(c) for c in present))
-                      for image, label, counted, present in data["items"])
+        items = [(number, (str(image), str(label), tuple(int(c) for c in counted), tuple(int(c) for c in present)))
+                 for number, (image, label, counted, present) in enumerate(data["items"], start=1)]
         classes = tuple(int(c) for c in data["classes"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{path}: not a valid list file; regenerate it with: {rerun_hint}") from None
-    return FoldList(path, classes, items)
+    for number, (image, label, _, _) in items:
+        for relative in (image, label):
+            _relative(relative, f"{path}: item {number}")
+    unique = unique_images(items, path, "item", f"regenerate the lists with: {rerun_hint}")
+    return FoldList(path, classes, tuple(item for _, item in unique))

@@ -20,41 +20,43 @@ import numpy as np
 
 from util.classes import COCO_SPLIT_STYLES, NUM_FOLDS, base_classes, novel_classes, num_classes
 from util.errors import UserError
-from util.fss_lists import LIST_FORMAT, Item, check_dataset_fold, fold_list_path, pool_list_path, read_pool
-from util.image_io import IGNORE_ID, check_label_values, image_size, read_label
+from util.fss_lists import (LIST_FORMAT, Item, check_dataset_fold, fold_list_path, image_key, label_remedy,
+                            pool_list_path, read_pool_lines)
+from util.image_io import IGNORE_ID, check_label_values, exif_note, image_size, read_label
 
 CHUNK = 64
 
 
-def count_classes(job: tuple[str, str, str, int, str, int]) -> dict[int, int]:
+def count_classes(job: tuple[str, str, str, int, str, int, str | None]) -> dict[int, int]:
     """Pixels per class id (background and ignore excluded) of one label, after checking the pair."""
-    root, image, label, total_classes, list_path, line = job
+    root, image, label, total_classes, list_path, line, remedy = job
     image_path, label_path = os.path.join(root, image), os.path.join(root, label)
     where = f"{list_path}:{line}"
     for path, kind in ((image_path, "image"), (label_path, "label")):
         if not os.path.isfile(path):
             raise UserError(f"{where}: {kind} {path} not found; fix data_root or regenerate the image list")
-    values = read_label(label_path)
+    values = read_label(label_path, remedy)
     check_label_values(values, total_classes, label_path, IGNORE_ID)
     if image_size(image_path) != values.shape:
         raise UserError(f"{where}: image {image_path} is {image_size(image_path)} but label {label_path} is "
-                        f"{values.shape}; they must have the same height and width")
+                        f"{values.shape}; they must have the same height and width{exif_note(image_path)}")
     counts = np.bincount(values.ravel(), minlength=256)[1:total_classes + 1]
     return {int(c) + 1: int(n) for c, n in enumerate(counts) if n}
 
 
 def pixel_counts(data_root: Path, dataset: str, subset: str, workers: int) -> list[tuple[str, str, dict[int, int]]]:
     """Every pool image of ``subset`` with its per-class pixel counts, in list order."""
-    pairs = read_pool(data_root, dataset, subset)
+    lines = read_pool_lines(data_root, dataset, subset)
     list_path = pool_list_path(data_root, dataset, subset)
     total = num_classes(dataset)
-    jobs = [(str(data_root), image, label, total, str(list_path), i + 1) for i, (image, label) in enumerate(pairs)]
+    remedy = label_remedy(dataset, data_root)
+    jobs = [(str(data_root), image, label, total, str(list_path), number, remedy) for number, (image, label) in lines]
     if workers == 1:
         counts = [count_classes(job) for job in jobs]
     else:
         with ProcessPoolExecutor(workers) as pool:
             counts = list(pool.map(count_classes, jobs, chunksize=CHUNK))
-    return [(image, label, count) for (image, label), count in zip(pairs, counts)]
+    return [(image, label, count) for (_, (image, label)), count in zip(lines, counts)]
 
 
 def select(pool: Iterable[tuple[str, str, dict[int, int]]], classes: Sequence[int], banned: Sequence[int],
@@ -79,7 +81,11 @@ def select(pool: Iterable[tuple[str, str, dict[int, int]]], classes: Sequence[in
 
 
 def write_list(path: Path, header: dict, items: list[Item]) -> None:
-    """JSON with the header fields and one item per line (stable, diff-friendly)."""
+    """JSON with the header fields and one item per line (stable, diff-friendly); each image at most once."""
+    images = [image_key(image) for image, *_ in items]
+    if len(set(images)) != len(images):
+        repeated = next(image for image in images if images.count(image) > 1)
+        raise ValueError(f"{path}: {len(images) - len(set(images))} items repeat an image, e.g. {repeated}")
     path.parent.mkdir(parents=True, exist_ok=True)
     head = ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items())
     body = ",\n".join("  " + json.dumps([image, label, list(counted), list(present)])

@@ -77,6 +77,11 @@ def prepare_coco(coco_root: str | Path, workers: int | None = None) -> dict[str,
             annotations = data["annotations"]
         except (ValueError, KeyError, TypeError):  # ValueError: not JSON, or not text at all
             raise UserError(f"{ann_path}: not a COCO instances file; re-download it") from None
+        names = [image["file_name"] for image in images]
+        repeated = sorted({name for previous, name in zip(names, names[1:]) if name == previous})
+        if repeated:
+            raise UserError(f"{ann_path}: {len(repeated)} images are listed more than once (e.g. {repeated[0]}), so "
+                            "the image list would repeat them; re-download the annotation file")
         if len(categories) != 80:
             raise UserError(f"{ann_path}: expected the 80 COCO categories, found {len(categories)}")
         category_to_class = {cat: i + 1 for i, cat in enumerate(categories)}

@@ -30,6 +30,7 @@ from util.mask_manifest import MaskManifest, make_masks, sha256_file
 
 NUM_CLASSES = 20
 PRODUCER = "prepare_pascal 1"  # the conversion rule's version: change it when _convert changes, so masks are redone
+VOC_LABEL_REMEDY = "VOC's SegmentationClass labels are 8-bit palette PNGs: re-extract VOCtrainval_11-May-2012.tar"
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -58,7 +59,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
 
 def _convert(job: tuple[str, str]) -> bytes:
     source, kind = job
-    label = read_label(source) if kind == "voc" else read_sbd_label(Path(source))
+    label = read_label(source, VOC_LABEL_REMEDY) if kind == "voc" else read_sbd_label(Path(source))
     check_label_values(label, NUM_CLASSES, source, IGNORE_ID)
     return encode_label_png(label)
 
