@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> prepare_fss.Prepared:
     pairs = sum(len(p) for p in found.pairs.values())
     empty = sum(1 for p in found.pairs.values() for *_, pixels in p if pixels < args.min_class_pixels)
     print(f"prepare_fss: {len(found.pairs)} classes, {pairs} pairs ({empty} with fewer than {args.min_class_pixels} "
-          f"foreground pixels left out of the lists); split: {done.source} ({fss1000.SPLIT_SOURCES[done.source]})")
+          f"foreground pixels left out of the lists); split {done.source}: {fss1000.SPLIT_SOURCES[done.source]}")
     for problem in found.problems[:SHOWN_PROBLEMS]:
         print(f"  left out: {problem}")
     if len(found.problems) > SHOWN_PROBLEMS:

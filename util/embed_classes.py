@@ -132,7 +132,7 @@ def embed_rows(rows: Sequence[ClassRow], vectors: dict[str, np.ndarray], source:
     without a vector stop it with one UserError naming every class name concerned and ``missing_hint``."""
     missing = unexplained(rows, vectors)
     if missing:
-        raise UserError(f"{source}: no vector for the words of {len(missing)} class name(s): {'; '.join(missing)}; "
+        raise UserError(f"{source}: no vector for the words of {len(missing)} class name(s): {'; '.join(sorted(missing))}; "
                         f"{missing_hint}")
     dims = {vectors[w].shape[0] for row in rows for w in row.words}
     if len(dims) != 1:
