@@ -155,6 +155,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("FSS-1000 masks read as class-id maps", "util/dataset.py",
              "binary_label(classes, 1 if self.binary_masks else class_id,", "binary_label(classes, class_id,",
              (T + "data/test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),
+    Mutation("FSS-1000 split written before the class names are checked", "util/prepare_fss.py",
+             '    vectors = None\n    if source != "published":',
+             '    write_split(list_root, split, source)\n    vectors = None\n    if source != "published":',
+             (T + "data/test_fss1000.py::test_a_table_row_is_needed_for_a_name_with_unknown_words_and_all_are_reported_before_writing",)),
+    Mutation("run identity blind to the training classes", "util/checkpoint.py",
+             "    if any(k in differing for k in _EXPLAINED_BY):",
+             "    differing = [k for k in differing if k not in ('train_classes', 'class_split')]\n"
+             "    if any(k in differing for k in _EXPLAINED_BY):",
+             (T + "data/test_fss1000.py::test_a_stage1_of_another_class_split_is_refused_naming_the_classes",)),
+    Mutation("class vectors of another class order accepted", "util/embeddings.py",
+             "    if recorded == list(names):\n        return", "    if True:\n        return",
+             (T + "data/test_fss1000.py::test_hsnet_split_files_are_checked_and_the_published_ones_are_the_default",)),
     # ---- config schema
     Mutation("base.yaml amp unquoted (YAML reads off as false)", "config/base.yaml",
              'amp: "off"  ', "amp: off    ",
