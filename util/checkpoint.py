@@ -236,8 +236,9 @@ def _class_record(cfg: Mapping[str, Any]) -> tuple[list[str] | None, str | None]
     dataset, split, style = cfg.get("dataset"), cfg.get("split"), cfg.get("coco_split_style")
     if dataset is None or split is None or (dataset == "coco" and style is None):
         return None, None
-    names = class_names(dataset, cfg.get("list_root") or "lists")
-    return [names[c - 1] for c in base_classes(dataset, split, style)], split_source(dataset, cfg.get("list_root") or "lists")
+    list_root = cfg.get("list_root") or "lists"
+    names = class_names(dataset, list_root)
+    return [names[c - 1] for c in base_classes(dataset, split, style)], split_source(dataset, list_root)
 
 
 def _identity(cfg: Mapping[str, Any], stage: str, classes: tuple[list[str] | None, str | None]) -> dict[str, Any]:
@@ -314,8 +315,9 @@ def _shown(key: str, value: Any) -> str:
 
 def _class_difference(theirs: list[str], ours: list[str]) -> str:
     """How a checkpoint's training classes differ from a config's, naming a few of each side."""
-    only_theirs = [n for n in theirs if n not in set(ours)]
-    only_ours = [n for n in ours if n not in set(theirs)]
+    their_set, our_set = set(theirs), set(ours)
+    only_theirs = [n for n in theirs if n not in our_set]
+    only_ours = [n for n in ours if n not in their_set]
     if not only_theirs and not only_ours:
         return "train_classes in another class-id order"
     parts = ([f"{len(only_theirs)} not among this config's ({first_few(only_theirs, SHOWN_CLASSES)})"] if only_theirs
@@ -398,7 +400,8 @@ def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, An
         novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
         validation = [c for c in val_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"]) if c not in novel]
         names = class_names(cfg["dataset"], cfg["list_root"])
-        leaked = [names[c - 1] for c in novel + validation if names[c - 1] in set(trained)]
+        trained_set = set(trained)
+        leaked = [names[c - 1] for c in novel + validation if names[c - 1] in trained_set]
         if leaked:
             held_out = "novel and validation classes" if validation else "novel classes"
             raise UserError(

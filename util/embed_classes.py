@@ -374,7 +374,7 @@ def names_for(dataset: str, names_file: str | None, list_root: str | None = None
     if names_file is None:
         return list(class_names(dataset))
     names = read_names_file(names_file)
-    known = fss1000.NUM_CLASSES if dataset == "fss" else len(DATASET_CLASSES.get(dataset, names))
-    if len(names) != known:
+    known = fss1000.NUM_CLASSES if dataset == "fss" else len(DATASET_CLASSES.get(dataset, ()))
+    if known and len(names) != known:
         raise UserError(f"{names_file}: {len(names)} names, but dataset '{dataset}' has {known} classes")
     return names

@@ -26,6 +26,7 @@ from util.fss_lists import LIST_FORMAT, NOVEL_IN_TRAIN, fold_list_path
 from util.image_io import image_size
 from util.make_lists import write_list
 
+
 # ---------------------------------------------------------------- layout
 
 def class_folders(data_root: Path) -> list[str]:
