@@ -186,6 +186,19 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("support mask: a VOC ignore border read as the object", "util/image_io.py",
              "if present <= {0, 255} and _like_a_border(values == 255):", "if False:",
              (T + "tools/test_predict_masks.py::test_a_thin_255_border_is_not_an_object_unless_forced",)),
+    # ---- FSS-1000 split, identity by class names, class-vector order
+    Mutation("FSS-1000 split written before the class names are checked", "util/prepare_fss.py",
+             '    vectors = None\n    if source != "published":',
+             '    write_split(list_root, split, source)\n    vectors = None\n    if source != "published":',
+             (T + "data/test_fss1000.py::test_a_table_row_is_needed_for_a_name_with_unknown_words_and_all_are_reported_before_writing",)),
+    Mutation("run identity blind to the training classes", "util/checkpoint.py",
+             "    if any(k in differing for k in _EXPLAINED_BY):",
+             "    differing = [k for k in differing if k not in ('train_classes', 'class_split')]\n"
+             "    if any(k in differing for k in _EXPLAINED_BY):",
+             (T + "data/test_fss1000.py::test_a_stage1_of_another_class_split_is_refused_naming_the_classes",)),
+    Mutation("class vectors of another class order accepted", "util/embeddings.py",
+             "    if recorded == list(names):\n        return", "    if True:\n        return",
+             (T + "data/test_fss1000.py::test_hsnet_split_files_are_checked_and_the_published_ones_are_the_default",)),
     # ---- config schema
     Mutation("base.yaml amp unquoted (YAML reads off as false)", "config/base.yaml",
              'amp: "off"  ', "amp: off    ",

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from util.atomic import AtomicFile
-from util.classes import base_classes, class_names, novel_classes
-from util.errors import UserError
+from util.classes import DATASET_CLASSES, base_classes, class_names, novel_classes, split_source, val_classes
+from util.errors import UserError, first_few
 from util.fss_lists import dataset_list_dir
 
 LAST = "last.pth"
@@ -221,32 +221,38 @@ def check_checkpoint_config(state: Mapping[str, Any], cfg: Mapping[str, Any], so
 
 # ---------------------------------------------------------------- identity: what a trained model is
 
-MODEL_IDENTITY_KEYS = ("dataset", "split", "coco_split_style", "train_classes", "novel_in_train", "base_images", "backbone")
+MODEL_IDENTITY_KEYS = ("dataset", "split", "coco_split_style", "class_split", "train_classes", "novel_in_train",
+                       "base_images", "backbone")
 """What defines a trained model besides its architecture: test.py, predict.py and stage 2 (for its base learner)
 require the config to agree on these."""
 RUN_IDENTITY_KEYS = MODEL_IDENTITY_KEYS + ("shot",)
 """What the checkpoints in a run directory must agree on with a run that would continue them or skip as finished."""
-_EXPLAINED_BY = ("dataset", "split", "coco_split_style")  # a difference in these explains one in train_classes
+_WHERE_KEYS = ("dataset", "split", "coco_split_style", "class_split")  # what :func:`_where` shows
+_EXPLAINED_BY = ("dataset", "split", "coco_split_style")  # a difference in these explains one in the classes
+SHOWN_CLASSES = 3
 
 
-def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    """What defines the model that ``stage`` ('base': the PSPNet base learner, 'meta': MIANet) trains under ``cfg``.
-
-    The dataset, fold (``split``), COCO split style (None for the other datasets), the classes it trains on
-    (``train_classes``: the fold's base classes), the rule for training images holding novel classes
-    (``novel_in_train``; a base learner uses it only with ``base_images fold_lists``), the base learner's images
-    (``base_images``), the backbone and, for stage 2, the ``shot``. Every checkpoint stores this under
-    ``identity``. A key missing from ``cfg`` (a config saved by an older version) gives None: unknown.
-    """
+def _class_record(cfg: Mapping[str, Any]) -> tuple[list[str] | None, str | None]:
+    """``(train_classes, class_split)`` of ``cfg``: the names of its fold's base classes in id order and where its
+    class split came from (FSS-1000: the split prepared under ``list_root``; None elsewhere); None where the config
+    is silent."""
     dataset, split, style = cfg.get("dataset"), cfg.get("split"), cfg.get("coco_split_style")
-    coco = dataset == "coco"
-    classes_known = dataset is not None and split is not None and (style is not None or not coco)
+    if dataset is None or split is None or (dataset == "coco" and style is None):
+        return None, None
+    list_root = cfg.get("list_root") or "lists"
+    names = class_names(dataset, list_root)
+    return [names[c - 1] for c in base_classes(dataset, split, style)], split_source(dataset, list_root)
+
+
+def _identity(cfg: Mapping[str, Any], stage: str, classes: tuple[list[str] | None, str | None]) -> dict[str, Any]:
+    dataset = cfg.get("dataset")
     identity = {
         "stage": stage,
         "dataset": dataset,
-        "split": split,
-        "coco_split_style": style if coco else None,
-        "train_classes": base_classes(dataset, split, style) if classes_known else None,
+        "split": cfg.get("split"),
+        "coco_split_style": cfg.get("coco_split_style") if dataset == "coco" else None,
+        "class_split": classes[1],
+        "train_classes": classes[0],
         "novel_in_train": cfg.get("novel_in_train"),
         "base_images": cfg.get("base_images"),
         "backbone": cfg.get("backbone"),
@@ -256,67 +262,105 @@ def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return identity
 
 
+def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """What defines the model that ``stage`` ('base': the PSPNet base learner, 'meta': MIANet) trains under ``cfg``.
+
+    The dataset, fold (``split``), COCO split style (None for the other datasets), where the class split came from
+    (``class_split``: FSS-1000's prepared split, ``published``/``seeded``/``files``; None for the other datasets),
+    the classes it trains on by name (``train_classes``: the fold's base classes in id order), the rule for training
+    images holding novel classes (``novel_in_train``; a base learner uses it only with ``base_images fold_lists``),
+    the base learner's images (``base_images``), the backbone and, for stage 2, the ``shot``. Every checkpoint stores
+    this under ``identity``. A key missing from ``cfg`` (a config saved by an older version) gives None: unknown.
+    """
+    return _identity(cfg, stage, _class_record(cfg))
+
+
+def _names_of_ids(dataset: Any, ids: list[int]) -> list[str] | None:
+    """Class names of the ids an older checkpoint recorded, where the dataset's class list is fixed (None for
+    FSS-1000, whose ids depend on the split prepared at the time)."""
+    names = DATASET_CLASSES.get(dataset)
+    if names is None or not all(isinstance(c, int) and 1 <= c <= len(names) for c in ids):
+        return None
+    return [names[c - 1] for c in ids]
+
+
 def recorded_identity(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The identity a checkpoint records. One written before checkpoints recorded it gets the identity its saved
-    config implies (None where that config is silent); a file with neither (a reference checkpoint) is all None."""
+    """The identity a checkpoint records, its classes by name. One that recorded class ids gets their names where the
+    dataset's class list is fixed (unknown for FSS-1000); one written before checkpoints recorded an identity gets the
+    one its saved config implies (None where that config is silent; FSS-1000's classes unknown); a file with neither
+    (a reference checkpoint) is all None."""
     if isinstance(state.get("identity"), dict):
-        return dict(state["identity"])
+        identity = dict(state["identity"])
+        classes = identity.get("train_classes")
+        if classes and not all(isinstance(c, str) for c in classes):
+            identity["train_classes"] = _names_of_ids(identity.get("dataset"), classes)
+        return identity
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    return run_identity(config, "meta" if state.get("stage") == "meta" else "base")
+    stage = "meta" if state.get("stage") == "meta" else "base"
+    return _identity(config, stage, (None, None) if config.get("dataset") == "fss" else _class_record(config))
 
 
 def _applies(key: str, wanted: Mapping[str, Any]) -> bool:
     if key == "coco_split_style":
         return wanted.get("dataset") == "coco"
+    if key == "class_split":
+        return wanted.get("dataset") == "fss"
     if key == "novel_in_train":
         return wanted.get("stage") == "meta" or wanted.get("base_images") == "fold_lists"
     return key in wanted
 
 
-def _class_ranges(ids: list[int]) -> str:
-    """``[2, 3, 4, 6]`` -> ``2-4, 6``."""
-    runs: list[list[int]] = []
-    for c in sorted(ids):
-        if runs and c == runs[-1][-1] + 1:
-            runs[-1].append(c)
-        else:
-            runs.append([c])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
-
-
 def _shown(key: str, value: Any) -> str:
     if key == "train_classes":
-        return f"train_classes {_class_ranges(value)}"
+        return f"train_classes {len(value)} ({first_few(value, SHOWN_CLASSES)})"
     return f"{key} {value!r}" if isinstance(value, str) else f"{key} {value}"
+
+
+def _class_difference(theirs: list[str], ours: list[str]) -> str:
+    """How a checkpoint's training classes differ from a config's, naming a few of each side."""
+    their_set, our_set = set(theirs), set(ours)
+    only_theirs = [n for n in theirs if n not in our_set]
+    only_ours = [n for n in ours if n not in their_set]
+    if not only_theirs and not only_ours:
+        return "train_classes in another class-id order"
+    parts = ([f"{len(only_theirs)} not among this config's ({first_few(only_theirs, SHOWN_CLASSES)})"] if only_theirs
+             else []) + ([f"{len(only_ours)} of this config's missing ({first_few(only_ours, SHOWN_CLASSES)})"]
+                         if only_ours else [])
+    return f"train_classes: {', '.join(parts)}"
 
 
 def identity_conflict(recorded: Mapping[str, Any], wanted: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str | None, list[str]]:
     """Compare a checkpoint's identity with the one a config wants, on the ``keys`` that apply to it.
 
-    Returns the difference as text (``split 0 (this config: split 1)``; None if they agree) and the keys the
-    checkpoint does not record (unknown, not checked).
+    Returns the difference as text (``split 0 (this config: split 1)``; differing classes named, a few of each side;
+    None if they agree) and the keys the checkpoint does not record (unknown, not checked).
     """
     checked = [k for k in keys if _applies(k, wanted)]
     unknown = [k for k in checked if recorded.get(k) is None]
     differing = [k for k in checked if recorded.get(k) is not None and recorded[k] != wanted[k]]
-    if "train_classes" in differing and any(k in differing for k in _EXPLAINED_BY):
-        differing.remove("train_classes")
+    if any(k in differing for k in _EXPLAINED_BY):
+        differing = [k for k in differing if k not in ("train_classes", "class_split")]
     if not differing:
         return None, unknown
-    theirs = ", ".join(_shown(k, recorded[k]) for k in differing)
-    ours = ", ".join(_shown(k, wanted[k]) for k in differing)
-    return f"{theirs} (this config: {ours})", unknown
+    keyed = [k for k in differing if k != "train_classes"]
+    parts = [f"{', '.join(_shown(k, recorded[k]) for k in keyed)} (this config: "
+             f"{', '.join(_shown(k, wanted[k]) for k in keyed)})"] if keyed else []
+    if "train_classes" in differing:
+        parts.append(_class_difference(recorded["train_classes"], wanted["train_classes"]))
+    return ", ".join(parts), unknown
 
 
 def _where(identity: Mapping[str, Any]) -> str:
-    """``coco fold 0 (fwb)`` / ``pascal fold 2``."""
+    """``coco fold 0 (fwb)`` / ``pascal fold 2`` / ``fss fold 0 (published split)``."""
     style = f" ({identity['coco_split_style']})" if identity.get("coco_split_style") else ""
-    return f"{identity.get('dataset')} fold {identity.get('split')}{style}"
+    classes = f" ({identity['class_split']} split)" if identity.get("class_split") else ""
+    return f"{identity.get('dataset')} fold {identity.get('split')}{style}{classes}"
 
 
 def describe_identity(identity: Mapping[str, Any]) -> str:
-    """One line for the log: ``synth fold 0, train_classes 6-20, ..., base_weight initmodel/.../best.pth``."""
-    shown = [_shown(k, identity[k]) for k in RUN_IDENTITY_KEYS[3:] if _applies(k, identity) and identity.get(k) is not None]
+    """One line for the log: ``synth fold 0, train_classes 15 (a, b, c and 12 more), ..., base_weight ...``."""
+    shown = [_shown(k, identity[k]) for k in RUN_IDENTITY_KEYS
+             if k not in _WHERE_KEYS and _applies(k, identity) and identity.get(k) is not None]
     base = [f"base_weight {identity['base_weight']}"] if identity.get("base_weight") else []
     return ", ".join([_where(identity)] + shown + base)
 
@@ -346,9 +390,10 @@ def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, An
     """Refuse a stage-1 checkpoint that cannot start stage 2 under ``cfg``, in one line naming both; returns its
     identity.
 
-    A base learner trained on any of ``cfg``'s novel classes would leak them into the few-shot test (a base
-    learner of another fold or COCO split style always has); one of another dataset, backbone, ``base_images``
-    or (with ``base_images fold_lists``) ``novel_in_train`` is another model than the config describes.
+    A base learner trained on any of ``cfg``'s novel or validation classes would leak them into the few-shot test or
+    the model selection (a base learner of another fold, COCO split style or FSS-1000 class split always has); one of
+    another dataset, backbone, ``base_images`` or (with ``base_images fold_lists``) ``novel_in_train`` is another
+    model than the config describes.
     """
     state = read_checkpoint_file(path, "set base_weight or run stage 1 (train_base.py)", mmap=True)
     recorded = recorded_identity(state if isinstance(state, dict) else {})
@@ -356,10 +401,14 @@ def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, An
     trained = recorded.get("train_classes")
     if recorded.get("dataset") == wanted["dataset"] and trained is not None:
         novel = novel_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])
-        leaked = [class_names(cfg["dataset"], cfg["list_root"])[c - 1] for c in novel if c in trained]
+        validation = [c for c in val_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"]) if c not in novel]
+        names = class_names(cfg["dataset"], cfg["list_root"])
+        trained_set = set(trained)
+        leaked = [names[c - 1] for c in novel + validation if names[c - 1] in trained_set]
         if leaked:
+            held_out = "novel and validation classes" if validation else "novel classes"
             raise UserError(
-                f"base learner {path} was trained on {len(leaked)} of this run's novel classes ({', '.join(leaked[:6])}"
+                f"base learner {path} was trained on {len(leaked)} of this run's {held_out} ({', '.join(leaked[:6])}"
                 f"{', ...' if len(leaked) > 6 else ''}): it is the base learner of {_where(recorded)}, this run is "
                 f"{_where(wanted)}; set base_weight to that fold's base learner, or train it (train_base.py, same config)")
     conflict, unknown = identity_conflict(recorded, wanted, MODEL_IDENTITY_KEYS)

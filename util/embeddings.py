@@ -4,8 +4,10 @@ Files are written by ``python -m tools.embed_classes`` (see README, "Class-name 
 """
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -131,11 +133,31 @@ def _read_array(path: Path) -> np.ndarray:
     return loaded
 
 
-def load_class_embeddings(path: str | Path | None, dataset: str) -> torch.Tensor:
+def check_row_names(file: Path, names: Sequence[str], dataset: str) -> None:
+    """Refuse a class-vector file whose ``.json`` (written beside it by tools.embed_classes or tools.prepare_fss)
+    lists other classes than ``names`` (class-id order) for its rows; a file without one is not checked."""
+    try:
+        recorded = [row["name"] for row in json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))["rows"][1:]]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return
+    if recorded == list(names):
+        return
+    differ = [i for i, (theirs, ours) in enumerate(zip(recorded, names)) if theirs != ours]
+    first = differ[0] if differ else min(len(recorded), len(names))
+    shown = (f"class {first + 1} is '{recorded[first]}' there, '{names[first]}' here; {len(differ)} of {len(names)} "
+             "rows differ" if differ else f"{len(recorded)} rows named, {len(names)} classes")
+    hint = ("a split other than the published one has its own, written by tools.prepare_fss: "
+            "lists/fss/fss_glove50.npy under your list_root" if dataset == "fss"
+            else f"build the right one with: {tool_command('embed_classes', dataset=dataset)}")
+    raise UserError(f"{file}: its rows are for another class order ({shown}); point config key 'embedding_file' at the "
+                    f"vectors of this dataset's classes ({hint})")
+
+
+def load_class_embeddings(path: str | Path | None, dataset: str, names: Sequence[str] | None = None) -> torch.Tensor:
     """Load class-name vectors as float32 ``[num_classes(dataset) + 1, D]``; ``path=None`` -> the default file.
 
     Raises UserError (naming the file) if it is missing, unreadable, not 2-D, has the wrong number of
-    rows or holds NaN/Inf.
+    rows or holds NaN/Inf, or (``names``: the classes in id order) if its ``.json`` names other classes.
     """
     expected_rows = num_classes(dataset) + 1
     file = default_embedding_file(dataset) if path is None else Path(path)
@@ -158,4 +180,6 @@ def load_class_embeddings(path: str | Path | None, dataset: str) -> torch.Tensor
     if not np.isfinite(array).all():
         bad_rows = sorted({int(r) for r in np.nonzero(~np.isfinite(array))[0]})
         raise UserError(f"{file}: class embeddings hold NaN/Inf in rows {bad_rows}; {hint}")
+    if names is not None:
+        check_row_names(file, names, dataset)
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from util.console import warnings_in_one_line
 
@@ -33,6 +33,12 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(_original_line(message, type(self)))
+
+
+def first_few(items: Sequence[str], shown: int = 3) -> str:
+    """``a, b, c and 5 more``: the first ``shown`` of ``items`` and how many are left out (for one-line messages)."""
+    head = ", ".join(items[:shown])
+    return f"{head} and {len(items) - shown} more" if len(items) > shown else head
 
 
 def _original_line(message: str, kind: type) -> str:

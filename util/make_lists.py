@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from util.atomic import write_bytes_atomic
 from util.classes import COCO_SPLIT_STYLES, NUM_FOLDS, base_classes, novel_classes, num_classes
 from util.errors import UserError
 from util.fss_lists import (LIST_FORMAT, Item, check_dataset_fold, fold_list_path, image_key, label_remedy,
@@ -81,16 +82,16 @@ def select(pool: Iterable[tuple[str, str, dict[int, int]]], classes: Sequence[in
 
 
 def write_list(path: Path, header: dict, items: list[Item]) -> None:
-    """JSON with the header fields and one item per line (stable, diff-friendly); each image at most once."""
+    """JSON with the header fields and one item per line (stable, diff-friendly), each image at most once, written
+    atomically."""
     images = [image_key(image) for image, *_ in items]
     if len(set(images)) != len(images):
         repeated = next(image for image in images if images.count(image) > 1)
         raise ValueError(f"{path}: {len(images) - len(set(images))} items repeat an image, e.g. {repeated}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     head = ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in header.items())
     body = ",\n".join("  " + json.dumps([image, label, list(counted), list(present)])
                        for image, label, counted, present in items)
-    path.write_text("{\n" + head + ',\n "items": [\n' + body + "\n ]\n}\n")
+    write_bytes_atomic(path, ("{\n" + head + ',\n "items": [\n' + body + "\n ]\n}\n").encode("utf-8"))
 
 
 def make_lists(dataset: str, data_root: str | Path, list_root: str | Path = "lists", min_class_pixels: int = 2048,

@@ -24,14 +24,16 @@ from util.checkpoint import (BACKBONE_SOURCE, MODEL_CONFIG_KEYS, check_checkpoin
                               check_state_fits, load_checkpoint, load_model_state, read_checkpoint_file, run_identity,
                               save_atomic)
 from util.checkpoint_layouts import backbone_state, check_kind, mianet_from_reference, pspnet_from_reference
+from util.classes import class_names
 from util.embeddings import default_embedding_file, load_class_embeddings
 from util.errors import UserError
 
 
 def build_mianet(cfg: Mapping[str, Any]) -> MIANet:
-    """MIANet for ``cfg`` with the word vectors of ``cfg['embedding_file']``; its backbone is random until
-    :func:`load_base_learner` or a checkpoint load."""
-    return MIANet.from_config(cfg, load_class_embeddings(cfg["embedding_file"], cfg["dataset"]))
+    """MIANet for ``cfg`` with the word vectors of ``cfg['embedding_file']`` (checked to be for the dataset's classes
+    in id order); its backbone is random until :func:`load_base_learner` or a checkpoint load."""
+    names = class_names(cfg["dataset"], cfg["list_root"])
+    return MIANet.from_config(cfg, load_class_embeddings(cfg["embedding_file"], cfg["dataset"], names))
 
 
 CLASS_VECTORS = "class_vectors"

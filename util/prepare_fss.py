@@ -1,12 +1,13 @@
-"""Prepare FSS-1000 (what and where: :mod:`util.fss1000`): check the class folders and pairs, choose and write the
-class split, write the fold-0 lists, and embed the class names for GIM.
+"""Prepare FSS-1000 (what and where: :mod:`util.fss1000`): check the class folders against the class split and
+every pair, then write the class split, the fold-0 lists and, for a split other than the published one, the
+class-name vectors in its class order. Everything is checked before anything is written.
 
 Command line: ``python -m tools.prepare_fss`` (:mod:`tools.prepare_fss`).
 """
 from __future__ import annotations
 
 import os
-import re
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Sequence
 import numpy as np
 
 from util.atomic import write_bytes_atomic
-from util.embed_classes import BACKGROUND_WORD, ClassRow, embed_rows, file_vectors, glove50_vectors
+from util.embed_classes import build_embeddings, word_rule, write_embeddings
 from util.embeddings import DEFAULT_SOURCE_NAME
-from util.errors import UserError
-from util.fss1000 import (HSNET_SPLIT_FILES, NUM_CLASSES, SPLIT_SEED, SPLIT_SIZES, TEST_SPLIT_FILE, name_words,
-                          read_binary_mask, read_name_list, split_ids, splits_dir)
+from util.errors import UserError, first_few
+from util.fss1000 import (HSNET_SPLIT_FILES, NUM_CLASSES, SOURCE_FILE, SPLIT_SEED, SPLIT_SIZES, SPLIT_SOURCES,
+                          names_in_id_order, published_split, read_binary_mask, read_name_list, split_ids,
+                          splits_dir)
 from util.fss_lists import LIST_FORMAT, NOVEL_IN_TRAIN, fold_list_path
 from util.image_io import image_size
 from util.make_lists import write_list
@@ -74,12 +76,8 @@ class Scan:
     problems: list[str]
 
 
-def scan(data_root: Path, workers: int) -> Scan:
-    """Check every class folder and pair (in parallel); the folder count must be FSS-1000's."""
-    names = class_folders(data_root)
-    if len(names) != NUM_CLASSES:
-        raise UserError(f"{data_root}: {len(names)} class folders with .jpg images, FSS-1000 has {NUM_CLASSES}; "
-                        "pass the folder that holds all of them (unpacked FSS-1000)")
+def scan(data_root: Path, names: Sequence[str], workers: int) -> Scan:
+    """Check every pair of the class folders ``names`` (in parallel)."""
     problems: list[str] = []
     jobs, owners = [], []
     for name in names:
@@ -104,51 +102,90 @@ def scan(data_root: Path, workers: int) -> Scan:
 
 # ---------------------------------------------------------------- class split
 
-def choose_split(names: Sequence[str], hsnet_splits: Path | None) -> tuple[dict[str, list[str]], str]:
-    """The class split (train/val/test name lists) and a line saying where it came from.
+def _folder_mismatch(data_root: Path, expected: set[str], folders: set[str], what: str) -> str | None:
+    """One line naming the class folders ``what`` lists that ``data_root`` lacks and the ones it has beyond them."""
+    missing, extra = sorted(expected - folders), sorted(folders - expected)
+    if not missing and not extra:
+        return None
+    parts = ([f"{len(missing)} {what} classes have no folder ({first_few(missing)})"] if missing else []) + \
+            ([f"{len(extra)} folders are not {what} classes ({first_few(extra)})"] if extra else [])
+    return f"{data_root}: {'; '.join(parts)}"
 
-    With ``hsnet_splits`` (a folder with HSNet's trn.txt, val.txt, test.txt) those lists, checked; otherwise the
-    published test classes and the other 760 divided with ``SPLIT_SEED``.
+
+def _read_hsnet_files(folder: Path) -> dict[str, list[str]]:
+    """HSNet-format lists (trn.txt, val.txt, test.txt) from ``folder``, checked for their sizes and overlaps."""
+    split, problems = {}, []
+    for part, file in HSNET_SPLIT_FILES.items():
+        path = folder / file
+        if not path.is_file():
+            raise UserError(f"--splits {folder}: {file} not found (HSNet's data/splits/fss/ holds trn.txt, val.txt, test.txt)")
+        split[part] = read_name_list(path)
+        if len(split[part]) != SPLIT_SIZES[part]:
+            problems.append(f"{file} has {len(split[part])} names, expected {SPLIT_SIZES[part]}")
+    repeated = sorted(name for name, count in Counter(n for names in split.values() for n in names).items() if count > 1)
+    if repeated:
+        problems.append(f"{len(repeated)} names listed twice ({first_few(repeated)}); each class is in exactly one list")
+    if problems:
+        raise UserError(f"--splits {folder}: {'; '.join(problems)}")
+    return split
+
+
+def choose_split(data_root: Path, folders: Sequence[str], source: str,
+                 hsnet_splits: Path | None = None) -> tuple[dict[str, list[str]], str]:
+    """The class split (train/val/test name lists, as given) and its source (:data:`util.fss1000.SPLIT_SOURCES`),
+    checked against the class folders found.
+
+    ``published``: the committed split, whose 1,000 names must be the folders. ``files``: HSNet-format lists in
+    ``hsnet_splits``, with the published test classes, naming every folder (source ``published`` when they are the
+    published split). ``seeded``: the published test classes and the other folders divided by ``SPLIT_SEED``.
+    Missing and extra folders are reported together in one line.
     """
-    published = read_name_list(TEST_SPLIT_FILE)
-    on_disk = set(names)
-    absent = sorted(set(published) - on_disk)
+    published = published_split()
+    on_disk = set(folders)
+    if source == "files":
+        split = _read_hsnet_files(Path(hsnet_splits))
+        if set(split["test"]) != set(published["test"]):
+            raise UserError(f"{Path(hsnet_splits) / 'test.txt'} is not the published test split "
+                            f"({len(set(split['test']) - set(published['test']))} names differ); FSS-1000's test "
+                            "classes are fixed")
+        mismatch = _folder_mismatch(data_root, {n for names in split.values() for n in names}, on_disk,
+                                    f"--splits {hsnet_splits}")
+        if mismatch:
+            raise UserError(mismatch)
+        same = all(set(split[part]) == set(published[part]) for part in SPLIT_SIZES)
+        return split, "published" if same else "files"
+    if source == "published":
+        mismatch = _folder_mismatch(data_root, {n for names in published.values() for n in names}, on_disk,
+                                    "published")
+        if mismatch:
+            raise UserError(f"{mismatch}; pass the folder holding the unpacked FSS-1000, or --split seeded for a "
+                            "copy whose class folders have other names")
+        return published, "published"
+    if source != "seeded":
+        raise UserError(f"--split {source!r}: choose one of published, seeded (or give HSNet-format lists with --splits)")
+    problems = [f"{len(folders)} class folders with .jpg images, FSS-1000 has {NUM_CLASSES}"] \
+        if len(folders) != NUM_CLASSES else []
+    absent = sorted(set(published["test"]) - on_disk)
     if absent:
-        raise UserError(f"{len(absent)} of the {len(published)} published test classes ({TEST_SPLIT_FILE.name}) have "
-                        f"no folder in the data root, e.g. {absent[:3]}; is it the full FSS-1000?")
-    if hsnet_splits is not None:
-        split = {}
-        for name, file in HSNET_SPLIT_FILES.items():
-            path = Path(hsnet_splits) / file
-            if not path.is_file():
-                raise UserError(f"--splits {hsnet_splits}: {file} not found (HSNet's data/splits/fss/ holds trn.txt, val.txt, test.txt)")
-            split[name] = sorted(read_name_list(path))
-            unknown = sorted(set(split[name]) - on_disk)
-            if len(split[name]) != SPLIT_SIZES[name] or unknown:
-                raise UserError(f"{path}: {len(split[name])} names (expected {SPLIT_SIZES[name]}), "
-                                f"{len(unknown)} without a class folder {unknown[:3]}")
-        if set(split["test"]) != set(published):
-            raise UserError(f"{hsnet_splits / 'test.txt'} is not the published test split ({TEST_SPLIT_FILE})")
-        if len(set().union(*map(set, split.values()))) != NUM_CLASSES:
-            raise UserError(f"--splits {hsnet_splits}: the three lists overlap; each class must be in exactly one")
-        return split, f"HSNet's lists from {Path(hsnet_splits).resolve()}"
-    rest = sorted(on_disk - set(published))
+        problems.append(f"{len(absent)} of the 240 published test classes have no folder ({first_few(absent)})")
+    if problems:
+        raise UserError(f"{data_root}: {'; '.join(problems)}; --split seeded needs all 1,000 class folders, "
+                        "the published test classes among them")
+    rest = sorted(on_disk - set(published["test"]))
     order = np.random.default_rng(SPLIT_SEED).permutation(len(rest))
     train = sorted(rest[i] for i in order[:SPLIT_SIZES["train"]])
     val = sorted(rest[i] for i in order[SPLIT_SIZES["train"]:])
-    return ({"train": train, "val": val, "test": sorted(published)},
-            f"published test classes ({TEST_SPLIT_FILE.name}); the other {len(rest)} sorted and divided by "
-            f"numpy.random.default_rng({SPLIT_SEED}).permutation: the first {SPLIT_SIZES['train']} train, the rest "
-            "val (not HSNet's division: give --splits for that)")
+    return {"train": train, "val": val, "test": list(published["test"])}, "seeded"
 
 
-def write_split(list_root: str | Path, split: dict[str, list[str]], source: str) -> Path:
-    """Write ``<list_root>/fss/splits/{train,val,test}.txt`` and ``source.txt``; returns the folder."""
+def write_split(list_root: str | Path, split: dict[str, list[str]], source: str, origin: str = "") -> Path:
+    """Write ``<list_root>/fss/splits/{train,val,test}.txt`` (sorted: line i is the part's i-th class id) and
+    ``source.txt`` (the source, then what it means and ``origin``); returns the folder."""
     folder = splits_dir(list_root)
-    folder.mkdir(parents=True, exist_ok=True)
     for name, names in split.items():
-        write_bytes_atomic(folder / f"{name}.txt", ("\n".join(names) + "\n").encode("utf-8"))
-    write_bytes_atomic(folder / "source.txt", (source + "\n").encode("utf-8"))
+        write_bytes_atomic(folder / f"{name}.txt", ("\n".join(sorted(names)) + "\n").encode("utf-8"))
+    detail = SPLIT_SOURCES[source] + (f": {origin}" if origin else "")
+    write_bytes_atomic(folder / SOURCE_FILE, f"{source}\n{detail}\n".encode("utf-8"))
     return folder
 
 
@@ -170,7 +207,7 @@ def _listed(subset: str, position: int, count: int) -> bool:
 
 def write_lists(found: Scan, split: dict[str, list[str]], list_root: str | Path, min_class_pixels: int) -> list[Path]:
     """Write the fold-0 lists (:mod:`util.fss1000`) from a scan and a class split; returns the files written."""
-    ids = {name: class_id for part, id_range in split_ids().items() for name, class_id in zip(split[part], id_range)}
+    ids = {name: class_id for class_id, name in enumerate(names_in_id_order(split), start=1)}
     written = []
     for subset, part in LIST_SPLITS.items():
         items = []
@@ -186,36 +223,41 @@ def write_lists(found: Scan, split: dict[str, list[str]], list_root: str | Path,
     return written
 
 
-def candidate_words(names: Sequence[str], fixes: dict[str, tuple[str, ...]]) -> set[str]:
-    """Every word :func:`name_words` may look up for ``names``: the tokens, the fixes, digit and two-word splits."""
-    words = {w for replacement in fixes.values() for w in replacement}
-    for name in names:
-        for token in re.split(r"[\s_]+", name.lower().replace("'s", "")):
-            words.add(token)
-            digits = re.fullmatch(r"([a-z]+?)(\d+)", token)
-            if digits:
-                words.update(digits.groups())
-            words.update(part for i in range(3, len(token) - 2) for part in (token[:i], token[i:]))
-    words.discard("")
-    return words
+# ---------------------------------------------------------------- the whole preparation
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` did: the scan, the split's source, the lists and the class-vector file it wrote (None:
+    the published split, whose vectors are committed in ``embeddings/fss_glove50.npy``)."""
+
+    found: Scan
+    source: str
+    lists: list[Path]
+    embedding: Path | None
 
 
-def embed_class_names(names: Sequence[str], source: str, reader: str, fixes: dict[str, tuple[str, ...]]):
-    """GIM's class vectors for ``names`` (id order) with the words each name became: ``(matrix, rows, rules)``,
-    ``rules[name]`` listing the mappings a name needed (names absent needed none)."""
-    wanted = candidate_words(names, fixes) | {BACKGROUND_WORD}
-    vectors = glove50_vectors(wanted) if source == DEFAULT_SOURCE_NAME else file_vectors(source, wanted, reader)
-    vocabulary = set(vectors)
-    rows, rules = [ClassRow(0, "background", (BACKGROUND_WORD,))], {}
-    for class_id, name in enumerate(names, start=1):
-        words, needed = name_words(name, vocabulary, fixes)
-        rows.append(ClassRow(class_id, name, words))
-        if needed:
-            rules[name] = needed
-    return embed_rows(rows, vectors, source), rows, rules
-
-
-EMBEDDING_RECIPE = ("FSS-1000 folder names: lower-case, \"'s\" dropped, split on underscores; a word not in the "
-                    "vocabulary replaced from lists/published/fss_word_fixes.tsv, else its trailing digits split off, "
-                    "else split into two known words (each row's words are listed); mean of the word vectors; "
-                    "L2-normalise; row 0 = the normalised vector of 'background'")
+def prepare(data_root: Path, list_root: str | Path, source: str, hsnet_splits: Path | None, min_class_pixels: int,
+            workers: int, class_words_file: Path | None, command: str) -> Prepared:
+    """Check the layout and the split against the folders, the class names (a split other than the published one:
+    every name must resolve to GloVe words, all unknown names reported in one line) and every pair; only then write
+    the split, the lists and (not for the published split) ``<list_root>/fss/fss_glove50.npy`` + ``.json``."""
+    if min_class_pixels < 1:
+        raise UserError(f"--min-class-pixels must be >= 1, got {min_class_pixels}")
+    folders = class_folders(data_root)
+    split, source = choose_split(data_root, folders, "files" if hsnet_splits is not None else source, hsnet_splits)
+    if source == "published" and class_words_file is not None:
+        raise UserError("--class-words: the published split's class vectors are committed (embeddings/fss_glove50.npy); "
+                        "the table is for the vectors of --split seeded or --splits lists")
+    vectors = None
+    if source != "published":
+        rule = word_rule("fss", class_words_file)
+        vectors = (*build_embeddings(names_in_id_order(split), DEFAULT_SOURCE_NAME, rule=rule), rule.recipe)
+    found = scan(data_root, folders, workers)
+    write_split(list_root, split, source, str(Path(hsnet_splits).resolve()) if source == "files" else "")
+    lists = write_lists(found, split, list_root, min_class_pixels)
+    embedding = None
+    if vectors is not None:
+        matrix, rows, recipe = vectors
+        embedding = write_embeddings(Path(list_root) / "fss", "fss", DEFAULT_SOURCE_NAME, matrix, rows,
+                                     DEFAULT_SOURCE_NAME, command, recipe=recipe)
+    return Prepared(found, source, lists, embedding)

@@ -12,11 +12,14 @@ from typing import Any, Mapping, Sequence
 
 from util.backbone_weights import RANDOM_WARNING, SOURCE_KEY, is_random
 from util.checkpoint import meta_run_dir
-from util.errors import UserError
+from util.errors import UserError, first_few
 from util.metrics import NEARLY_ALL
 
 RESULTS_FILE = "results.json"
 NO_EPISODES = "no episodes"
+MAX_EMPTY_ROWS = 10
+"""Up to this many classes without episodes in any seed keep a row each in the run table; more share one line."""
+SHOWN_NAMES = 5
 
 
 def results_path(cfg: Mapping[str, Any]) -> Path:
@@ -49,10 +52,10 @@ def result_notes(results: Mapping[str, Any]) -> list[str]:
     """Lines that qualify a result: classes without episodes, where the predictions put the foreground, and loud
     warnings when the backbone started from random weights or the predictions are (nearly) all one class."""
     lines = []
-    missing = dict.fromkeys(name for seed in results["seeds"] for name in seed.get("classes_without_episodes", []))
+    missing = list(dict.fromkeys(name for seed in results["seeds"] for name in seed.get("classes_without_episodes", [])))
     if missing:
-        lines.append(f"mIoU {classes_scored(results)}: {', '.join(missing)} had no test episodes in some or all seeds "
-                     "(fewer than shot + 1 images, or too few episodes); see the per-class rows")
+        lines.append(f"mIoU {classes_scored(results)}: {len(missing)} class(es) had no test episodes in some or all "
+                     f"seeds ({first_few(missing, SHOWN_NAMES)}; fewer than shot + 1 images, or too few episodes)")
     check = results.get("prediction_check")
     if check:
         lines.append(f"predicted foreground: {100 * check['predicted']:.1f}% of the scored pixels (labels: "
@@ -68,9 +71,13 @@ def result_notes(results: Mapping[str, Any]) -> list[str]:
 
 def format_run_table(results: Mapping[str, Any]) -> str:
     """Per-class IoU for every seed (``no episodes`` where a class had none), then mIoU / FB-IoU per seed and mean ±
-    std over seeds (percent), then :func:`result_notes`."""
+    std over seeds (percent), then :func:`result_notes`. More than :data:`MAX_EMPTY_ROWS` classes without episodes in
+    any seed share one line (their count and the first few names) instead of a row each."""
     seeds = results["seeds"]
     names = novel_class_names(results)
+    empty = [name for name in names if all(name not in s["class_iou"] for s in seeds)]
+    if len(empty) > MAX_EMPTY_ROWS:
+        names = [name for name in names if name not in set(empty)]
     scored = classes_scored(results)
     miou_label = f"mIoU ({scored})" if scored else "mIoU"
     width = max(len(n) for n in names + ["FB-IoU", "every-object mIoU", miou_label]) + 2
@@ -83,6 +90,8 @@ def format_run_table(results: Mapping[str, Any]) -> str:
 
     for name in names:
         lines.append(row(name, [s["class_iou"].get(name) for s in seeds]))
+    if len(empty) > MAX_EMPTY_ROWS:
+        lines.append(f"{NO_EPISODES} in any seed: {len(empty)} classes ({first_few(empty, SHOWN_NAMES)})")
     lines.append(row(miou_label, [s["miou"] for s in seeds], results["miou"]))
     lines.append(row("FB-IoU", [s["fbiou"] for s in seeds], results["fbiou"]))
     kind = results["protocol"].get("baseline", "every-object")

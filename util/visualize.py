@@ -1,4 +1,4 @@
-"""Pictures of episodes and results: overlays, one figure per episode, a contact sheet, per-class IoU bars.
+"""Pictures of episodes and results: overlays, one figure per episode, a contact sheet, the per-class IoU chart.
 
 Drawing only: every function takes numpy arrays or tensors (or test.py's result dicts) and writes a PNG.
 Colours: support masks and ground truth in sky blue, predictions in magenta (with the ground truth
@@ -38,6 +38,10 @@ FOLD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")  # Okabe-Ito: readab
 BASELINE_COLOUR = "#999999"
 NO_EPISODES_COLOUR = "#D55E00"    # the "no episodes" label where a class's bars would be (Okabe-Ito vermillion)
 PANEL_HEIGHT = 240                 # pixels of every image panel in an episode figure
+MAX_BARS = 80                      # the per-class chart draws a bar pair per class up to this many classes (COCO's 80)
+SHOWN_EXTREMES = 15                # beyond it: the best and the worst this many classes, and a histogram of all
+HISTOGRAM_BINS = 20
+SUMMARY_SIZE = (14.0, 6.4)         # inches (x DPI = pixels) of that chart, whatever the number of classes
 DPI = 100
 WRITABLE = "free disk space or choose a writable output folder"
 SHEET_GAP = 10
@@ -281,54 +285,153 @@ def _class_means(seeds: Sequence[Mapping[str, Any]], names: Sequence[str], basel
     return means, stds
 
 
-def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
-    """Per-class IoU (percent, mean ± std over seeds) of one or more folds' test results (test.py's
-    ``results.json`` dicts), next to the every-object baseline of the same episodes, with each fold's mIoU
-    as a dashed line. A class without episodes keeps its place, marked "no episodes"; the legend then says
-    how many classes the fold's mIoU averages."""
-    if not results:
-        raise ValueError("no results to chart")
-    folds = sorted(results, key=lambda r: r["protocol"]["split"])
-    classes_total = 0
-    per_fold = []
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of a fold in the per-class chart: IoU mean and std over seeds and the baseline's mean (NaN: no
+    episodes)."""
+
+    name: str
+    fold: int
+    mean: float
+    std: float
+    baseline: float
+
+
+def class_scores(result: Mapping[str, Any]) -> list[ClassScore]:
+    """Every novel class of one fold's result, in the result's class order."""
+    seeds, names, fold = result["seeds"], novel_class_names(result), int(result["protocol"]["split"])
+    (means, stds), (base_means, _) = _class_means(seeds, names, False), _class_means(seeds, names, True)
+    return [ClassScore(*row) for row in zip(names, [fold] * len(names), means, stds, base_means)]
+
+
+def best_and_worst(scores: Sequence[ClassScore], count: int) -> tuple[list[ClassScore], list[ClassScore]]:
+    """The ``count`` classes with the highest mean IoU (best first) and the ``count`` with the lowest (worst last);
+    classes without episodes are left out, and a class is in one list only."""
+    ranked = sorted((c for c in scores if not math.isnan(c.mean)), key=lambda c: (-c.mean, c.fold, c.name))
+    return ranked[:count], ranked[max(count, len(ranked) - count):]
+
+
+def _fold_colour(fold: int) -> str:
+    return FOLD_COLOURS[fold % len(FOLD_COLOURS)]
+
+
+def _fold_handles(folds: Sequence[Mapping[str, Any]]) -> list[Patch]:
+    """Legend entries: each fold's colour and mIoU (over how many classes, when some had no episodes), the baseline."""
+    handles = []
     for result in folds:
-        seeds = result["seeds"]
-        names = novel_class_names(result)
-        per_fold.append((result, names, _class_means(seeds, names, False), _class_means(seeds, names, True)))
-        classes_total += len(names)
-    protocol = folds[0]["protocol"]
+        scored = classes_scored(result)
+        handles.append(Patch(color=_fold_colour(int(result["protocol"]["split"])),
+                             label=f"fold {result['protocol']['split']}: mIoU {100 * result['miou']['mean']:.1f}"
+                                   + (f" ({scored})" if scored else "")))
+    handles.append(Patch(color=BASELINE_COLOUR, label=f"{folds[0]['protocol'].get('baseline', 'every-object')} baseline"))
+    return handles
+
+
+def _title(figure: Figure, protocol: Mapping[str, Any], what: str) -> None:
+    seeds = protocol["test_seeds"]
+    spread = ", error bars: std over seeds" if len(seeds) > 1 else ""
+    figure.suptitle(f"{protocol['dataset']} {protocol['backbone']} {protocol['shot']}-shot: {what} "
+                    f"({len(seeds)} seed(s) x {protocol['test_episodes']} episodes{spread})", fontsize=11)
+
+
+def _bar_chart(folds: Sequence[Mapping[str, Any]], per_fold: list[list[ClassScore]]) -> Figure:
+    """Every class of every fold side by side (width grows with the classes), fold mIoU as dashed lines."""
+    classes_total = sum(len(scores) for scores in per_fold)
     figure = Figure(figsize=(max(6.0, 1.6 + 0.42 * classes_total + 0.3 * len(folds)), 4.6), dpi=DPI)
     axes = figure.add_axes((0.9 / figure.get_figwidth(), 0.3, 1 - 1.1 / figure.get_figwidth(), 0.58))
-    x, ticks, labels, handles = 0.0, [], [], []
-    for fold_index, (result, names, (means, stds), (base_means, _)) in enumerate(per_fold):
-        colour = FOLD_COLOURS[int(result["protocol"]["split"]) % len(FOLD_COLOURS)]
-        xs = x + np.arange(len(names))
-        errors = stds if len(result["seeds"]) > 1 else None
-        axes.bar(xs - 0.19, 100 * np.asarray(means), 0.38, color=colour,
+    x, ticks, labels = 0.0, [], []
+    for result, scores in zip(folds, per_fold):
+        colour = _fold_colour(int(result["protocol"]["split"]))
+        xs = x + np.arange(len(scores))
+        errors = [c.std for c in scores] if len(result["seeds"]) > 1 else None
+        axes.bar(xs - 0.19, [100 * c.mean for c in scores], 0.38, color=colour,
                  yerr=None if errors is None else 100 * np.asarray(errors), capsize=2)
-        axes.bar(xs + 0.19, 100 * np.asarray(base_means), 0.38, color=BASELINE_COLOUR)
-        for position, mean in zip(xs, means):
-            if math.isnan(mean):
+        axes.bar(xs + 0.19, [100 * c.baseline for c in scores], 0.38, color=BASELINE_COLOUR)
+        for position, score in zip(xs, scores):
+            if math.isnan(score.mean):
                 axes.text(position, 2, NO_EPISODES, rotation=90, ha="center", va="bottom", fontsize=9,
                           color=NO_EPISODES_COLOUR)
-        miou = 100 * result["miou"]["mean"]
-        axes.hlines(miou, xs[0] - 0.45, xs[-1] + 0.45, colors=colour, linestyles="dashed", linewidth=1.2)
-        scored = classes_scored(result)
-        handles.append(Patch(color=colour, label=f"fold {result['protocol']['split']}: mIoU {miou:.1f}"
-                                                 + (f" ({scored})" if scored else "")))
+        axes.hlines(100 * result["miou"]["mean"], xs[0] - 0.45, xs[-1] + 0.45, colors=colour, linestyles="dashed",
+                    linewidth=1.2)
         ticks.extend(xs.tolist())
-        labels.extend(names)
-        x += len(names) + 0.6
-    handles.append(Patch(color=BASELINE_COLOUR, label=f"{results[0]['protocol'].get('baseline', 'every-object')} baseline"))
+        labels.extend(c.name for c in scores)
+        x += len(scores) + 0.6
     axes.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=9)
     axes.set_xlim(-0.7, ticks[-1] + 0.7)
     axes.set_ylim(0, 100)
     axes.set_ylabel("IoU (%)")
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
+    handles = _fold_handles(folds)
     axes.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=len(handles), frameon=False)
-    seeds = protocol["test_seeds"]
-    spread = ", error bars: std over seeds" if len(seeds) > 1 else ""
-    figure.suptitle(f"{protocol['dataset']} {protocol['backbone']} {protocol['shot']}-shot: per-class IoU "
-                    f"({len(seeds)} seed(s) x {protocol['test_episodes']} episodes{spread})", fontsize=11)
-    return _save(figure, Path(out))
+    _title(figure, folds[0]["protocol"], "per-class IoU")
+    return figure
+
+
+def _ranked_bars(axes, shown: Sequence[ClassScore], seeds: int, title: str) -> None:
+    """Horizontal bars of ``shown`` (first on top): IoU in the fold's colour (its value written on it), the baseline
+    in grey below it."""
+    ys = np.arange(len(shown))
+    bars = axes.barh(ys - 0.2, [100 * c.mean for c in shown], 0.4, color=[_fold_colour(c.fold) for c in shown],
+                     xerr=[100 * c.std for c in shown] if seeds > 1 else None, capsize=2)
+    axes.bar_label(bars, [f"{100 * c.mean:.1f}" for c in shown], label_type="center", fontsize=7, color="white")
+    axes.barh(ys + 0.2, [100 * c.baseline for c in shown], 0.4, color=BASELINE_COLOUR)
+    axes.set_yticks(ys, [c.name for c in shown], fontsize=8)
+    axes.set_ylim(len(shown) - 0.5, -0.5)
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("IoU (%)", fontsize=9)
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    axes.set_axisbelow(True)
+
+
+def _summary_chart(folds: Sequence[Mapping[str, Any]], per_fold: list[list[ClassScore]]) -> Figure:
+    """A fixed-size chart for many classes: the best and the worst :data:`SHOWN_EXTREMES` classes as sorted bars and
+    a histogram of every class's IoU (stacked by fold; the baseline's as a grey outline; fold mIoU dashed)."""
+    scores = [c for fold in per_fold for c in fold]
+    best, worst = best_and_worst(scores, SHOWN_EXTREMES)
+    seeds = max(len(result["seeds"]) for result in folds)
+    width, height = SUMMARY_SIZE
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    top = 1 - 1.05 / height
+    _ranked_bars(figure.add_axes((0.13, 0.09, 0.2, top - 0.09)), best, seeds, f"best {len(best)}")
+    if worst:
+        _ranked_bars(figure.add_axes((0.47, 0.09, 0.2, top - 0.09)), worst, seeds, f"worst {len(worst)}")
+    axes = figure.add_axes((0.73, 0.09, 0.25, top - 0.09))
+    bins = np.linspace(0, 100, HISTOGRAM_BINS + 1)
+    for_folds = [[100 * c.mean for c in fold if not math.isnan(c.mean)] for fold in per_fold]
+    axes.hist(for_folds, bins, stacked=True, color=[_fold_colour(int(r["protocol"]["split"])) for r in folds])
+    axes.hist([100 * c.baseline for c in scores if not math.isnan(c.baseline)], bins, histtype="step",
+              color=BASELINE_COLOUR, linewidth=1.5)
+    for result in folds:
+        axes.axvline(100 * result["miou"]["mean"], color=_fold_colour(int(result["protocol"]["split"])),
+                     linestyle="dashed", linewidth=1.2)
+    empty = sum(1 for c in scores if math.isnan(c.mean))
+    if empty:
+        axes.text(0.98, 0.98, f"{empty} classes: {NO_EPISODES}", transform=axes.transAxes, ha="right", va="top",
+                  fontsize=9, color=NO_EPISODES_COLOUR)
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("IoU (%)", fontsize=9)
+    axes.set_ylabel("classes", fontsize=9)
+    axes.set_title(f"all {len(scores) - empty} classes with episodes", fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    handles = _fold_handles(folds)
+    figure.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.42 / height),
+                  ncols=len(handles), frameon=False)
+    _title(figure, folds[0]["protocol"], f"class IoU of {len(scores)} classes")
+    return figure
+
+
+def save_per_class_bar_chart(results: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
+    """Per-class IoU (percent, mean ± std over seeds) of one or more folds' test results (test.py's
+    ``results.json`` dicts), next to the every-object baseline of the same episodes, with each fold's mIoU
+    as a dashed line. Up to :data:`MAX_BARS` classes: a bar pair per class, a class without episodes keeping its
+    place, marked "no episodes" (the legend then says how many classes the fold's mIoU averages). More classes
+    (FSS-1000's 240): a chart of fixed size, the best and worst classes as sorted bars beside a histogram of all."""
+    if not results:
+        raise ValueError("no results to chart")
+    folds = sorted(results, key=lambda r: r["protocol"]["split"])
+    per_fold = [class_scores(result) for result in folds]
+    many = sum(len(scores) for scores in per_fold) > MAX_BARS
+    return _save(_summary_chart(folds, per_fold) if many else _bar_chart(folds, per_fold), Path(out))

@@ -11,7 +11,7 @@ from util.dataset import EpisodeDataset
 from util.distributed import DistContext
 from util.evaluator import evaluate_episodes, every_object_baseline, run_protocol
 from util.image_io import read_label
-from util.report import format_fold_table, format_run_table
+from util.report import MAX_EMPTY_ROWS, NO_EPISODES, format_fold_table, format_run_table
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -182,6 +182,32 @@ def test_a_class_without_episodes_stays_in_the_table_and_the_miou_says_over_how_
     assert any(row.startswith("mIoU over 1 of 5 classes: ") and missing in row for row in table)
     fold_table = format_fold_table([results])
     assert "fold 0: mIoU over 1 of 5 classes: " in fold_table
+
+
+def short_run(scored: list[str], empty: list[str]) -> dict:
+    """test.py's results of two seeds in which ``empty`` classes had no episodes (a short run of many classes)."""
+    seeds = [{"seed": seed, "miou": 0.5, "fbiou": 0.6, "episodes": 4, "classes_without_episodes": empty,
+              "class_iou": {name: 0.5 for name in scored},
+              "baseline": {"miou": 0.2, "fbiou": 0.4, "class_iou": {name: 0.2 for name in scored}}} for seed in (3, 4)]
+    stats = {"mean": 0.5, "std": 0.0}
+    return {"protocol": {"novel_classes": scored + empty, "baseline": "whole-image"}, "seeds": seeds, "miou": stats,
+            "fbiou": stats, "baseline": {"miou": stats, "fbiou": stats}}
+
+
+def test_many_classes_without_episodes_share_one_line_of_the_table():
+    scored, empty = ["bus", "zebra", "acorn"], [f"class {i:03d}" for i in range(MAX_EMPTY_ROWS + 1)]
+    table = format_run_table(short_run(scored, empty)).splitlines()
+    assert not any(row.startswith("class ") for row in table)
+    assert sum(NO_EPISODES in row for row in table) == 1 and [row.split()[0] for row in table[1:4]] == scored
+    assert table[4] == (f"{NO_EPISODES} in any seed: {len(empty)} classes (class 000, class 001, class 002, class 003, "
+                        f"class 004 and {len(empty) - 5} more)")
+    assert table[5].startswith(f"mIoU (over 3 of {3 + len(empty)} classes)")
+    assert table[-1] == (f"mIoU over 3 of {3 + len(empty)} classes: {len(empty)} class(es) had no test episodes in "
+                         "some or all seeds (class 000, class 001, class 002, class 003, class 004 and 6 more; fewer "
+                         "than shot + 1 images, or too few episodes)")
+    few = format_run_table(short_run(scored, empty[:MAX_EMPTY_ROWS])).splitlines()  # up to MAX_EMPTY_ROWS: a row each
+    rows = [row for row in few if row.startswith("class ")]
+    assert len(rows) == MAX_EMPTY_ROWS and all(row.count(NO_EPISODES) == 2 for row in rows)
 
 
 def test_classes_scored_spans_the_seeds():

@@ -12,7 +12,9 @@ import test as test_script
 import train as train_script
 from tests.support.data import write_rgb
 from tools import checkpoint_import, runguard
-from util.checkpoint import base_run_dir, load_checkpoint, meta_run_dir, run_identity, save_atomic
+from util.checkpoint import (MODEL_IDENTITY_KEYS, base_run_dir, describe_identity, identity_conflict, load_checkpoint,
+                              meta_run_dir, recorded_identity, run_identity, save_atomic)
+from util.classes import COCO_CLASSES, base_classes
 from util.config import load_config
 from util.errors import UserError, cli_entry
 from util.image_io import write_label
@@ -156,6 +158,29 @@ def test_a_checkpoint_without_identity_is_used_with_a_warning_naming_what_was_no
         test_script.check_model_identity(load_checkpoint(meta), load_config(COCO0, SMALL), meta)
     with pytest.raises(UserError, match="was trained with coco_split_style 'fwb' "):
         test_script.check_model_identity(load_checkpoint(meta), load_config(COCO0, [*SMALL, *PANET]), meta)
+
+
+def test_classes_are_recorded_by_name_and_older_class_ids_are_read_as_names_where_the_list_is_fixed():
+    wanted = run_identity(load_config(COCO0, SMALL), "base")
+    assert wanted["train_classes"] == [COCO_CLASSES[c - 1] for c in base_classes("coco", 0, "fwb")]
+    assert wanted["class_split"] is None and "class_split" not in identity_conflict({}, wanted, MODEL_IDENTITY_KEYS)[1]
+    with_ids = wanted | {"train_classes": base_classes("coco", 0, "fwb")}
+    assert recorded_identity({"identity": with_ids}) == wanted
+    assert identity_conflict(recorded_identity({"identity": with_ids}), wanted, MODEL_IDENTITY_KEYS) == (None, [])
+    fewer = wanted | {"train_classes": [n for n in wanted["train_classes"] if n not in ("bicycle", "car", "bus", "truck")]}
+    assert identity_conflict(fewer, wanted, MODEL_IDENTITY_KEYS)[0] == (
+        "train_classes: 4 of this config's missing (bicycle, car, bus and 1 more)")
+    other = fewer | {"train_classes": fewer["train_classes"] + ["person"]}
+    assert identity_conflict(other, wanted, MODEL_IDENTITY_KEYS)[0] == (
+        "train_classes: 1 not among this config's (person), 4 of this config's missing (bicycle, car, bus and 1 more)")
+    reordered = wanted | {"train_classes": wanted["train_classes"][::-1]}
+    assert identity_conflict(reordered, wanted, MODEL_IDENTITY_KEYS)[0] == "train_classes in another class-id order"
+    assert describe_identity(wanted).startswith("coco fold 0 (fwb), train_classes 60 (bicycle, car, motorcycle and 57 more)")
+    # FSS-1000's ids name other classes under another split: an older checkpoint's ids are unknown, not guessed
+    fss_ids = {"dataset": "fss", "split": 0, "train_classes": list(range(1, 521)), "backbone": "resnet50"}
+    assert recorded_identity({"identity": fss_ids})["train_classes"] is None
+    fss_config = {"dataset": "fss", "split": 0, "backbone": "resnet50", "list_root": "nowhere"}
+    assert recorded_identity({"config": fss_config})["train_classes"] is None
 
 
 def test_warnings_are_one_line_on_the_console_and_in_the_run_log(tmp_path, capsys):

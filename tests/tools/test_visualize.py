@@ -27,9 +27,10 @@ from util.make_synth import make_synth
 from util.model_io import build_mianet
 from util.transform import ResizePad, build_transform, normalization_for
 from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, FOLD_COLOURS, IGNORE_COLOUR, MASK_COLOUR,
-                            NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, add_title, content_size, episode_pictures,
-                            foreground_iou, overlay_mask, save_contact_sheet, save_episode_figure,
-                            save_per_class_bar_chart, save_sample_figure, to_rgb)
+                            MAX_BARS, NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, SUMMARY_SIZE, add_title,
+                            best_and_worst, class_scores, content_size, episode_pictures, foreground_iou, overlay_mask,
+                            save_contact_sheet, save_episode_figure, save_per_class_bar_chart, save_sample_figure,
+                            to_rgb)
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
@@ -237,6 +238,45 @@ def test_a_class_without_episodes_keeps_its_place_in_the_chart(tmp_path):
     assert count_colour(charts["gap"], fold0, 2) / count_colour(charts["full"], fold0, 2) == pytest.approx(11 / 12, abs=0.02)
     note = hex_rgb(NO_EPISODES_COLOUR)  # the "no episodes" label drawn where the bars would be
     assert count_colour(charts["gap"], note, 10) > 20 and count_colour(charts["full"], note, 10) == 0
+
+
+def varied_results(fold: int, ious: dict[str, float], missing: tuple[str, ...] = ()) -> dict:
+    """One fold's results with its own IoU per class (the same in both seeds); ``missing`` classes had no episodes."""
+    results = fold_results(fold, list(ious), 0.5)
+    for entry in results["seeds"]:
+        entry["class_iou"] = {n: v for n, v in ious.items() if n not in missing}
+        entry["baseline"]["class_iou"] = {n: v / 2 for n, v in ious.items() if n not in missing}
+        entry["classes_without_episodes"] = list(missing)
+    return results
+
+
+def test_many_classes_get_a_fixed_size_chart_of_the_best_and_worst_beside_a_histogram(tmp_path):
+    names = [f"class {i:03d}" for i in range(240)]
+    ious = {name: ((37 * i) % 240) / 240 for i, name in enumerate(names)}  # all different, not in name order
+    best, worst = best_and_worst(class_scores(varied_results(0, ious, missing=(names[5],))), 15)
+    ranked = sorted((n for n in names if n != names[5]), key=lambda n: -ious[n])  # the oracle: sorted by hand
+    assert [c.name for c in best] == ranked[:15] and [c.name for c in worst] == ranked[-15:]
+    assert [c.mean for c in best] == [ious[n] for n in ranked[:15]] and all(c.fold == 0 for c in best + worst)
+    few = best_and_worst(class_scores(varied_results(0, {n: ious[n] for n in names[:20]})), 15)
+    assert len(few[0]) == 15 and len(few[1]) == 5 and not {c.name for c in few[0]} & {c.name for c in few[1]}
+
+    charts = {
+        "fss": varied_results(0, ious), "gap": varied_results(0, ious, missing=tuple(names[::7])),
+        "low": varied_results(0, {n: v / 2 for n, v in ious.items()}),
+    }
+    drawn = {key: read_png(save_per_class_bar_chart([results], tmp_path / f"{key}.png")) for key, results in charts.items()}
+    two_folds = read_png(save_per_class_bar_chart([varied_results(0, ious), varied_results(1, ious)], tmp_path / "2.png"))
+    size = (round(SUMMARY_SIZE[1] * DPI), round(SUMMARY_SIZE[0] * DPI), 3)
+    assert all(chart.shape == size for chart in [*drawn.values(), two_folds])  # whatever the number of classes
+    fold0 = hex_rgb(FOLD_COLOURS[0])
+    assert count_colour(drawn["fss"], fold0, 2) > 1.3 * count_colour(drawn["low"], fold0, 2)  # longer bars
+    assert count_colour(two_folds, hex_rgb(FOLD_COLOURS[1]), 2) > 0
+    note = hex_rgb(NO_EPISODES_COLOUR)
+    assert count_colour(drawn["gap"], note, 10) > 20 and count_colour(drawn["fss"], note, 10) == 0
+    # up to MAX_BARS classes (COCO's 80 over four folds) the chart keeps a bar pair per class and grows with them
+    bars = read_png(save_per_class_bar_chart([varied_results(0, {n: ious[n] for n in names[:MAX_BARS]})],
+                                             tmp_path / "bars.png"))
+    assert bars.shape[0] == round(4.6 * DPI) and bars.shape[1] == round((1.6 + 0.42 * MAX_BARS + 0.3) * DPI)
 
 
 def test_report_chart_of_several_folds_goes_next_to_the_results(tmp_path, capsys):
