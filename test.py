@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+from util.atomic import write_bytes_atomic
 from util.backbone_weights import SOURCE_KEY, source_in
 from util.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, check_model_identity, describe_identity,
                               load_checkpoint, load_model_state, stage2_weight)
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["protocol"][SOURCE_KEY] = source_in(state, weight)
             if ctx.is_main:
                 cfg.save(out_dir / "config.yaml")
-                out_path.write_text(json.dumps(results, indent=2))
+                write_bytes_atomic(out_path, json.dumps(results, indent=2).encode())
                 log.info(format_run_table(results))
                 log.info(f"results: {out_path}")
                 if cfg.vis:
