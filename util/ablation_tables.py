@@ -169,6 +169,14 @@ def judgement(a: RowSummary, b: RowSummary) -> tuple[float, float | None, bool |
     return difference, spread, abs(difference) > spread
 
 
+def _not_the_demo(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A closing line when the records were not made with the demo's config, naming the keys that differ."""
+    ours, demo = _shared_settings(records[0]["config"]), _shared_settings(demo_config())
+    differing = sorted(k for k in ours.keys() | demo.keys() if ours.get(k) != demo.get(k))
+    return ["", f"These runs are not the demo's config: they differ from it in {', '.join(differing)}."] if differing \
+        else []
+
+
 def ablation_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, Any] | None) -> str:
     """The ablation page's generated text (``docs/results.md``)."""
     if not records:
@@ -176,7 +184,6 @@ def ablation_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, An
     rows = summarise(records)
     base_miou, base_fbiou, base_class = baseline(records)
     protocol = records[0]["results"]["protocol"]
-    cfg = records[0]["config"]
     stage1_text = ""
     if stage1 and stage1.get("base_class_miou") is not None:
         stage1_text = f" (base-class mIoU {_pct(stage1['base_class_miou'])})"
@@ -228,11 +235,7 @@ def ablation_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, An
     if example.get("commands"):
         lines += ["", f"The commands of a run, e.g. `{example['row']}` seed {example['seed']} (each record holds its "
                       "own):", "", "```bash", *example["commands"], "```"]
-    ours, demo = _shared_settings(cfg), _shared_settings(demo_config())
-    differing = sorted(k for k in ours.keys() | demo.keys() if ours.get(k) != demo.get(k))
-    if differing:
-        lines += ["", f"These runs are not the demo's config: they differ from it in {', '.join(differing)}."]
-    return "\n".join(lines)
+    return "\n".join(lines + _not_the_demo(records))
 
 
 def demo_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, Any] | None) -> str:
@@ -265,7 +268,7 @@ def demo_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, Any] |
     facts.append(f"CPU: {_distinct([r for r in records if r['row'] == 'both'], 'cpu_model')}")
     text = "; ".join(facts)
     lines += ["", f"{text[0].upper()}{text[1:]}. Every ablation row: docs/results.md."]
-    return "\n".join(lines)
+    return "\n".join(lines + _not_the_demo(records))
 
 
 # ---------------------------------------------------------------- pages

@@ -240,6 +240,7 @@ def test_the_tables_hold_the_figures_of_the_records(fake_records, tmp_path):
     assert f"| MIANet (GIM + HPM), mean ± std over training seeds 123, 124, 125 | {sum(both) / 3:.2f} ± " \
            f"{sample_std(both):.2f} |" in readme
     assert "Stage 1: base-class mIoU 52.07, 262 s; stage 2 + test of the seed-123 run: " in readme
+    assert readme.endswith("These runs are not the demo's config: they differ from it in base_exp_dir, max_iters.\n")
 
 
 def test_a_difference_within_the_seed_spread_is_called_so(fake_records, tmp_path):
