@@ -20,9 +20,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from util.ablation import DEFAULT_SEEDS, EXP_ROOT, REPO, RESULTS_DIR, ROWS, STAGE1_RECORD, Plan, parse_rows, \
-    read_json, run_plan
-from util.ablation_tables import ablation_block, demo_comparison, read_records, write_pages
+from util.ablation import DEFAULT_SEEDS, EXP_ROOT, REPO, RESULTS_DIR, ROWS, Plan, parse_rows, run_plan
+from util.ablation_tables import ablation_block, demo_comparison, read_records, read_stage1, write_pages
 from util.errors import cli_entry
 
 
@@ -60,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _write_tables()
     else:
         records = read_records(results_dir)
-        print(ablation_block(records, read_json(results_dir / STAGE1_RECORD)) if records else f"no records in {results_dir}")
+        print(ablation_block(records, read_stage1(results_dir, records)) if records else f"no records in {results_dir}")
 
 
 def _write_tables() -> None:

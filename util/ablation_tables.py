@@ -28,8 +28,8 @@ from util.runtime import cpu_model
 README = Path("README.md")
 RESULTS_PAGE = Path("docs/results.md")
 DEMO_BLOCK, ABLATION_BLOCK = "demo", "ablation"
-ROW_KEYS = ("use_gim", "use_hpm", "prior_scale")
-"""The config keys rows differ in."""
+ROW_KEYS = tuple(dict.fromkeys(key for row in ROWS for key in row.overrides[::2]))
+"""The config keys rows differ in (use_gim, use_hpm, prior_scale)."""
 RUN_KEYS = ("seed", "exp_dir")
 """The config keys runs of one row differ in."""
 COMPARISONS = (
@@ -287,10 +287,20 @@ def replace_block(text: str, name: str, block: str, where: str | Path) -> str:
     return f"{head}{start}\n{block}\n{end}{tail}"
 
 
+def read_stage1(results_dir: Path, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The stage-1 record of ``results_dir``, which must have the runs' settings (None when there is none)."""
+    stage1 = read_json(results_dir / STAGE1_RECORD)
+    if stage1 is not None and records and "config" in stage1 and \
+            _shared_settings(stage1["config"]) != _shared_settings(records[0]["config"]):
+        raise UserError(f"{results_dir / STAGE1_RECORD} was made with other settings than the run records; remove "
+                        "it or make the records again")
+    return stage1
+
+
 def render_pages(results_dir: Path = REPO / RESULTS_DIR, repo: Path = REPO) -> dict[Path, str]:
     """Page -> its text with the blocks generated from the records in ``results_dir``."""
     records = read_records(results_dir)
-    stage1 = read_json(results_dir / STAGE1_RECORD)
+    stage1 = read_stage1(results_dir, records)
     pages = {}
     for page, name, block in ((README, DEMO_BLOCK, demo_block(records, stage1)),
                               (RESULTS_PAGE, ABLATION_BLOCK, ablation_block(records, stage1))):

@@ -331,6 +331,19 @@ def test_records_of_different_schedules_are_not_mixed(fake_records, tmp_path):
         render_pages(folder, pages_repo(tmp_path))
 
 
+def test_a_stage1_record_of_other_settings_is_refused(fake_records, tmp_path):
+    results_dir, _ = fake_records
+    folder = tmp_path / "results"
+    shutil.copytree(results_dir, folder)
+    config = json.loads((folder / "none_seed123.json").read_text())["config"]
+    (folder / STAGE1_RECORD).write_text(json.dumps({"base_class_miou": 0.5, "config": config}))
+    repo = pages_repo(tmp_path)
+    render_pages(folder, repo)  # the runs' settings: accepted
+    (folder / STAGE1_RECORD).write_text(json.dumps({"base_class_miou": 0.5, "config": {**config, "base_epochs": 2}}))
+    with pytest.raises(UserError, match="stage1.json was made with other settings than the run records"):
+        render_pages(folder, repo)
+
+
 # ---------------------------------------------------------------- the demo's comparison
 
 
