@@ -22,7 +22,7 @@ from typing import Sequence
 
 from util.ablation import DEFAULT_SEEDS, EXP_ROOT, REPO, RESULTS_DIR, ROWS, Plan, parse_rows, run_plan
 from util.ablation_tables import ablation_block, demo_comparison, read_records, read_stage1, write_pages
-from util.errors import cli_entry
+from util.errors import UserError, cli_entry
 
 
 @cli_entry
@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", default=[row.name for row in ROWS], help="rows to run (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="training seeds")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help=f"records folder (default {RESULTS_DIR}, the committed one)")
+                        help=f"records folder (default {RESULTS_DIR}, the committed one; relative paths are "
+                             "relative to the repository)")
     parser.add_argument("--exp-root", type=Path, default=EXP_ROOT, help=f"run folders (default {EXP_ROOT})")
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="key value pairs changing the demo's schedule for stage 1 and every run (needs "
@@ -44,22 +45,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     mode.add_argument("--compare", nargs="*", metavar="KEY_VALUE",
                       help="print the demo's test (the demo config with these overrides) against the committed records")
     args = parser.parse_args(argv)
-    results_dir = args.results_dir if args.results_dir.is_absolute() else REPO / args.results_dir
+    results_dir = REPO / args.results_dir
+    committed = results_dir.resolve() == (REPO / RESULTS_DIR).resolve()
     if args.compare is not None:
         print("\n".join(demo_comparison(args.compare)))
         return
     if args.tables:
+        if not committed:
+            raise UserError(f"--tables writes the README and docs/results.md from {RESULTS_DIR}; to print the table of "
+                            f"{args.results_dir} use --show")
         _write_tables()
         return
     if not args.show:
         plan = Plan(rows=parse_rows(args.rows), seeds=tuple(args.seeds), results_dir=args.results_dir,
                     exp_root=args.exp_root, overrides=tuple(args.overrides))
         run_plan(plan, report=lambda line: print(line, flush=True))
-    if results_dir.resolve() == (REPO / RESULTS_DIR).resolve() and not args.show:
-        _write_tables()
-    else:
-        records = read_records(results_dir)
-        print(ablation_block(records, read_stage1(results_dir, records)) if records else f"no records in {results_dir}")
+        if committed:
+            _write_tables()
+            return
+    records = read_records(results_dir)
+    print(ablation_block(records, read_stage1(results_dir, records)) if records else f"no records in {results_dir}")
 
 
 def _write_tables() -> None:
