@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # README command 1, on a fresh machine: install, generate the synth dataset, its lists and class
-# embeddings if missing, then stage 1, stage 2 and the test of synth fold 0 1-shot, and print the
-# results table (668 s on an idle 2-core CPU; figures in README, "Quick start").
-#   bash demo.sh [key value ...]      e.g. bash demo.sh use_gim false use_hpm false exp_dir exp/ablation
+# embeddings if missing, then stage 1, stage 2 and the test of synth fold 0 1-shot, print the results
+# table and compare it with the committed figures of the same config (README "Quick start", docs/results.md,
+# where the wall times are too).
+#   bash demo.sh [key value ...]      e.g. bash demo.sh use_gim false use_hpm false exp_dir exp/nomodules
 set -euo pipefail
 cd "$(dirname "$0")"
 start=$(date +%s)
@@ -12,4 +13,5 @@ python -m tools.make_lists --dataset synth --data-root data/synth --list-root li
 [ -f embeddings/synth_glove50.npy ] || python -m tools.embed_classes --dataset synth
 bash train.sh synth 0 efficientnet_lite0 1 "$@"
 bash test.sh synth 0 efficientnet_lite0 1 "$@"
+python -m bench.ablation --compare "$@"
 echo "demo wall time: $(( $(date +%s) - start )) s"

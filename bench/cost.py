@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,19 +26,7 @@ from util.classes import base_classes
 from util.config import Config, load_config
 from util.model_io import build_mianet
 from util.random_inputs import episode_tensors
-from util.runtime import resolve_device
-
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_model() -> str:
-    """The processor's model name (Linux: /proc/cpuinfo), else what Python knows."""
-    if CPUINFO.is_file():
-        for line in CPUINFO.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
+from util.runtime import cpu_model, resolve_device
 
 class Timer:
     """Times calls; ``cpu`` and ``wall`` sum the process CPU time and the wall time of every timed call."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -107,16 +106,6 @@ def _run_child(setting: str, data_root: Path, list_root: Path, reuse: bool, thre
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -128,9 +117,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    from util.runtime import cpu_model  # imports torch: the children measure, the parent stays light
+
     names = args.only or (QUICK if args.quick else FULL)
     load = os.getloadavg()[0]
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; {args.threads} torch thread(s) per mode, "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.threads} torch thread(s) per mode, "
           f"{args.workers} loader workers; 1-min load average at start {load:.1f}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as folder:

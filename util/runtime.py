@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
+import subprocess
+from pathlib import Path
 from typing import ContextManager
 
 import numpy as np
@@ -11,6 +14,22 @@ import torch
 from util.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_model() -> str:
+    """The processor's model name as Linux names it (/proc/cpuinfo, else ``lscpu``), else what Python knows."""
+    if CPUINFO.is_file():
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve_device(name: str) -> torch.device:
