@@ -360,7 +360,7 @@ def test_the_demo_compares_its_run_with_the_record_of_its_seed_and_the_spread(fa
     lines = demo_comparison(overrides, results_dir)
     both = [100 * fake_miou(run_config(plan, "both", s)) for s in (123, 124, 125)]
     assert lines[0].startswith(f"this run (training seed 123): {100 * results['miou']['mean']:.2f} mIoU")
-    assert lines[1].startswith(f"committed `both` row, seed 123 (")
+    assert lines[1].startswith("committed `both` row, seed 123 (")
     assert lines[1].endswith(f"{100 * committed['miou']['mean']:.2f} mIoU, {100 * committed['fbiou']['mean']:.2f} "
                              "FB-IoU; this run differs by +0.42 / +0.00")
     assert lines[2] == (f"committed `both` row over training seeds 123, 124, 125: {sum(both) / 3:.2f} ± "
