@@ -107,11 +107,17 @@ def shutdown_distributed() -> None:
     _CONTROL_GROUP = None
 
 
+def communication_device() -> torch.device | None:
+    """Where the main group's tensors must be: this rank's GPU under nccl, anywhere (None) under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+
+
 def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     """``op`` over all ranks of a copy of ``tensor`` (on the group's device), returned on ``tensor``'s device."""
     work = tensor.detach().clone()
-    if dist.get_backend() == "nccl":
-        work = work.to(torch.device("cuda", torch.cuda.current_device()))
+    device = communication_device()
+    if device is not None:
+        work = work.to(device)
     dist.all_reduce(work, op=op)
     return work.to(tensor.device)
 

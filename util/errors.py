@@ -14,6 +14,7 @@ from util.console import warnings_in_one_line
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for Ctrl-C
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """The signals that stop a command: a training loop saves ``last.pth`` first (util.runguard)."""
 
@@ -50,8 +51,9 @@ def _original_line(message: str, kind: type) -> str:
     return match.group(1) if match else message
 
 
-class Interrupted(BaseException):
-    """SIGINT, SIGTERM or SIGHUP outside a training loop (which saves and stops on its own, ``util.runguard``)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP outside a training loop (which saves and stops on its own, ``util.runguard``); a
+    KeyboardInterrupt, so code that cleans up after Ctrl-C does so after any of them. ``args[0]`` is the signal."""
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -77,7 +79,7 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
-        except (KeyboardInterrupt, Interrupted) as err:
+        except KeyboardInterrupt as err:
             signum = err.args[0] if isinstance(err, Interrupted) else signal.SIGINT
             name = signal.Signals(signum).name
             print("error: interrupted" + ("" if signum == signal.SIGINT else f" (by {name})"), file=sys.stderr)

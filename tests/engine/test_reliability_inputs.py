@@ -448,6 +448,23 @@ REFUSED = {  # case: (entry point and arguments, the one line it must print)
     "test empty config": (["test.py", "--config", "empty.yaml"],
                           "{cwd}/empty.yaml: the config file is empty; give its settings (at least '_base_: <parent>.yaml'), "
                           "or leave --config out to use the defaults of config/base.yaml"),
+    "train seed 2^64": (["train.py", "--config", SYNTH, "seed", str(2 ** 64)],
+                        f"override: key 'seed' must be in 0..{2 ** 63 - 1}, got {2 ** 64}"),
+    "train scale_min above scale_max": (
+        ["train.py", "--config", SYNTH, "scale_min", "1.2"],
+        f"override and {REPO / 'config' / 'synth' / 'defaults.yaml'}: key 'scale_min' (1.2) must not exceed "
+        "'scale_max' (0.9); a range is written low to high"),
+    "train train_size 7": (["train.py", "--config", SYNTH, "train_size", "7", "device", "cpu"],
+                           "config key 'train_size' is 7, below the 17 px that MIANet with efficientnet_lite0 needs to "
+                           "train (its triplet loss's local features); use train_size 17 or more"),
+    "train vgg train_size 17": (["train.py", "--config", SYNTH, "backbone", "vgg16_bn", "train_size", "17", "device",
+                                 "cpu"],
+                                "config key 'train_size' is 17, below the 33 px that MIANet with vgg16_bn needs to train "
+                                "(its triplet loss's local features); use train_size 33 or more"),
+    "train_base one image per process": (
+        ["train_base.py", "--config", SYNTH, "base_batch_size", "1", "device", "cpu"],
+        "config key 'base_batch_size' (1) gives each of the 1 process(es) 1 image(s); stage 1 needs at least 2 per "
+        "process (the pyramid pooling's 1 x 1 BatchNorm normalises over a process's images)"),
     "train fp16": (["train.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
     "test fp16": (["test.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
     "predict fp16": (["predict.py", "--config", SYNTH, *PREDICT_ARGS, "amp", "fp16", "device", "cpu"], FP16),

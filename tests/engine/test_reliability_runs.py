@@ -277,3 +277,220 @@ def test_non_finite_logits_stop_test_and_predict_with_one_line(stage1, signal_st
         f"error: the network's output for {image} is not finite (NaN/Inf), so no score or mask is made from it; the "
         "weights give non-finite outputs on this input: check the checkpoint (did its training diverge?)")
     assert not (tmp_path / "out.png").exists()
+
+
+# ---------------------------------------------------------------- a resume keeps the run's settings; SIGHUP; train.sh
+
+
+@pytest.fixture(scope="module")
+def interrupted(stage1):
+    """A stage-2 run stopped by SIGTERM mid-epoch (last.pth at iteration 2 of 8), trained with its own copy of the
+    class vectors, and the copy's path."""
+    root, args = stage1
+    vectors = root / "vectors" / "synth_glove50.npy"
+    vectors.parent.mkdir()
+    vectors.write_bytes((REPO / "embeddings" / "synth_glove50.npy").read_bytes())
+    run_dir = root / "interrupted"
+    run = [*args, *SIGNAL_RUN, "exp_dir", str(run_dir), "embedding_file", str(vectors), "prior_scale", "100"]
+    process = subprocess.Popen([sys.executable, "train.py", *run], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=600)
+    assert process.returncode == 128 + signal.SIGTERM
+    return run_dir, run, vectors
+
+
+@pytest.mark.parametrize("change, shown", [
+    (["prior_scale", "1"], "prior_scale 100.0 (now 1.0)"),
+    (["base_lr", "0.5"], "base_lr 0.05 (now 0.5)"),
+    (["use_gim", "false"], "use_gim True (now False)"),
+    (["batch_size", "4"], "batch_size 2 (now 4)"),
+], ids=["prior_scale", "base_lr", "use_gim", "batch_size"])
+def test_a_resume_under_other_settings_is_refused_before_anything_is_written(interrupted, change, shown):
+    run_dir, run, _ = interrupted
+    before = {name: _sha(run_dir / name) for name in ("last.pth", "config.yaml", "train_meta.log")}
+    done = subprocess.run([sys.executable, "train.py", *run, "resume", "auto", *change], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert _final_error(done.stderr) == (
+        f"error: {run_dir / 'last.pth'} is a run trained with {shown}, which it cannot continue under: continuing needs "
+        "the values it was trained with; run it with those, or start over with resume null overwrite true (or another "
+        "exp_dir)")
+    assert {name: _sha(run_dir / name) for name in before} == before
+
+
+def test_a_resume_with_other_class_vectors_in_the_same_file_is_refused(interrupted):
+    run_dir, run, vectors = interrupted
+    original = vectors.read_bytes()
+    table = np.load(vectors)
+    np.save(vectors, table[[0, *range(table.shape[0] - 1, 0, -1)]])  # rows shuffled: same file, same shape
+    try:
+        done = subprocess.run([sys.executable, "train.py", *run, "resume", "auto"], cwd=REPO, capture_output=True,
+                              text=True)
+    finally:
+        vectors.write_bytes(original)
+    assert done.returncode == 2
+    line = _final_error(done.stderr)
+    assert line.startswith(f"error: {run_dir / 'last.pth'} is a run trained with class_vectors {{'rows': 21, "
+                           "'dim': 50, 'sha256': '") and "(now {'rows': 21, 'dim': 50, 'sha256': '" in line
+
+
+def test_allowed_changes_continue_the_run(interrupted):
+    run_dir, run, _ = interrupted
+    done = subprocess.run([sys.executable, "train.py", *run, "resume", "auto", "workers", "1", "print_freq", "3",
+                           "checkpoint_interval", "5"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(run_dir / "last.pth")["finished"]
+    assert "resumed from" in (run_dir / "train_meta.log").read_text()
+
+
+def test_test_py_refuses_other_class_vectors_and_records_the_ones_it_used(stage1, signal_straight, tmp_path):
+    _, args = stage1
+    run = [*args, "weight", str(signal_straight / "best.pth"), "exp_dir", str(tmp_path / "run")]
+    committed = REPO / "embeddings" / "synth_glove50.npy"
+    shuffled = tmp_path / "shuffled.npy"
+    table = np.load(committed)
+    np.save(shuffled, table[[0, *range(table.shape[0] - 1, 0, -1)]])  # same shape, rows in another order
+    refused = subprocess.run([sys.executable, "test.py", *run, "embedding_file", str(shuffled)], cwd=REPO,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert _final_error(refused.stderr).startswith(
+        f"error: checkpoint {signal_straight / 'best.pth'} was trained with other class vectors than {shuffled} holds")
+    assert not (tmp_path / "run").exists()
+    done = subprocess.run([sys.executable, "test.py", *run], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    protocol = json.loads((tmp_path / "run" / "test" / "results.json").read_text())["protocol"]
+    assert protocol["embedding_file"] == str(committed)
+    assert protocol["class_vectors"] == load_checkpoint(signal_straight / "best.pth")["class_vectors"]
+
+
+def test_sighup_saves_like_sigterm_and_the_run_resumes_bitwise(stage1, signal_straight):
+    root, args = stage1
+    run_dir = root / "hangup"
+    run = [*args, *SIGNAL_RUN, "exp_dir", str(run_dir)]
+    process = subprocess.Popen([sys.executable, "train.py", *run], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 128 + signal.SIGHUP
+    stopped_at = load_checkpoint(run_dir / "last.pth")["iteration"]
+    assert _final_error(stderr).startswith(f"error: stopped by SIGHUP at iteration {stopped_at}/8;")
+    done = subprocess.run([sys.executable, "train.py", *run, "resume", "auto"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = load_checkpoint(signal_straight / "last.pth"), load_checkpoint(run_dir / "last.pth")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_sigterm_to_train_sh_reaches_train_py_and_leaves_no_process_behind(stage1, tmp_path):
+    root, args = stage1
+    run_dir = tmp_path / "meta"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    script = subprocess.Popen(["bash", "train.sh", "synth", "0", "efficientnet_lite0", "1", *args[2:], *SIGNAL_RUN,
+                               "exp_dir", str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
+    script.send_signal(signal.SIGTERM)  # the shell only, as `kill <pid>` or a closed session would
+    _, stderr = script.communicate(timeout=600)
+    assert script.returncode == 128 + signal.SIGTERM
+    stopped_at = load_checkpoint(run_dir / "last.pth")["iteration"]
+    assert _final_error(stderr).startswith(f"error: stopped by SIGTERM at iteration {stopped_at}/8;")
+    assert not (run_dir / "run.lock").exists()  # train.py ended: its lock is gone
+    orphans = subprocess.run(["pgrep", "-f", f"exp_dir {run_dir}"], capture_output=True, text=True).stdout.split()
+    assert orphans == []
+    again = subprocess.run(["bash", "train.sh", "synth", "0", "efficientnet_lite0", "1", *args[2:], *SIGNAL_RUN,
+                            "exp_dir", str(run_dir)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {run_dir / 'last.pth'} at iteration {stopped_at}/8" in (run_dir / "train_meta.log").read_text()
+
+
+# ---------------------------------------------------------------- test.py and predict.py outputs
+
+
+def test_a_full_disk_while_writing_results_keeps_the_previous_results(stage1, signal_straight, tmp_path):
+    _, args = stage1
+    run = [*args, "weight", str(signal_straight / "best.pth"), "exp_dir", str(tmp_path / "run")]
+    first = subprocess.run([sys.executable, "test.py", *run], cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    results = tmp_path / "run" / "test" / "results.json"
+    before = results.read_bytes()
+    # a file-size limit below the results' size: writing it fails as on a full disk (Python ignores SIGXFSZ)
+    limit = len(before) // 1024
+    full = subprocess.run(["bash", "-c", f'ulimit -f {limit}; exec "$@"', "bash", sys.executable, "test.py", *run,
+                           "test_seeds", "[7, 8]"], cwd=REPO, capture_output=True, text=True)
+    assert full.returncode == 2
+    assert _final_error(full.stderr).startswith(f"error: cannot write {results} (File too large) (the previous file is "
+                                                "intact); free disk space or choose a writable exp_dir")
+    assert results.read_bytes() == before
+    assert [p.name for p in results.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_second_test_py_on_the_same_run_folder_is_refused_while_one_runs(stage1, signal_straight, tmp_path):
+    _, args = stage1
+    run = [*args, "weight", str(signal_straight / "best.pth"), "exp_dir", str(tmp_path / "run")]
+    first = subprocess.Popen([sys.executable, "test.py", *run, "test_episodes", "400"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(tmp_path / "run" / "test" / "run.lock", first)
+        second = subprocess.run([sys.executable, "test.py", *run], cwd=REPO, capture_output=True, text=True)
+    finally:
+        first.kill()
+        first.communicate()
+    assert second.returncode == 2
+    assert _final_error(second.stderr).startswith(f"error: run directory {tmp_path / 'run' / 'test'} is in use by pid "
+                                                  f"{first.pid} on {socket.gethostname()}")
+    assert not (tmp_path / "run" / "test" / "results.json").exists()
+
+
+@pytest.mark.parametrize("blocker", ["exp_dir under a file", "test/ a file", "results.json a directory"])
+def test_an_unwritable_output_is_refused_before_the_evaluation(stage1, signal_straight, tmp_path, blocker):
+    _, args = stage1
+    exp_dir = tmp_path / "file" / "run" if blocker == "exp_dir under a file" else tmp_path / "run"
+    if blocker == "exp_dir under a file":
+        (tmp_path / "file").write_text("a file")
+        culprit = f"{tmp_path / 'file'} is a file, not a directory"
+    elif blocker == "test/ a file":
+        exp_dir.mkdir()
+        (exp_dir / "test").write_text("a file")
+        culprit = f"{exp_dir / 'test'} is a file, not a directory"
+    else:
+        (exp_dir / "test" / "results.json").mkdir(parents=True)
+        culprit = "it is a directory"
+    done = subprocess.run([sys.executable, "test.py", *args, "weight", str(signal_straight / "best.pth"), "exp_dir",
+                           str(exp_dir)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert _final_error(done.stderr) == (f"error: cannot write {exp_dir / 'test' / 'results.json'} ({culprit}); free "
+                                         "disk space or choose a writable exp_dir (test.py writes <exp_dir>/test/)")
+    assert "seed 5:" not in done.stderr  # refused before any episode ran
+
+
+def test_a_stage1_checkpoint_given_to_test_and_predict_says_what_it_is(stage1, tmp_path):
+    root, args = stage1
+    base = root / "base" / "best.pth"
+    expected = (f"error: checkpoint {base} is a stage-1 base learner (PSPNet; the file records stage 'base'): test.py "
+                "and predict.py take a stage-2 MIANet checkpoint (train it with train.py, whose base_weight is this file)")
+    done = subprocess.run([sys.executable, "test.py", *args, "weight", str(base), "exp_dir", str(tmp_path / "run")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and _final_error(done.stderr) == expected
+    data_root = Path(args[args.index("data_root") + 1])
+    image = data_root / "JPEGImages" / "val_00000.jpg"
+    label = read_label(data_root / "SegmentationClassAug" / "val_00000.png")
+    mask = tmp_path / "mask.png"
+    write_label(mask, np.where(label == label[(label > 0) & (label < 255)][0], 255, 0))
+    done = subprocess.run([sys.executable, "predict.py", "--config", CONFIG, "--weight", str(base), "--support",
+                           str(image), str(mask), "--query", str(image), "--out", str(tmp_path / "out.png"), *args[2:]],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and _final_error(done.stderr) == expected
+    done = subprocess.run([sys.executable, "predict.py", "--config", CONFIG, "--weight", str(base), "--support",
+                           str(image), str(mask), "--query", str(image), "--out", str(tmp_path), *args[2:]],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert _final_error(done.stderr) == f"error: --out {tmp_path}: the mask is written as PNG (lossless); give a .png path"
+    (tmp_path / "dir.png").mkdir()
+    done = subprocess.run([sys.executable, "predict.py", "--config", CONFIG, "--weight", str(base), "--support",
+                           str(image), str(mask), "--query", str(image), "--out", str(tmp_path / "dir.png"), *args[2:]],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert _final_error(done.stderr) == (f"error: cannot write {tmp_path / 'dir.png'} (it is a directory); give --out a "
+                                         "writable .png path (free disk space)")
