@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.reduction import LossMean, batch_mean
+
 
 class GeneralInformationGenerator(nn.Module):
     """GIG: ``Linear(D+C->128), LeakyReLU(0.2), Dropout(0.2), Linear(128->C), Dropout(0.3)``."""
@@ -46,13 +48,13 @@ def local_feature_generator(channels: int = 256) -> nn.Sequential:
 
 
 def triplet_loss(anchors: torch.Tensor, local_features: torch.Tensor, masks: torch.Tensor,
-                 margin: float = 0.5) -> torch.Tensor:
+                 margin: float = 0.5, mean: LossMean = batch_mean) -> torch.Tensor:
     """Hardest-positive / mean-negative triplet loss, vectorised over the batch.
 
     anchors [B, C]; local_features [B, N, C] (all shots' grid cells); masks [B, N], 1 = foreground cell,
     anything else a negative. Per sample: ``max(0, margin + max_j |a - f+_j| - |a - mean_j f-_j|)`` with
     ``a`` and every ``f`` L2-normalised (the negative mean is not re-normalised); averaged over the samples
-    that have both positives and negatives, 0 if none has.
+    that have both positives and negatives (``mean``: :func:`model.reduction.batch_mean`), 0 if none has.
     """
     anchor = F.normalize(anchors, dim=1)
     features = F.normalize(local_features, dim=2)
@@ -66,4 +68,4 @@ def triplet_loss(anchors: torch.Tensor, local_features: torch.Tensor, masks: tor
     valid = positive.any(dim=1) & negative.any(dim=1)
     losses = F.relu(margin + hardest_positive - negative_distance)
     losses = torch.where(valid, losses, torch.zeros_like(losses))
-    return losses.sum() / valid.sum().clamp_min(1)
+    return mean(losses.sum(), valid.sum())

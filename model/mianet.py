@@ -16,6 +16,7 @@ from model.backbone import LAYER3_STRIDE, Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
 from model.hpm import priors_from_directions, pyramid_bins, support_directions, weighted_sum
 from model.ifm import InformationFusion
+from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
 from util.errors import UserError
 
@@ -119,6 +120,7 @@ class MIANet(nn.Module):
         self.freeze_backbone_bn = freeze_backbone_bn
         self.triplet_margin, self.aux_weight = triplet_margin, aux_weight
         self.zoom_factor, self.ignore_label = zoom_factor, ignore_label
+        self.loss_mean: LossMean = batch_mean  # the engine sets the global-batch mean under DDP (model/reduction.py)
         self.train()
 
     @classmethod
@@ -236,7 +238,8 @@ class MIANet(nn.Module):
         (1 = the class; 0 and 255 = not) of class ``class_ids`` [B].
 
         Returns logits [B,2,H',W'] (H' = (H-1)//8*zoom+1); in train mode with ``query_label`` [B,H,W] a dict
-        with ``logits``, ``loss_main``, ``loss_aux``, ``loss_triplet`` and their weighted sum ``loss``.
+        with ``logits``, ``loss_main``, ``loss_aux``, ``loss_triplet`` and their weighted sum ``loss``; each is a mean
+        over the batch's non-ignored pixels (triplet: its valid samples) taken by ``loss_mean``.
         Built on :meth:`encode`, :meth:`summarize_supports` and :meth:`head`.
         """
         batch, shots = supports.shape[:2]
@@ -255,16 +258,21 @@ class MIANet(nn.Module):
             return logits
 
         label = query_label.long()
-        loss_main = F.cross_entropy(bilinear(logits, label.shape[-2:]), label, ignore_index=self.ignore_label)
-        loss_aux = torch.stack([
-            F.cross_entropy(bilinear(aux, label.shape[-2:]), label, ignore_index=self.ignore_label) for aux in aux_logits
-        ]).mean()
+        pixels = (label != self.ignore_label).sum()
+
+        def pixel_mean(scores: torch.Tensor) -> torch.Tensor:
+            total = F.cross_entropy(bilinear(scores, label.shape[-2:]), label, ignore_index=self.ignore_label,
+                                    reduction="sum")
+            return self.loss_mean(total, pixels)
+
+        loss_main = pixel_mean(logits)
+        loss_aux = torch.stack([pixel_mean(aux) for aux in aux_logits]).mean()
         if self.use_gim:
             local = self.lfg(support_feat)
             # the reference's cell labels: the layer3-size mask sampled nearest and truncated, so 1 only where it is exactly 1
             cell_masks = F.interpolate(small_masks, size=local.shape[-2:], mode="nearest").long()
             local = local.reshape(batch, shots, local.shape[1], -1).transpose(2, 3).flatten(1, 2)
-            loss_triplet = triplet_loss(general, local, cell_masks.view(batch, -1), self.triplet_margin)
+            loss_triplet = triplet_loss(general, local, cell_masks.view(batch, -1), self.triplet_margin, self.loss_mean)
         else:
             loss_triplet = loss_main.new_zeros(())
         loss = loss_main + self.aux_weight * loss_aux + loss_triplet

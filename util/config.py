@@ -26,6 +26,8 @@ REPLACED_KEYS = {  # a key that no longer exists -> what to write instead
                                 "for the former false (or drop_any, the reference)",
 }
 LIMITS_KEY = "_limits_"
+YAML11_WORDS = ("on", "off", "yes", "no")
+"""Words YAML 1.1 (PyYAML) reads as booleans besides true/false."""
 NOT_ABOVE = "not_above"  # in _limits_: the key may not exceed the value of the key named here
 
 
@@ -121,6 +123,8 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in YAML11_WORDS:
+            return value.strip().lower() in ("on", "yes")
         raise fail()
     if isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
@@ -135,6 +139,9 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
     if isinstance(default, str):
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}' must be a string like {default!r}, got {value!r}: YAML reads an "
+                              f"unquoted on/off/yes/no as true/false, so quote it ('{default}')")
         raise fail()
     if isinstance(default, list):
         if not isinstance(value, list):
@@ -166,6 +173,8 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             parsed[key] = yaml.safe_load(text)
         except yaml.YAMLError:
             parsed[key] = text
+        if isinstance(parsed[key], bool) and text.strip().lower() in YAML11_WORDS:
+            parsed[key] = text  # `amp off`: a word, not YAML 1.1's false (a boolean key still gets its check)
     return parsed
 
 

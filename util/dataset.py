@@ -20,6 +20,7 @@ they also take a config and build it).
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -114,12 +115,27 @@ def _check_data_root(spec: DataSpec) -> None:
                         + (f" or run: {tool_command('make_synth', root=spec.data_root)}" if spec.dataset == "synth" else ""))
 
 
+_CHECKED: set[tuple[str, str, int, int]] = set()
+"""The lists whose files this process found complete: (list, data_root, size, mtime). A training run builds an
+episode set every epoch; its list's files are looked for once."""
+
+
 def _check_files(root: Path, pairs, where: str, hint: str) -> None:
-    """UserError naming ``where`` and the item number for the first image or label missing under ``root``."""
+    """UserError naming ``where`` and the item number for the first image or label missing under ``root``; a list
+    found complete once (and not changed since) is not checked again in this process."""
+    try:
+        stat = os.stat(where)
+        key = (where, str(root), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _CHECKED:
+        return
     for number, (image, label, *_) in enumerate(pairs, start=1):
         for relative, kind in ((image, "image"), (label, "label")):
             if not (root / relative).is_file():
                 raise UserError(f"{where}: item {number}: {kind} {root / relative} not found; fix data_root or {hint}")
+    if key is not None:
+        _CHECKED.add(key)
 
 
 def load_fold_list(source: DataSpec | Mapping[str, Any], subset: str) -> FoldList:

@@ -80,7 +80,8 @@ class MaxVote:
 
 
 def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel when the run has more than one process, else ``model`` itself.
+    """``model`` wrapped in DistributedDataParallel when the run has more than one process, else ``model`` itself;
+    a model with ``loss_mean`` (model/reduction.py) then averages its losses over the global batch (:func:`global_mean`).
 
     Every trainable parameter gets its gradient here, zeros in the parameter's own layout, and the training loop
     keeps it between steps (``zero_grad(set_to_none=False)``), so autograd accumulates into it in place and it
@@ -92,6 +93,8 @@ def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
     """
     if ctx.world_size == 1:
         return model
+    if hasattr(model, "loss_mean"):
+        model.loss_mean = global_mean
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
@@ -133,6 +136,14 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world
 
 
+def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """A model's ``loss_mean`` under DDP: this rank's summed loss over the global batch's count, times the number of
+    ranks, so that DDP's average of the ranks' gradients is the gradient of the global batch's mean (and the ranks'
+    average of the losses is that mean), however the ignored pixels fall between the ranks."""
+    counted = all_reduce_sum(count.detach())
+    return total * dist.get_world_size() / counted.clamp_min(1)
+
+
 def all_reduce_first(value: torch.Tensor) -> torch.Tensor:
     """The smallest positive value of an int64 scalar over all ranks (0 if every rank holds 0): e.g. the first
     iteration at which any rank saw something."""
@@ -167,22 +178,27 @@ class _Length:
         return self.n
 
 
-class EpochSampler(Sampler[int]):
-    """Training order of one epoch: a pure function of (seed, epoch), sharded over ranks, resumable.
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training order of one epoch: a pure function of (seed, epoch), sharded over ranks, resumable; it yields
+    ``(epoch, index)`` keys, so one loader (and its workers) serves every epoch (:meth:`set_epoch` between epochs).
 
     Built on :class:`DistributedSampler` (shuffle, ``drop_last`` so every rank gets the same count);
     ``skip`` drops this rank's first indices, which is how a resumed run continues mid-epoch.
     """
 
     def __init__(self, length: int, epoch: int, seed: int, ctx: DistContext, skip: int = 0):
-        self.sampler = DistributedSampler(
-            _Length(length), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
-        )
-        self.sampler.set_epoch(epoch)
-        self.skip = skip
+        self.seed, self.ctx = seed, ctx
+        self.set_epoch(epoch, length, skip)
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.skip, None)
+    def set_epoch(self, epoch: int, length: int, skip: int = 0) -> None:
+        """Serve ``epoch``, whose dataset has ``length`` items, from this rank's ``skip``-th index on."""
+        self.epoch, self.skip = epoch, skip
+        self.sampler = DistributedSampler(_Length(length), num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                          shuffle=True, seed=self.seed, drop_last=True)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in itertools.islice(iter(self.sampler), self.skip, None))
 
     def __len__(self) -> int:
         return max(len(self.sampler) - self.skip, 0)

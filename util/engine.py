@@ -24,6 +24,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -123,6 +124,23 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
+class _EpochItems(Dataset):
+    """Item ``(epoch, index)`` is item ``index`` of ``make_train_set(epoch)``, built once per epoch in each process
+    that reads it: the training loader and its workers serve every epoch (:class:`util.distributed.EpochSampler`
+    yields these keys)."""
+
+    def __init__(self, make_train_set: Callable[[int], Dataset]):
+        self.make_train_set = make_train_set
+        self.epoch: int | None = None
+        self.items: Dataset | None = None
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if epoch != self.epoch:
+            self.items, self.epoch = self.make_train_set(epoch), epoch
+        return self.items[index]
+
+
 def per_process_batch(batch_size: int, batch_key: str, ctx: DistContext) -> int:
     """The share of a global batch each of ``ctx.world_size`` processes takes; a batch that does not divide is a
     :class:`UserError` naming ``batch_key``."""
@@ -144,6 +162,25 @@ def _last_good(run_dir: Path, amp: str) -> str:
     if (run_dir / LAST).is_file():
         return f"the last good checkpoint ({run_dir / LAST}) is intact: {fix}, then resume"
     return f"no checkpoint had been written yet: {fix} and start again"
+
+
+PEER_FAILURE_MARKS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo", "Gloo", "NCCL",
+                      "Timed out", "timed out")
+"""Words of the errors torch.distributed raises in a rank whose peer process died or stopped answering."""
+
+
+def _a_peer_failed(err: Exception) -> bool:
+    return isinstance(err, torch.distributed.DistError) or (
+        isinstance(err, RuntimeError) and any(mark in str(err) for mark in PEER_FAILURE_MARKS))
+
+
+def _peer_failure(err: Exception, run_dir: Path) -> UserError:
+    """The one line a rank prints when another process of its run died: what happened and how the run continues."""
+    last = run_dir / LAST
+    kept = f"{last} holds iteration {run_record(last)['iteration']}" if last.is_file() else "no checkpoint was saved yet"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"another process of this run stopped ({type(err).__name__}: {first[:160]}); {kept}: run the "
+                     "same command again to continue (resume auto; train.sh does)")
 
 
 def _skip_finished(job: TrainJob, done: Path, ctx: DistContext) -> TrainResult:
@@ -195,7 +232,12 @@ def train(cfg: Mapping[str, Any], job: TrainJob, ctx: DistContext) -> TrainResul
                 run.log.info(f"resume auto: no {LAST} in {job.run_dir}, starting fresh")
             with StopRequest() as stop:
                 run.stop = stop
-                return run.run()
+                try:
+                    return run.run()
+                except Exception as err:
+                    if ctx.world_size > 1 and _a_peer_failed(err):
+                        raise _peer_failure(err, job.run_dir) from None
+                    raise
         finally:
             run.log.close()
 
@@ -246,6 +288,8 @@ class _Run:
         self.best: dict[str, Any] = {"miou": -math.inf, "iteration": -1, "metrics": {}}
         self.last_metrics: dict[str, float] = {}
         self.validation_due = False  # a resumed run whose last epoch ended before its validation ran
+        self.sampler = EpochSampler(len(self.train_set), 0, options.seed, ctx)
+        self.loader: DataLoader | None = None
         self.step_model = self.model
         self.losses: dict[str, torch.Tensor] = {}
         self.first_bad = torch.zeros((), dtype=torch.int64, device=ctx.device)  # first non-finite iteration (0: none)
@@ -350,19 +394,21 @@ class _Run:
         barrier()
 
     def epoch_loader(self, epoch: int) -> tuple[DataLoader, int]:
-        """The loader of ``epoch``'s remaining batches (a resumed epoch skips those done) and how many it gives."""
+        """The run's loader, set to ``epoch``'s remaining batches (a resumed epoch skips those done), and how many it
+        gives. One loader serves every epoch, so its worker processes start once per run (``persistent_workers``)."""
         if epoch > 0:
             self.train_set = self.job.make_train_set(epoch)
-        seed = self.options.seed
         done_in_epoch = self.iteration - epoch * self.iters_per_epoch
         steps = min(self.iters_per_epoch, self.total - epoch * self.iters_per_epoch) - done_in_epoch
-        sampler = EpochSampler(len(self.train_set), epoch, seed, self.ctx, skip=done_in_epoch * self.batch)
-        loader = DataLoader(
-            self.train_set, batch_size=self.batch, sampler=sampler, num_workers=self.options.workers,
-            collate_fn=self.job.collate, drop_last=True, generator=torch.Generator().manual_seed(seed + epoch),
-            worker_init_fn=worker_signals, pin_memory=self.ctx.device.type == "cuda",
-        )
-        return loader, steps
+        self.sampler.set_epoch(epoch, len(self.train_set), skip=done_in_epoch * self.batch)
+        if self.loader is None:
+            workers = self.options.workers
+            self.loader = DataLoader(
+                _EpochItems(self.job.make_train_set), batch_size=self.batch, sampler=self.sampler, num_workers=workers,
+                collate_fn=self.job.collate, drop_last=True, worker_init_fn=worker_signals,
+                pin_memory=self.ctx.device.type == "cuda", persistent_workers=workers > 0,
+            )
+        return self.loader, steps
 
     def step(self, batch: Any) -> float:
         """One optimisation step on ``batch``; returns the learning rate it used. The losses stay on the device."""
@@ -379,7 +425,9 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # fp16: GradScaler skips the first steps (inf gradients at its start scale)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         self.iteration += 1
         return lr
 

@@ -26,7 +26,7 @@ from util.dataset import Episode, EpisodeDataset, episode_collate
 from util.fss1000 import read_binary_mask
 from util.image_io import read_label
 from util.distributed import DistContext, ShardSampler
-from util.metrics import (NEARLY_ALL, FewShotIoU, SemanticIoU, check_finite_logits, foreground_coverage,
+from util.metrics import (NEARLY_ALL, FewShotIoU, FiniteWatch, SemanticIoU, check_finite_logits, foreground_coverage,
                           predict_on_label)
 from util.runguard import worker_signals
 from util.runtime import autocast, to_device
@@ -63,15 +63,19 @@ class _WithOriginalSize(Dataset):
 
 def _episode_predictions(
     model: nn.Module, batches: Iterable[dict], device: torch.device, ori_resize: bool, amp: str, encode_batch: int,
+    watch: FiniteWatch | None = None,
 ) -> Iterator[tuple[dict, int, torch.Tensor, torch.Tensor]]:
     """``(batch, b, prediction, label)`` for every episode ``b`` of every batch: the binary prediction on the
-    grid of the label it is scored against (``query_label_ori`` with ``ori_resize``, else ``query_label``).
+    grid of the label it is scored against (``query_label_ori`` with ``ori_resize``, else ``query_label``); the batch
+    on the device, with its classes also as ``class_ids`` (ints).
 
     A model with ``predict`` (MIANet) computes each episode alone (:meth:`model.mianet.MIANet.predict`), so the
-    loader's batch size changes no prediction; other models get the whole batch."""
+    loader's batch size changes no prediction; other models get the whole batch. Non-finite logits stop it at once
+    (:func:`check_finite_logits`), or, given ``watch``, when the caller checks it (no wait for the device per batch)."""
     net = model.module if isinstance(model, DistributedDataParallel) else model
     for batch in batches:
-        batch = to_device(batch, device)
+        sizes = batch["query_size_ori"].tolist() if ori_resize else None  # read on the CPU, before the copy
+        batch = to_device(batch, device) | {"class_ids": batch["class_id"].tolist()}
         with autocast(device, amp):
             if callable(getattr(net, "predict", None)):  # one episode at a time: the feature-reuse path's computation
                 logits = torch.cat([net.predict(batch["query"][b:b + 1], batch["supports"][b], batch["support_masks"][b],
@@ -79,10 +83,13 @@ def _episode_predictions(
                                     for b in range(len(batch["query"]))])
             else:
                 logits = model(batch["query"], batch["supports"], batch["support_masks"], batch["class_id"])
-        check_finite_logits(logits, amp, batch.get("query_path"))
+        if watch is None:
+            check_finite_logits(logits, amp, batch.get("query_path"))
+        else:
+            watch.add(logits, batch["query_path"])
         for b in range(logits.shape[0]):
             if ori_resize:
-                h0, w0 = batch["query_size_ori"][b].tolist()
+                h0, w0 = sizes[b]
                 label = batch["query_label_ori"][b, :h0, :w0]
             else:
                 label = batch["query_label"][b]
@@ -140,10 +147,12 @@ def evaluate_episode_sets(
         scores = FewShotIoU(num_classes, ignore_label)
         loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
                             num_workers=workers, collate_fn=episode_collate(ignore_label),
-                            worker_init_fn=worker_signals)
+                            worker_init_fn=worker_signals, pin_memory=ctx.device.type == "cuda")
         bar = tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
-        for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp, encode_batch):
-            scores.update(pred, label, int(batch["class_id"][b]))
+        watch = FiniteWatch(amp)
+        for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp, encode_batch, watch):
+            scores.update(pred, label, batch["class_ids"][b])
+        watch.check()
         scores.reduce()
         results.append(scores)
     return results
@@ -255,18 +264,19 @@ def _evaluate_reusing_features(
             raise ValueError("feature reuse needs episode sets with the same data_root, ann_type and val_size")
     turns = _plan_query_turns(episode_sets, ctx, SUPPORT_CACHE_ENTRIES)
     loader = DataLoader(_QueryTurnImages(first, turns), batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        worker_init_fn=worker_signals)
+                        worker_init_fn=worker_signals, pin_memory=ctx.device.type == "cuda")
     scores = [FewShotIoU(num_classes, ignore_label) for _ in episode_sets]
+    watch = FiniteWatch(amp)
     cache: dict[tuple[Image, int], SupportSummary] = {}
     bar = tqdm(zip(turns, loader), total=len(turns), desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
     for turn, loaded in bar:
-        images = loaded["images"].to(ctx.device)
+        images = loaded["images"].to(ctx.device, non_blocking=True)
         size = tuple(images.shape[-2:])
         with autocast(ctx.device, amp):
             encoded = net.encode(images, encode_batch)
             for position, image in enumerate(turn.images()):
                 for class_id in turn.summarize.get(image, ()):
-                    mask = loaded["support_masks"][image, class_id].to(ctx.device)[None]
+                    mask = loaded["support_masks"][image, class_id].to(ctx.device, non_blocking=True)[None]
                     cache[image, class_id] = net.summarize_supports(
                         EncodedImages(encoded.mid[position:position + 1], encoded.layer4[position:position + 1]),
                         mask, size[0])
@@ -276,12 +286,13 @@ def _evaluate_reusing_features(
             summary = stack_shots([cache[support, spec.class_id] for support in spec.supports])
             with autocast(ctx.device, amp):
                 logits = net.head(query, summary, torch.tensor([spec.class_id], device=ctx.device), size)
-            check_finite_logits(logits, amp, [turn.query[0]])
+            watch.add(logits, [turn.query[0]])
             label, label_ori = loaded["query_labels"][spec.class_id]
-            label = (label_ori if ori_resize else label).to(ctx.device)
+            label = (label_ori if ori_resize else label).to(ctx.device, non_blocking=True)
             scores[number].update(_predict(logits[0], label, ori_resize), label, spec.class_id)
         for key in turn.evict:
             del cache[key]
+    watch.check()
     for score in scores:
         score.reduce()
     return scores
@@ -307,7 +318,7 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
     paths: list[Path] = []
     for batch, b, pred, label in _episode_predictions(model, loader, device, cfg["ori_resize"], cfg["amp"],
                                                       cfg["encode_batch"]):
-        class_name = names[int(batch["class_id"][b]) - 1]
+        class_name = names[batch["class_ids"][b] - 1]
         paths.append(save_sample_figure(out_dir / f"episode_{len(paths):04d}.png", batch, b, pred, label,
                                         mean, std, class_name))
     if paths:
@@ -353,16 +364,19 @@ def evaluate_semantic(
     """Stage-1 validation: per-class IoU of ``model(image)`` over ``dataset``; mIoU over the classes 1..n-1."""
     model.eval()
     scores = SemanticIoU(num_classes, ignore_label)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
-                        worker_init_fn=worker_signals)
+    sampler = ShardSampler(len(dataset), ctx)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        worker_init_fn=worker_signals, pin_memory=ctx.device.type == "cuda")
+    watch, numbers = FiniteWatch(amp), iter(sampler)
     for batch in tqdm(loader, desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False):
         batch = to_device(batch, ctx.device)
         with autocast(ctx.device, amp):
             logits = model(batch["image"])
-        check_finite_logits(logits, amp)
+        watch.add(logits, [f"validation image {next(numbers)}" for _ in range(len(logits))])
         for b in range(logits.shape[0]):
             label = batch["label"][b]
             scores.update(predict_on_label(logits[b], tuple(label.shape)), label)
+    watch.check()
     scores.reduce()
     return {"miou": scores.miou(list(range(1, num_classes))), "miou_with_background": scores.miou()}
 

@@ -60,6 +60,12 @@ def predict_on_label(logits: torch.Tensor, label_size: tuple[int, int], ori_size
     return pred
 
 
+def _not_finite(where: str, amp: str) -> UserError:
+    fix = (f"it ran under amp {amp}: set amp off and run again" if amp != "off" else
+           "the weights give non-finite outputs on this input: check the checkpoint (did its training diverge?)")
+    return UserError(f"the network's output {where} is not finite (NaN/Inf), so no score or mask is made from it; {fix}")
+
+
 def check_finite_logits(logits: torch.Tensor, amp: str, names: Sequence[str] | None = None) -> None:
     """UserError if a sample of ``logits [B, ...]`` holds NaN/Inf: no score or mask is ever made from them.
 
@@ -69,14 +75,33 @@ def check_finite_logits(logits: torch.Tensor, amp: str, names: Sequence[str] | N
     if bool(finite.all()):
         return
     first = int(torch.nonzero(~finite)[0])
-    where = f"for {names[first]}" if names else f"for sample {first} of an evaluation batch"
-    fix = (f"it ran under amp {amp}: set amp off and run again" if amp != "off" else
-           "the weights give non-finite outputs on this input: check the checkpoint (did its training diverge?)")
-    raise UserError(f"the network's output {where} is not finite (NaN/Inf), so no score or mask is made from it; {fix}")
+    raise _not_finite(f"for {names[first]}" if names else f"for sample {first} of an evaluation batch", amp)
+
+
+class FiniteWatch:
+    """:func:`check_finite_logits` for a whole evaluation without waiting for the device at every batch: :meth:`add`
+    keeps, on the device, the first sample whose logits are not finite; :meth:`check` (before any score is read)
+    raises the same one-line error naming it."""
+
+    def __init__(self, amp: str):
+        self.amp, self.names = amp, []
+        self.first: torch.Tensor | None = None
+
+    def add(self, logits: torch.Tensor, names: Sequence[str]) -> None:
+        finite = torch.isfinite(logits.flatten(1)).all(1)
+        numbers = torch.arange(len(self.names), len(self.names) + len(names), device=logits.device)
+        first = torch.where(finite, torch.iinfo(torch.int64).max, numbers).min()
+        self.first = first if self.first is None else torch.minimum(self.first, first)
+        self.names.extend(names)
+
+    def check(self) -> None:
+        if self.first is not None and (first := int(self.first)) < len(self.names):
+            raise _not_finite(f"for {self.names[first]}", self.amp)
 
 
 class SemanticIoU:
-    """Per-class intersection/union accumulated over images (stage-1 validation, FB-IoU)."""
+    """Per-class intersection/union accumulated over images (stage-1 validation, FB-IoU). The counts stay on the
+    predictions' device until :meth:`reduce` (an update never waits for the device)."""
 
     def __init__(self, num_classes: int, ignore_index: int):
         self.num_classes = num_classes
@@ -85,18 +110,26 @@ class SemanticIoU:
         self.union = torch.zeros(num_classes, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        inter, union = intersection_union(pred, label, self.num_classes, self.ignore_index)
-        self.inter += inter.cpu()
-        self.union += union.cpu()
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
+        valid = (label != self.ignore_index).flatten()
+        n = self.num_classes
+        # the confusion matrix of the valid pixels, by index_add (a bincount would read its size from the device)
+        cells = (label.flatten().long().clamp(0, n - 1) * n + pred.flatten().long().clamp(0, n - 1))
+        confusion = torch.zeros(n * n, dtype=torch.int64, device=pred.device).index_add_(0, cells, valid.long())
+        confusion = confusion.view(n, n)
+        inter = confusion.diagonal()
+        self.inter = self.inter.to(pred.device) + inter
+        self.union = self.union.to(pred.device) + confusion.sum(0) + confusion.sum(1) - inter
 
     def reduce(self) -> None:
-        """Sum the counts over all ranks (in place)."""
-        self.inter = all_reduce_sum(self.inter)
-        self.union = all_reduce_sum(self.union)
+        """Sum the counts over all ranks (in place), onto the CPU."""
+        self.inter = all_reduce_sum(self.inter).cpu()
+        self.union = all_reduce_sum(self.union).cpu()
 
     def iou(self) -> torch.Tensor:
         """IoU per class (float64); NaN for a class that never occurred in prediction or label."""
-        return self.inter.double() / self.union.double()
+        return self.inter.double().cpu() / self.union.double().cpu()
 
     def miou(self, classes: list[int] | None = None) -> float:
         """Mean IoU over ``classes`` (default all) that occurred."""
@@ -105,7 +138,8 @@ class SemanticIoU:
 
 
 class FewShotIoU:
-    """Episode scores: per-class foreground IoU (mIoU) and FB-IoU, accumulated over episodes."""
+    """Episode scores: per-class foreground IoU (mIoU) and FB-IoU, accumulated over episodes on the predictions'
+    device (an update never waits for the device; :meth:`reduce` brings the counts to the CPU)."""
 
     def __init__(self, num_classes: int, ignore_index: int):
         self.ignore_index = ignore_index
@@ -117,19 +151,28 @@ class FewShotIoU:
 
     def update(self, pred: torch.Tensor, label: torch.Tensor, class_id: int) -> None:
         """Add one episode: binary ``pred`` and ``label`` ({0, 1, ignore}) of the same shape."""
-        inter, union = intersection_union(pred, label, 2, self.ignore_index)
-        self.fb.inter += inter.cpu()
-        self.fb.union += union.cpu()
-        self.per_class[class_id] += torch.stack([inter[1].cpu(), union[1].cpu(), torch.tensor(1)])
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
         valid = label != self.ignore_index
-        scored, predicted, labelled = int(valid.sum()), int((pred[valid] == 1).sum()), int((label[valid] == 1).sum())
-        self.coverage += torch.tensor([scored, predicted, labelled, predicted >= NEARLY_ALL * scored > 0,
-                                       scored - predicted >= NEARLY_ALL * scored > 0])
+        predicted, labelled = (pred == 1) & valid, (label == 1) & valid
+        scored, foreground, target = valid.sum(), predicted.sum(), labelled.sum()
+        inter_fg, union_fg = (predicted & labelled).sum(), (predicted | labelled).sum()
+        inter_bg = (~predicted & ~labelled & valid).sum()
+        union_bg = scored - inter_fg
+        device = pred.device
+        self.fb.inter = self.fb.inter.to(device) + torch.stack([inter_bg, inter_fg])
+        self.fb.union = self.fb.union.to(device) + torch.stack([union_bg, union_fg])
+        self.per_class = self.per_class.to(device)
+        self.per_class[class_id] += torch.stack([inter_fg, union_fg, torch.ones_like(inter_fg)])
+        nonempty = scored > 0
+        self.coverage = self.coverage.to(device) + torch.stack([
+            scored, foreground, target, (foreground >= NEARLY_ALL * scored) & nonempty,
+            (scored - foreground >= NEARLY_ALL * scored) & nonempty]).long()
 
     def reduce(self) -> None:
-        """Sum the counts over all ranks (in place)."""
-        self.per_class = all_reduce_sum(self.per_class)
-        self.coverage = all_reduce_sum(self.coverage)
+        """Sum the counts over all ranks (in place), onto the CPU."""
+        self.per_class = all_reduce_sum(self.per_class).cpu()
+        self.coverage = all_reduce_sum(self.coverage).cpu()
         self.fb.reduce()
 
     def episodes(self) -> int:
@@ -137,8 +180,9 @@ class FewShotIoU:
 
     def class_iou(self) -> dict[int, float]:
         """Foreground IoU of every class that had at least one episode."""
-        seen = torch.nonzero(self.per_class[:, 2]).flatten().tolist()
-        return {c: _ratio(int(self.per_class[c, 0]), int(self.per_class[c, 1])) for c in seen}
+        per_class = self.per_class.cpu()
+        seen = torch.nonzero(per_class[:, 2]).flatten().tolist()
+        return {c: _ratio(int(per_class[c, 0]), int(per_class[c, 1])) for c in seen}
 
     def miou(self) -> float:
         ious = list(self.class_iou().values())
@@ -149,7 +193,7 @@ class FewShotIoU:
 
     def foreground_coverage(self) -> dict[str, float | int]:
         """See :func:`foreground_coverage`."""
-        return foreground_coverage(self.coverage)
+        return foreground_coverage(self.coverage.cpu())
 
 
 def foreground_coverage(counts: torch.Tensor) -> dict[str, float | int]:

@@ -43,15 +43,27 @@ def test_amp_modes():
             make(cpu, "fp16")
 
 
+def indices(sampler: EpochSampler) -> list[int]:
+    keys = list(sampler)
+    assert {epoch for epoch, _ in keys} <= {sampler.epoch}
+    return [index for _, index in keys]
+
+
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch_and_skips_resume():
     one = DistContext(0, 1, torch.device("cpu"))
-    order = list(EpochSampler(10, epoch=3, seed=5, ctx=one))
+    order = indices(EpochSampler(10, epoch=3, seed=5, ctx=one))
     assert sorted(order) == list(range(10))
-    assert list(EpochSampler(10, epoch=3, seed=5, ctx=one)) == order
-    assert list(EpochSampler(10, epoch=4, seed=5, ctx=one)) != order
-    assert list(EpochSampler(10, epoch=3, seed=5, ctx=one, skip=4)) == order[4:]
-    shards = [list(EpochSampler(10, 3, 5, DistContext(r, 3, torch.device("cpu")))) for r in range(3)]
+    assert indices(EpochSampler(10, epoch=3, seed=5, ctx=one)) == order
+    assert indices(EpochSampler(10, epoch=4, seed=5, ctx=one)) != order
+    assert indices(EpochSampler(10, epoch=3, seed=5, ctx=one, skip=4)) == order[4:]
+    reused = EpochSampler(10, epoch=0, seed=5, ctx=one)
+    reused.set_epoch(3, 10, skip=4)  # one sampler serves every epoch of a run
+    assert list(reused) == [(3, index) for index in order[4:]]
+    shards = [indices(EpochSampler(10, 3, 5, DistContext(r, 3, torch.device("cpu")))) for r in range(3)]
     assert all(len(s) == 3 for s in shards) and len(set(sum(shards, []))) == 9
+    # the global batch: batch i of one process holds the indices of batch i of every rank together (batch 2 = 2 x 1)
+    two = [indices(EpochSampler(10, 3, 5, DistContext(r, 2, torch.device("cpu")))) for r in range(2)]
+    assert [sorted([two[0][i], two[1][i]]) for i in range(5)] == [sorted(order[2 * i:2 * i + 2]) for i in range(5)]
     assert epoch_seed(5, 3) == epoch_seed(5, 3) != epoch_seed(5, 4)
 
 

@@ -156,7 +156,10 @@ def test_every_numeric_key_has_a_range_and_every_range_is_checked():
                 load_config(None, [key, str(value)])
             if bound in ("min", "max"):
                 edge = [bounds[bound]] if isinstance(defaults[key], list) else bounds[bound]
-                assert load_config(None, [key, str(edge)])[key] == edge
+                lows = [low for low, b in ranges.items() if b.get("not_above") == key]  # keys kept at or below this one
+                partner = ([bounds["not_above"], str(edge)] if "not_above" in bounds and bound == "max" else
+                           [lows[0], str(edge)] if lows and bound == "min" else [])
+                assert load_config(None, [key, str(edge), *partner])[key] == edge
         if "min_items" in bounds:
             with pytest.raises(ConfigError, match=rf"^override: key '{key}' must list at least 1 value\(s\), got \[\]$"):
                 load_config(None, [key, "[]"])
@@ -170,13 +173,35 @@ def test_every_numeric_key_has_a_range_and_every_range_is_checked():
     ("split", "4", "key 'split' must be in 0..3, got 4"),
     ("momentum", "1", "key 'momentum' must be >= 0 and < 1, got 1.0"),
     ("base_lr", "0", "key 'base_lr' must be > 0, got 0.0"),
-    ("test_seeds", "[1, -2]", "key 'test_seeds[1]' must be >= 0, got -2"),
+    ("test_seeds", "[1, -2]", "key 'test_seeds[1]' must be in 0..9223372036854775807, got -2"),
 ])
 def test_out_of_range_values_name_the_key_and_the_range(tmp_path, key, value, message):
     with pytest.raises(ConfigError, match=f"^override: {re.escape(message)}$"):
         load_config(None, [key, value])
     path = write(tmp_path / "exp.yaml", f"{key}: {value}\n")
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {re.escape(message)}$"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("low, high", [("scale_min", "scale_max"), ("base_scale_min", "base_scale_max"),
+                                       ("rotate_min", "rotate_max")])
+def test_a_range_written_high_to_low_is_refused_naming_both_keys(tmp_path, low, high):
+    assert limits()[low]["not_above"] == high
+    with pytest.raises(ConfigError, match=rf"^override: key '{low}' \(2\.0\) must not exceed '{high}' \(1\.0\); "
+                                          "a range is written low to high$"):
+        load_config(None, [low, "2.0", high, "1.0"])
+    path = write(tmp_path / "exp.yaml", f"{high}: 1.0\n")
+    with pytest.raises(ConfigError, match=rf"^override and {re.escape(str(path))}: key '{low}'"):
+        load_config(path, [low, "2.0"])
+    assert load_config(None, [low, "1.0", high, "1.0"])[low] == 1.0
+
+
+def test_on_off_yes_no_are_words_for_string_keys_and_booleans_for_boolean_keys(tmp_path):
+    cfg = load_config(None, ["amp", "off", "use_gim", "no", "use_hpm", "on", "feature_reuse", "false"])
+    assert (cfg.amp, cfg.use_gim, cfg.use_hpm, cfg.feature_reuse) == ("off", False, True, False)
+    path = write(tmp_path / "exp.yaml", "amp: off\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: key 'amp' must be a string like 'off', got False: "
+                                          "YAML reads an unquoted on/off/yes/no as true/false, so quote it \('off'\)$"):
         load_config(path)
 
 
