@@ -427,11 +427,10 @@ def test_cli_train_base_unknown_key(train_base_runs):
     assert list(cwd.iterdir()) == []
 
 
-# ---------------------------------------------------------------- out-of-range keys, empty configs, fp16: refused first
+# ---------------------------------------------------------------- out-of-range keys, empty configs: refused first
 
 SYNTH = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
 PREDICT_ARGS = ["--support", "s.jpg", "m.png", "--query", "q.jpg", "--out", "out.png"]
-FP16 = "config key 'amp' is fp16, which does not work on the CPU (the network's outputs become NaN); use amp bf16 or amp off"
 REFUSED = {  # case: (entry point and arguments, the one line it must print)
     "train batch_size 0": (["train.py", "--config", SYNTH, "batch_size", "0"],
                            "override: key 'batch_size' must be >= 1, got 0"),
@@ -448,9 +447,6 @@ REFUSED = {  # case: (entry point and arguments, the one line it must print)
     "test empty config": (["test.py", "--config", "empty.yaml"],
                           "{cwd}/empty.yaml: the config file is empty; give its settings (at least '_base_: <parent>.yaml'), "
                           "or leave --config out to use the defaults of config/base.yaml"),
-    "train fp16": (["train.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
-    "test fp16": (["test.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
-    "predict fp16": (["predict.py", "--config", SYNTH, *PREDICT_ARGS, "amp", "fp16", "device", "cpu"], FP16),
 }
 
 
