@@ -4,7 +4,7 @@ image, a stage-2 training iteration (MIANet, ``--size``, ``--stage2-batch``, ``-
 (MIANet, ``--size``, batch 1). Weights and inputs are random (speed does not depend on them).
 
 Each figure is the median of ``--repeats`` timed calls after one untimed warm-up call, with the peak RSS of
-the calls. Also printed: the CPU model, the 1-minute load average before and after, and the share of the
+the calls and, on CUDA, their peak GPU memory (``torch.cuda.max_memory_allocated``; n/a elsewhere). Also printed: the CPU model, the 1-minute load average before and after, and the share of the
 cores the timed calls got (other jobs on the machine inflate the times; the output says so).
 
     python -m bench.cost [--backbone resnet50] [--stage1-batch 12] [--stage2-batch 4] [--device cuda]
@@ -12,6 +12,7 @@ cores the timed calls got (other jobs on the machine inflate the times; the outp
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -35,10 +36,11 @@ class Timer:
         self.device, self.repeats, self.memory = device, repeats, PeakMemory(device)
         self.cpu = self.wall = 0.0
 
-    def __call__(self, call: Callable[[], None]) -> tuple[float, float]:
-        """Median seconds of ``repeats`` calls after one warm-up call, and their peak RSS (MB)."""
+    def __call__(self, call: Callable[[], None]) -> tuple[float, float, float]:
+        """Median seconds of ``repeats`` calls after one warm-up call, their peak RSS and peak CUDA allocation (MB;
+        NaN off CUDA)."""
         call()
-        seconds, peaks = [], []
+        seconds, peaks, gpu_peaks = [], [], []
         for _ in range(self.repeats):
             self.memory.reset()
             _sync(self.device)
@@ -47,8 +49,10 @@ class Timer:
             _sync(self.device)
             seconds.append(time.perf_counter() - start)
             self.cpu, self.wall = self.cpu + time.process_time() - cpu, self.wall + seconds[-1]
-            peaks.append(self.memory.read()[0])
-        return statistics.median(seconds), max(peaks)
+            rss, gpu = self.memory.read()
+            peaks.append(rss)
+            gpu_peaks.append(gpu)
+        return statistics.median(seconds), max(peaks), max(gpu_peaks)
 
 
 def stage1_rows(args: argparse.Namespace, cfg: Config, device: torch.device, timed: Timer) -> list[tuple]:
@@ -132,9 +136,10 @@ def main() -> None:
           f"{share:.2f} CPU cores on average")
     if device.type == "cpu" and share < 0.85 * min(cores, threads):
         print("MEASURED UNDER LOAD: other processes were using the CPU; absolute times are inflated")
-    print("| step | seconds | per image or episode | peak RSS MB |\n|---|---|---|---|")
-    for name, seconds, peak, items in rows:
-        print(f"| {name} | {seconds:.2f} | {seconds / items:.2f} | {peak:.0f} |")
+    print("| step | seconds | per image or episode | peak RSS MB | peak GPU MB |\n|---|---|---|---|---|")
+    for name, seconds, peak, gpu_peak, items in rows:
+        gpu = "n/a" if math.isnan(gpu_peak) else f"{gpu_peak:.0f}"
+        print(f"| {name} | {seconds:.2f} | {seconds / items:.2f} | {peak:.0f} | {gpu} |")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ loader's time per model call over the floor; test.py's evaluation loop (``run_pr
 473 px 1-shot eval forward next to two bare backbone passes (query, then support: NCHW as given,
 inference mode).
 
-Figures are medians over ``--repeats``. There is no separate warm-up: the first repeat pays one-time
-costs, which the median of 3 drops, and every repeat loops over all settings so that changes of machine
-load hit them alike. Model weights are random (speed does not depend on them).
+Figures are medians over ``--repeats``, after one untimed warm-up call per setting (``--quick`` too: one-time costs
+such as allocator growth and kernel selection stay out of the figures), and every repeat loops over all settings so
+that changes of machine load hit them alike. ``--amp bf16|fp16`` runs every call under autocast (training steps
+with a GradScaler for fp16), as ``amp`` does in training and testing. Model weights are random (speed does not
+depend on them).
 
-    python -m bench.speed [--device cuda] [--repeats 3] [--quick]
+    python -m bench.speed [--device cuda] [--amp off|bf16|fp16] [--repeats 3] [--quick]
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ from util.make_lists import make_lists
 from util.make_synth import make_synth
 from util.model_io import build_mianet
 from util.random_inputs import episode_tensors
-from util.runtime import resolve_device
+from util.runtime import autocast, check_amp, grad_scaler, resolve_device
 
 TARGETS = {"eval": 1.15, "train": 1.3, "test": 1.2}  # overhead ratios (see above); test.py s/episode / eval latency
 SIZES, QUICK_SIZES = (473, 641), (473,)
@@ -141,10 +143,11 @@ class Bench:
     """The model, its optimizer and the instruments shared by every measurement."""
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
-        self.device = device
+        self.device, self.amp = device, cfg.amp
         self.model = build_mianet(cfg).to(device)
         self.optimizer = torch.optim.SGD(list(self.model.trainable_parameters()), lr=cfg.base_lr,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scaler = grad_scaler(device, cfg.amp)
         trainable = [m for name, m in self.model.named_children()
                      if name != "backbone" and any(p.requires_grad for p in m.parameters())]
         self.backbone = ForwardTimer([self.model.backbone], device)
@@ -176,27 +179,29 @@ class Bench:
                                f"the backbone, {expected} expected: something is computed twice or skipped")
 
     def _eval(self, inputs: dict[str, torch.Tensor]) -> float:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.amp):
             self.model(inputs["query"], inputs["supports"], inputs["support_masks"], inputs["class_ids"])
         return 0.0
 
     def _train(self, inputs: dict[str, torch.Tensor]) -> float:
         """The step; returns the backward's seconds."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(inputs["query"], inputs["supports"], inputs["support_masks"], inputs["class_ids"],
-                         query_label=inputs["query_label"])
+        with autocast(self.device, self.amp):
+            out = self.model(inputs["query"], inputs["supports"], inputs["support_masks"], inputs["class_ids"],
+                             query_label=inputs["query_label"])
         _sync(self.device)
         start = time.perf_counter()
-        out["loss"].backward()
+        self.scaler.scale(out["loss"]).backward()
         _sync(self.device)
         backward = time.perf_counter() - start
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return backward
 
     def bare_passes(self, inputs: dict[str, torch.Tensor]) -> float:
         """Two separate bare backbone passes (query, then its support) in inference mode, as given (NCHW)."""
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.amp):
             _sync(self.device)
             start = time.perf_counter()
             self.model.backbone(inputs["query"])
@@ -253,6 +258,7 @@ def print_table(rows: list[Row], device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast for every call")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per setting (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="473 px only, 1 repeat, short loader/test runs: a smoke run")
     args = parser.parse_args()
@@ -260,6 +266,7 @@ def main() -> None:
     sizes = QUICK_SIZES if args.quick else SIZES
     loader_seconds, test_episodes = (0.5, 2) if args.quick else (1.5, 6)
     device = resolve_device(args.device)
+    check_amp(args.amp, device)
     started = time.perf_counter()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     torch.manual_seed(0)
@@ -268,11 +275,14 @@ def main() -> None:
         root = Path(folder)
         make_synth(root / "synth", SYNTH_TRAIN, SYNTH_VAL, seed=0, workers=2)
         make_lists("synth", root / "synth", root / "lists", workers=2)
-        bench = Bench(synth_config(root, device, sizes[0], 1), device)
+        bench = Bench(synth_config(root, device, sizes[0], 1, amp=args.amp), device)
         model = bench.model
 
         rows = [Row(size, shots, path) for size in sizes for shots in SHOTS for path in ("eval", "train")]
         inputs = {id(row): episode_tensors(row.batch, row.shots, row.size, device, model.ignore_label) for row in rows}
+        for row in rows:  # untimed warm-up
+            bench.measure(Row(row.size, row.shots, row.path), inputs[id(row)])
+        bench.bare_passes(inputs[id(rows[0])])
         bare = []
         cpu_started, wall_started = time.process_time(), time.perf_counter()
         for repeat in range(repeats):
@@ -291,7 +301,7 @@ def main() -> None:
                 row.loader[workers] = loader_rate(episodes, row.batch, workers, loader_seconds)
 
         test_cfg = synth_config(root, device, sizes[0], 1, workers=2, test_episodes=test_episodes, test_seeds=[1],
-                                test_batch_size=1, feature_reuse=False)  # the per-episode loop; bench.reuse times reuse
+                                test_batch_size=1, feature_reuse=False, amp=args.amp)  # the per-episode loop; bench.reuse times reuse
         bracket = Row(sizes[0], 1, "eval")  # the eval latency alone, right before and right after the loop
         bench.measure(bracket, inputs[id(rows[0])])
         start = time.perf_counter()
@@ -302,7 +312,7 @@ def main() -> None:
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nMIANet ResNet-50 on {device} ({platform.machine()}, {cores} cores, {threads} torch threads), "
-          f"torch {torch.__version__}; medians over {repeats} repeat(s)")
+          f"torch {torch.__version__}, amp {args.amp}; medians over {repeats} repeat(s) after a warm-up")
     print(f"1-min load average {load_before:.1f} before the run, {load_after:.1f} after; the model calls got "
           f"{share:.2f} CPU cores on average")
     # The CPU share the model calls actually got decides: the 1-min load average still counts jobs that

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.precision import at_least_float32
 from model.reduction import LossMean, batch_mean
 
 
@@ -54,10 +55,11 @@ def triplet_loss(anchors: torch.Tensor, local_features: torch.Tensor, masks: tor
     anchors [B, C]; local_features [B, N, C] (all shots' grid cells); masks [B, N], 1 = foreground cell,
     anything else a negative. Per sample: ``max(0, margin + max_j |a - f+_j| - |a - mean_j f-_j|)`` with
     ``a`` and every ``f`` L2-normalised (the negative mean is not re-normalised); averaged over the samples
-    that have both positives and negatives (``mean``: :func:`model.reduction.batch_mean`), 0 if none has.
+    that have both positives and negatives (``mean``: :func:`model.reduction.batch_mean`), 0 if none has. Computed
+    in float32 or wider (:mod:`model.precision`: a float16 norm clamped at 1e-12 is clamped at 0).
     """
-    anchor = F.normalize(anchors, dim=1)
-    features = F.normalize(local_features, dim=2)
+    anchor = F.normalize(at_least_float32(anchors), dim=1)
+    features = F.normalize(at_least_float32(local_features), dim=2)
     positive = masks == 1
     negative = ~positive
     distances = torch.linalg.vector_norm(anchor[:, None, :] - features, dim=2)

@@ -14,6 +14,9 @@ remaining levels start again from the original query layer4 and the layer3-size 
 HW x HW similarity matrix; neither unit-length copy of the features is materialised either. The support side
 thus reduces to one direction per level (:func:`support_directions`), which an evaluation can compute once per
 (support image, class) and reuse (:func:`priors_from_directions` takes it).
+
+Both reductions run in float32 under autocast (:mod:`model.precision`), so directions and priors are float32 in
+mixed precision too; float32 and float64 inputs are computed in their own type.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import math
 
 import torch
 
+from model.precision import at_least_float32, autocast_off
 from model.resize import average_pool, bilinear
 
 EPS = 1e-7
@@ -42,18 +46,24 @@ def weighted_sum(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_direction(support: torch.Tensor) -> torch.Tensor:
-    """``mean_j s_j/|s_j|`` over the positions of ``support`` [N, C, h, w] -> [N, C]."""
-    inverse_norm = torch.linalg.vector_norm(support, dim=1, keepdim=True).clamp_min(NORM_EPS).reciprocal()
-    return weighted_sum(support, inverse_norm)[:, 0] / (support.shape[-2] * support.shape[-1])
+    """``mean_j s_j/|s_j|`` over the positions of ``support`` [N, C, h, w] -> [N, C], in float32 or wider (module
+    docstring): a zero-norm position weighs 1e12 and contributes exactly 0; every product is at most 1 in size."""
+    with autocast_off(support.device):
+        support = at_least_float32(support)
+        inverse_norm = torch.linalg.vector_norm(support, dim=1, keepdim=True).clamp_min(NORM_EPS).reciprocal()
+        return weighted_sum(support, inverse_norm)[:, 0] / (support.shape[-2] * support.shape[-1])
 
 
 def _normalised_priors(query: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Min-max normalised ``q/|q| . d_k`` [B, K, h, w] of ``query`` [B, C, h, w] for each direction of [B, K, C]."""
-    prior = (directions @ query.flatten(2)).view(*directions.shape[:2], *query.shape[-2:])
-    prior = prior / torch.linalg.vector_norm(query, dim=1, keepdim=True).clamp_min(NORM_EPS)
-    low = prior.flatten(2).amin(dim=2)[..., None, None]
-    high = prior.flatten(2).amax(dim=2)[..., None, None]
-    return (prior - low) / (high - low + EPS)
+    """Min-max normalised ``q/|q| . d_k`` [B, K, h, w] of ``query`` [B, C, h, w] for each direction of [B, K, C], in
+    float32 or wider (module docstring): a zero-norm query position gets 0 before the normalisation."""
+    with autocast_off(query.device):
+        query, directions = at_least_float32(query), at_least_float32(directions)
+        prior = (directions @ query.flatten(2)).view(*directions.shape[:2], *query.shape[-2:])
+        prior = prior / torch.linalg.vector_norm(query, dim=1, keepdim=True).clamp_min(NORM_EPS)
+        low = prior.flatten(2).amin(dim=2)[..., None, None]
+        high = prior.flatten(2).amax(dim=2)[..., None, None]
+        return (prior - low) / (high - low + EPS)
 
 
 def cosine_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from model.backbone import LAYER3_STRIDE, Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
 from model.hpm import priors_from_directions, pyramid_bins, support_directions, weighted_sum
 from model.ifm import InformationFusion
+from model.precision import at_least_float32, autocast_off
 from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
 from util.errors import UserError
@@ -31,8 +32,11 @@ def min_train_size(backbone: str) -> int:
 
 
 def masked_average(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-channel ``sum(f * m) / (sum(m) + 5e-4)``: features [N, C, h, w], masks [N, 1, h, w] -> [N, C]."""
-    return weighted_sum(features, masks)[:, 0] / (masks.sum(dim=(2, 3)) + PROTOTYPE_EPS)
+    """Per-channel ``sum(f * m) / (sum(m) + 5e-4)``: features [N, C, h, w], masks [N, 1, h, w] -> [N, C], in float32
+    or wider (:mod:`model.precision`; a float16 sum over 60x60 positions passes 65504 at a mean feature of 18)."""
+    with autocast_off(features.device):
+        features, masks = at_least_float32(features), at_least_float32(masks)
+        return weighted_sum(features, masks)[:, 0] / (masks.sum(dim=(2, 3)) + PROTOTYPE_EPS)
 
 
 class DownFeatures(nn.Sequential):
@@ -58,8 +62,10 @@ def _bins(image_size: int) -> list[int]:
 
 
 def _small_masks(masks: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``masks`` [N,H,W] as foreground (== 1) weights [N,1,h,w] resized (bilinear) to ``features``' size."""
-    return bilinear((masks == 1).to(features.dtype).unsqueeze(1), features.shape[-2:])
+    """``masks`` [N,H,W] as foreground (== 1) weights [N,1,h,w] resized (bilinear) to ``features``' size, in
+    ``features``' type or float32 if that is narrower (the same weights, and triplet cells, under autocast)."""
+    weights = (masks == 1).to(torch.promote_types(features.dtype, torch.float32))
+    return bilinear(weights.unsqueeze(1), features.shape[-2:])
 
 
 class EncodedImages(NamedTuple):

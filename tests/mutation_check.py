@@ -117,7 +117,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        ]).mean()\n", "        ]).sum()\n",
              (T + "model/test_model_shapes.py::test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored",)),
     Mutation("support pixels labelled 255 taken as foreground", "model/mianet.py",
-             "return bilinear((masks == 1).to(", "return bilinear((masks != 0).to(",
+             "weights = (masks == 1).to(", "weights = (masks != 0).to(",
              (T + "model/test_model_shapes.py::test_k_shot_identical_supports_equal_one_shot_and_eval_is_deterministic",)),
     # ---- HPM
     Mutation("HPM: query not reweighted by the prior", "model/hpm.py",
@@ -130,6 +130,27 @@ MUTATIONS: tuple[Mutation, ...] = (
              "prior = _normalised_priors(main, level_directions).mean(dim=1, keepdim=True)",
              "prior = _normalised_priors(main, level_directions).amax(dim=1, keepdim=True)",
              (T + "model/test_model_hpm_gim.py::test_k_shot_first_prior_is_the_mean_of_the_per_shot_priors",)),
+    # ---- mixed precision: float32 islands under autocast (model/precision.py)
+    Mutation("HPM: support direction under autocast (its 1e12 weights become float16 inf)", "model/hpm.py",
+             "    with autocast_off(support.device):", '    with autocast_off(torch.device("meta")):',
+             (T + "model/test_model_precision.py::"
+                  "test_hpm_priors_under_fp16_autocast_are_finite_and_close_to_float32[float32_masks-layer4_12]",)),
+    Mutation("HPM: support direction in float16 (clamp_min(1e-12) gives 0)", "model/hpm.py",
+             "        support = at_least_float32(support)\n", "",
+             (T + "model/test_model_precision.py::"
+                  "test_hpm_priors_under_fp16_autocast_are_finite_and_close_to_float32[float16_masks-layer4_12]",)),
+    Mutation("HPM: query norm in float16 (0/0 at a zero query position)", "model/hpm.py",
+             "        query, directions = at_least_float32(query), at_least_float32(directions)\n",
+             "        directions = directions.to(query.dtype)\n",
+             (T + "model/test_model_precision.py::"
+                  "test_hpm_priors_under_fp16_autocast_are_finite_and_close_to_float32[float32_masks-layer4_12]",)),
+    Mutation("prototype summed under float16 autocast", "model/mianet.py",
+             "    with autocast_off(features.device):", '    with autocast_off(torch.device("meta")):',
+             (T + "model/test_model_precision.py::test_masked_average_under_fp16_autocast_does_not_overflow",)),
+    Mutation("triplet loss normalises float16 features", "model/gim.py",
+             "F.normalize(at_least_float32(local_features), dim=2)", "F.normalize(local_features, dim=2)",
+             (T + "model/test_model_precision.py::"
+                  "test_triplet_loss_on_float16_features_with_a_zero_cell_is_finite_and_close_to_float32",)),
     # ---- IFM
     Mutation("IFM: beta_conv residual dropped", "model/ifm.py",
              "merge = self.beta_conv[level](merge) + merge", "merge = self.beta_conv[level](merge)",

@@ -71,12 +71,12 @@ def configure_device(device: torch.device) -> None:
 
 
 def check_amp(amp: str, device: torch.device) -> None:
-    """Reject an unknown ``cfg.amp`` value, and fp16 on the CPU, where the models' outputs become NaN."""
+    """Reject an unknown ``cfg.amp`` value, and bf16/fp16 on a device type this torch has no autocast for."""
     if amp != "off" and amp not in AMP_DTYPES:
         raise UserError(f"config key 'amp' must be one of off, bf16, fp16; got '{amp}'")
-    if amp == "fp16" and device.type == "cpu":
-        raise UserError("config key 'amp' is fp16, which does not work on the CPU (the network's outputs become NaN); "
-                        "use amp bf16 or amp off")
+    if amp != "off" and not torch.amp.is_autocast_available(device.type):
+        raise UserError(f"config key 'amp' is {amp}, but torch {torch.__version__} has no autocast for device "
+                        f"'{device.type}'; use amp off")
 
 
 def autocast(device: torch.device, amp: str) -> ContextManager:

@@ -427,11 +427,10 @@ def test_cli_train_base_unknown_key(train_base_runs):
     assert list(cwd.iterdir()) == []
 
 
-# ---------------------------------------------------------------- out-of-range keys, empty configs, fp16: refused first
+# ---------------------------------------------------------------- out-of-range keys, empty configs: refused first
 
 SYNTH = str(REPO / "config" / "synth" / "efficientnet_lite0" / "split0.yaml")
 PREDICT_ARGS = ["--support", "s.jpg", "m.png", "--query", "q.jpg", "--out", "out.png"]
-FP16 = "config key 'amp' is fp16, which does not work on the CPU (the network's outputs become NaN); use amp bf16 or amp off"
 REFUSED = {  # case: (entry point and arguments, the one line it must print)
     "train batch_size 0": (["train.py", "--config", SYNTH, "batch_size", "0"],
                            "override: key 'batch_size' must be >= 1, got 0"),
@@ -465,9 +464,6 @@ REFUSED = {  # case: (entry point and arguments, the one line it must print)
         ["train_base.py", "--config", SYNTH, "base_batch_size", "1", "device", "cpu"],
         "config key 'base_batch_size' (1) gives each of the 1 process(es) 1 image(s); stage 1 needs at least 2 per "
         "process (the pyramid pooling's 1 x 1 BatchNorm normalises over a process's images)"),
-    "train fp16": (["train.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
-    "test fp16": (["test.py", "--config", SYNTH, "amp", "fp16", "device", "cpu"], FP16),
-    "predict fp16": (["predict.py", "--config", SYNTH, *PREDICT_ARGS, "amp", "fp16", "device", "cpu"], FP16),
 }
 
 
