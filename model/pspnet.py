@@ -27,10 +27,10 @@ def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
 
 
 def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,
-                            chunk_bytes: int | None = None) -> torch.Tensor:
+                            chunk_bytes: int = LOSS_CHUNK_BYTES) -> torch.Tensor:
     """``F.cross_entropy(bilinear(logits, labels' size), labels, ignore_index=ignore_index)``: the mean over the
     batch's non-ignored pixels (NaN if there are none), with its gradient, without the upsampled logits of the whole
-    batch alive at once when they exceed ``chunk_bytes`` (float32; None: :data:`LOSS_CHUNK_BYTES`).
+    batch alive at once when they exceed ``chunk_bytes`` (float32).
 
     The batch is then cut into chunks of images of at most ``chunk_bytes`` (at least one image); each chunk's summed
     cross-entropy runs under ``torch.utils.checkpoint``, which keeps none of its upsampled maps for backward and
@@ -39,7 +39,7 @@ def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
     labels = labels.long()
     batch, size = logits.shape[0], labels.shape[-2:]
     per_image = logits.shape[1] * size[0] * size[1] * 4
-    images = max(1, (LOSS_CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // per_image)
+    images = max(1, chunk_bytes // per_image)
     if images >= batch:
         return F.cross_entropy(bilinear(logits, size), labels, ignore_index=ignore_index)
     total = sum(checkpoint(_summed_cross_entropy, logits[start:start + images], labels[start:start + images],
@@ -71,6 +71,7 @@ class PSPNet(nn.Module):
 
     ``backbone_source`` says where the backbone's starting weights came from (``random`` unless
     :func:`util.model_io.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
+    ``loss_chunk_bytes``: the training loss's budget for upsampled logits (:func:`upsampled_cross_entropy`).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int, dropout: float = 0.1) -> None:
@@ -84,6 +85,7 @@ class PSPNet(nn.Module):
         )
         self.ignore_label = ignore_label
         self.backbone_source = RANDOM
+        self.loss_chunk_bytes = LOSS_CHUNK_BYTES
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], backbone: Backbone | None = None,
@@ -110,4 +112,4 @@ class PSPNet(nn.Module):
         logits = self.cls(self.ppm(layer4))
         if labels is None:
             return bilinear(logits, images.shape[-2:])
-        return {"loss": upsampled_cross_entropy(logits, labels, self.ignore_label)}
+        return {"loss": upsampled_cross_entropy(logits, labels, self.ignore_label, self.loss_chunk_bytes)}
