@@ -10,8 +10,9 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
   its class id, so a black/white RGB mask is a black/white mask and an RGB VOC label is a class-id mask;
   any other colour is refused, naming the colours found. The mask must have its image's height and width.
   With ``ann_type bbox`` each mask is replaced by its filled bounding box, as in testing.
-- Images of any size go through the test geometry (longer side resized to ``val_size``, placed top-left,
-  padded); the prediction is mapped back to the query's original size exactly as ``ori_resize`` scoring does.
+- Images of any size go through the test geometry (config key ``test_geometry``; ``aligned``: longer side resized
+  to ``val_size``, placed top-left, padded); the prediction is mapped back to the query's original size exactly as
+  ``ori_resize`` scoring does.
 - ``--class-name`` must be one of the config dataset's class names (case, spaces and underscores do not
   matter; a wrong name gets the closest ones suggested); GIM then uses that class's word vector. Without
   it the class id is 0 and GIM uses a zero word vector, so the general prototype comes from the support's
