@@ -6,7 +6,8 @@ depend on them).
 
 Each figure is the median of ``--repeats`` timed calls after one untimed warm-up call, with the peak RSS of
 the calls. Also printed: the CPU model, the 1-minute load average before and after, and the share of the
-cores the timed calls got (other jobs on the machine inflate the times; the output says so). The stage-1
+cores the timed calls got (other jobs on the machine inflate the times; the output says so), and per step the
+median CPU seconds of the process (all its threads), which other jobs inflate far less than the wall time. The stage-1
 warm-up iteration also counts its floating-point operations (``torch.utils.flop_counter``: convolutions and
 matrix products, forward and backward) and the bytes of the tensors autograd keeps for its backward (each
 storage once, weights included): figures that do not depend on the device, to estimate a GPU's time and memory.
@@ -60,11 +61,12 @@ class Timer:
         self.device, self.repeats, self.memory = device, repeats, PeakMemory(device)
         self.cpu = self.wall = 0.0
 
-    def __call__(self, call: Callable[[], None], warm_up: Callable[[], None] | None = None) -> tuple[float, float]:
-        """Median seconds of ``repeats`` calls after one warm-up call (``warm_up``, else ``call``), and their peak
-        RSS (MB)."""
+    def __call__(self, call: Callable[[], None],
+                 warm_up: Callable[[], None] | None = None) -> tuple[float, float, float]:
+        """Median wall seconds and median process CPU seconds of ``repeats`` calls after one warm-up call
+        (``warm_up``, else ``call``), and their peak RSS (MB)."""
         (warm_up or call)()
-        seconds, peaks = [], []
+        seconds, cpu_seconds, peaks = [], [], []
         for _ in range(self.repeats):
             self.memory.reset()
             _sync(self.device)
@@ -72,9 +74,10 @@ class Timer:
             call()
             _sync(self.device)
             seconds.append(time.perf_counter() - start)
-            self.cpu, self.wall = self.cpu + time.process_time() - cpu, self.wall + seconds[-1]
+            cpu_seconds.append(time.process_time() - cpu)
+            self.cpu, self.wall = self.cpu + cpu_seconds[-1], self.wall + seconds[-1]
             peaks.append(self.memory.read()[0])
-        return statistics.median(seconds), max(peaks)
+        return statistics.median(seconds), statistics.median(cpu_seconds), max(peaks)
 
 
 class StepCounts:
@@ -194,9 +197,9 @@ def main() -> None:
           f"{share:.2f} CPU cores on average")
     if device.type == "cpu" and share < 0.85 * min(cores, threads):
         print("MEASURED UNDER LOAD: other processes were using the CPU; absolute times are inflated")
-    print("| step | seconds | per image or episode | peak RSS MB |\n|---|---|---|---|")
-    for name, seconds, peak, items in rows:
-        print(f"| {name} | {seconds:.2f} | {seconds / items:.2f} | {peak:.0f} |")
+    print("| step | seconds | CPU seconds | per image or episode | peak RSS MB |\n|---|---|---|---|---|")
+    for name, seconds, cpu_seconds, peak, items in rows:
+        print(f"| {name} | {seconds:.2f} | {cpu_seconds:.2f} | {seconds / items:.2f} | {peak:.0f} |")
     if args.only != "stage2":
         print(f"stage 1 training iteration (the warm-up, counted): {counts.flops / 1e12:.2f} TFLOP (convolutions and "
               f"matrix products, forward and backward); {counts.kept_bytes / 2 ** 20:.0f} MB of tensors kept for backward")
