@@ -19,7 +19,8 @@ from util.classes import base_classes, stage1_ignore_index
 
 LOSS_CHUNK_BYTES = 512 * 2 ** 20
 """The stage-1 loss upsamples at most this many bytes of float32 logits at a time (one image at least): one image of
-FSS-1000's 521 classes at 417 px is 362 MB, a batch of 12 of PASCAL's 16 classes 133 MB (one chunk)."""
+FSS-1000's 521 classes at 417 px is 345 MiB, a batch of 12 of PASCAL's 16 classes 127 MiB and of COCO's 61 classes
+486 MiB (one chunk each)."""
 
 
 def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
