@@ -16,8 +16,9 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
   its image's height and width; photos are read on their stored pixel grid (an EXIF orientation tag is not
   applied, so draw masks on the stored pixels; ``--out`` has the query's stored size). With ``ann_type bbox``
   each mask is replaced by its filled bounding box, as in testing.
-- Images of any size go through the test geometry (longer side resized to ``val_size``, placed top-left,
-  padded); the prediction is mapped back to the query's original size exactly as ``ori_resize`` scoring does.
+- Images of any size go through the test geometry (config key ``test_geometry``; ``aligned``: longer side resized
+  to ``val_size``, placed top-left, padded); the prediction is mapped back to the query's original size exactly as
+  ``ori_resize`` scoring does.
 - ``--class-name`` must be one of the config dataset's class names (case, spaces and underscores do not
   matter; a wrong name gets the closest ones suggested); GIM then uses that class's word vector. Without
   it the class id is 0 and GIM uses a zero word vector, so the general prototype comes from the support's

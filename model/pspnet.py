@@ -10,11 +10,43 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from model.backbone import Backbone, build_backbone, cpu_layout
 from model.resize import bilinear
 from util.backbone_weights import RANDOM
 from util.classes import base_classes, stage1_ignore_index
+
+LOSS_CHUNK_BYTES = 512 * 2 ** 20
+"""The stage-1 loss upsamples at most this many bytes of float32 logits at a time (one image at least): one image of
+FSS-1000's 521 classes at 417 px is 345 MiB, a batch of 12 of PASCAL's 16 classes 127 MiB and of COCO's 61 classes
+486 MiB (one chunk each)."""
+
+
+def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    return F.cross_entropy(bilinear(logits, labels.shape[-2:]), labels, ignore_index=ignore_index, reduction="sum")
+
+
+def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                            chunk_bytes: int = LOSS_CHUNK_BYTES) -> torch.Tensor:
+    """``F.cross_entropy(bilinear(logits, labels' size), labels, ignore_index=ignore_index)``: the mean over the
+    batch's non-ignored pixels (NaN if there are none), with its gradient, without the upsampled logits of the whole
+    batch alive at once when they exceed ``chunk_bytes`` (float32).
+
+    The batch is then cut into chunks of images of at most ``chunk_bytes`` (at least one image); each chunk's summed
+    cross-entropy runs under ``torch.utils.checkpoint``, which keeps none of its upsampled maps for backward and
+    recomputes them one chunk at a time there. A batch that fits in one chunk takes the plain form.
+    """
+    labels = labels.long()
+    batch, size = logits.shape[0], labels.shape[-2:]
+    per_image = logits.shape[1] * size[0] * size[1] * 4
+    images = max(1, chunk_bytes // per_image)
+    if images >= batch:
+        return F.cross_entropy(bilinear(logits, size), labels, ignore_index=ignore_index)
+    total = sum(checkpoint(_summed_cross_entropy, logits[start:start + images], labels[start:start + images],
+                           ignore_index, use_reentrant=False, preserve_rng_state=False)
+                for start in range(0, batch, images))
+    return total / (labels != ignore_index).sum()
 
 
 class PyramidPooling(nn.Module):
@@ -36,10 +68,11 @@ class PyramidPooling(nn.Module):
 
 
 class PSPNet(nn.Module):
-    """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{logits, loss}`` with labels.
+    """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{loss}`` with labels.
 
     ``backbone_source`` says where the backbone's starting weights came from (``random`` unless
     :func:`util.model_io.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
+    ``loss_chunk_bytes``: the training loss's budget for upsampled logits (:func:`upsampled_cross_entropy`).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, ignore_label: int, dropout: float = 0.1) -> None:
@@ -53,6 +86,7 @@ class PSPNet(nn.Module):
         )
         self.ignore_label = ignore_label
         self.backbone_source = RANDOM
+        self.loss_chunk_bytes = LOSS_CHUNK_BYTES
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], backbone: Backbone | None = None,
@@ -72,11 +106,11 @@ class PSPNet(nn.Module):
                 {"params": [p for p in head if p.requires_grad], "lr": lr * head_lr_mult}]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Per-class logits at the input size; with ``labels`` (train) also the cross-entropy ``loss``."""
+        """Per-class logits at the input size; with ``labels`` (train) instead only the cross-entropy ``loss`` of the
+        logits upsampled to the labels (:func:`upsampled_cross_entropy`: the batch's upsampled logits are never all
+        alive at once when they are large, e.g. FSS-1000's 521 classes)."""
         layer4 = self.backbone(cpu_layout(images))[4]
         logits = self.cls(self.ppm(layer4))
-        logits = bilinear(logits, images.shape[-2:])
         if labels is None:
-            return logits
-        loss = F.cross_entropy(logits, labels.long(), ignore_index=self.ignore_label)
-        return {"logits": logits, "loss": loss}
+            return bilinear(logits, images.shape[-2:])
+        return {"loss": upsampled_cross_entropy(logits, labels, self.ignore_label, self.loss_chunk_bytes)}

@@ -220,6 +220,21 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("class vectors of another class order accepted", "util/embeddings.py",
              "    if recorded == list(names):\n        return", "    if True:\n        return",
              (T + "data/test_fss1000.py::test_hsnet_split_files_are_checked_and_the_published_ones_are_the_default",)),
+    # ---- the reference test geometry and the chunked stage-1 loss
+    Mutation("reference test geometry pads the image with the mean", "util/transform.py",
+             "REFERENCE_IMAGE_FILL = (0.0, 0.0, 0.0)", "REFERENCE_IMAGE_FILL = tuple(255.0 * m for m in IMAGENET_MEAN)",
+             (T + "data/test_data_transform.py::test_reference_geometry_equals_the_transcribed_resized_val",)),
+    Mutation("reference test geometry does not floor the sides to a multiple of 8", "util/transform.py",
+             "REFERENCE_SIDE_MULTIPLE = 8", "REFERENCE_SIDE_MULTIPLE = 1",
+             (T + "data/test_data_transform.py::test_reference_geometry_equals_the_transcribed_resized_val",)),
+    Mutation("chunked stage-1 loss averaged over every pixel, ignored ones included", "model/pspnet.py",
+             "return total / (labels != ignore_index).sum()", "return total / labels.numel()",
+             (T + "model/test_pspnet_loss.py::test_chunked_loss_and_gradient_equal_the_plain_batched_form",)),
+    Mutation("chunked stage-1 loss without checkpointing (every chunk's upsampled logits kept for backward)",
+             "model/pspnet.py", "from torch.utils.checkpoint import checkpoint",
+             "checkpoint = lambda function, *args, **options: function(*args)  # noqa: E731",
+             (T + "model/test_pspnet_loss.py::"
+                  "test_no_operation_creates_the_whole_batchs_upsampled_logits_and_none_is_kept_for_backward",)),
     # ---- config schema
     Mutation("base.yaml amp unquoted (YAML reads off as false)", "config/base.yaml",
              'amp: "off"  ', "amp: off    ",

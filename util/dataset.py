@@ -95,6 +95,7 @@ class DataSpec:
     base_val_size: int
     base_scale_min: float
     base_scale_max: float
+    test_geometry: str
 
     @classmethod
     def of(cls, source: "DataSpec | Mapping[str, Any]") -> "DataSpec":

@@ -252,16 +252,19 @@ def _evaluate_reusing_features(
     Episodes run grouped by query image (:func:`_plan_query_turns`): the query's encoder maps live for its turn only;
     a (support image, class) pair is kept as its summary (prototype and HPM directions, ~34 KB with ResNet-50) in a
     cache of at most :data:`SUPPORT_CACHE_ENTRIES` entries. The loader's workers read each turn's images once; the main process
-    encodes them. Every set must share the data settings (data_root, ann_type, val_size): the first set loads.
+    encodes them. Every set must share the data settings (data_root, ann_type, val_size, test_geometry): the first set
+    loads.
     """
     first = episode_sets[0]
     for episodes in episode_sets:
         if episodes.mode == "train":
             raise ValueError("feature reuse needs the test transform (EpisodeDataset mode 'val' or 'test'); training "
                              "augments")
-        if (episodes.root, episodes.spec.ann_type, episodes.spec.val_size) != (first.root, first.spec.ann_type,
-                                                                               first.spec.val_size):
-            raise ValueError("feature reuse needs episode sets with the same data_root, ann_type and val_size")
+        spec, first_spec = episodes.spec, first.spec
+        if (episodes.root, spec.ann_type, spec.val_size, spec.test_geometry) != (
+                first.root, first_spec.ann_type, first_spec.val_size, first_spec.test_geometry):
+            raise ValueError("feature reuse needs episode sets with the same data_root, ann_type, val_size and "
+                             "test_geometry")
     turns = _plan_query_turns(episode_sets, ctx, SUPPORT_CACHE_ENTRIES)
     loader = DataLoader(_QueryTurnImages(first, turns), batch_size=None, num_workers=workers, collate_fn=_as_is,
                         worker_init_fn=worker_signals, pin_memory=ctx.device.type == "cuda")
@@ -409,7 +412,8 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def protocol_of(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that define a test's numbers, recorded with them."""
     keys = MODEL_CONFIG_KEYS + ("split", "shot", "ann_type", "test_seeds", "test_episodes", "ori_resize", "val_size",
-                                "test_batch_size", "coco_split_style", "min_class_pixels", "episode_class", "amp")
+                                "test_geometry", "test_batch_size", "coco_split_style", "min_class_pixels",
+                                "episode_class", "amp")
     return {key: cfg[key] for key in keys}
 
 

@@ -43,9 +43,12 @@ def predict_on_label(logits: torch.Tensor, label_size: tuple[int, int], ori_size
     """Class map of one sample's ``logits [n, h, w]`` on the grid of the label it is scored against.
 
     ``ori_size=None``: the label is the network input's grid (``label_size``); logits are resized to it.
-    ``ori_size=(h0, w0)`` (ori_resize): the input was the original image with its longer side resized
-    to the input size and placed top-left on a square, so the logits are resized to the square of side
-    ``max(h0, w0)`` and its top-left ``h0 x w0`` corner is the prediction for the original label.
+    ``ori_size=(h0, w0)`` (ori_resize): the input was the original image resized and placed top-left on a square,
+    so the logits are resized to the square of side ``max(h0, w0)`` and its top-left ``h0 x w0`` corner is the
+    prediction for the original label: the reference's mapping (its output resized onto the original label padded
+    to that square), for both test geometries. With ``test_geometry: aligned`` the image fills the input square's
+    top-left ``(h0, w0) / max(h0, w0)``, so the prediction lands on it; with ``reference`` it fills less (sides
+    floored to a multiple of 8), and this mapping stretches the output over it as the reference does.
     Resizing is bilinear with ``align_corners=True`` (the PFENet family).
     """
     if ori_size is None:

@@ -18,6 +18,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
 TRAIN_CROPS = ("uniform_retry", "foreground_anchor")
+TEST_GEOMETRIES = ("aligned", "reference")
+REFERENCE_IMAGE_FILL = (0.0, 0.0, 0.0)  # the reference pads with pixel value 0 (black), before normalisation
+REFERENCE_SIDE_MULTIPLE = 8
 UNIFORM_RETRIES = 31           # the reference re-draws while its counter is <= 30: at most 31 more crops
 UNIFORM_KEEP_FRACTION = 0.85
 ANCHOR_RETRIES = 10
@@ -180,18 +183,47 @@ class RandomCrop:
 
 
 class ResizePad:
-    """Test geometry: resize the longer side to ``size``, place the image top-left, pad to a square."""
+    """Test geometry ``aligned``: resize (bilinear; label nearest) so that the longer side is exactly ``size`` and the
+    shorter one is rounded, place the image top-left on a ``size`` square padded with ``image_fill`` (the mean) and
+    the label padded with ``ignore_label``."""
 
     def __init__(self, size: int, image_fill: Sequence[float], ignore_label: int):
         self.size, self.image_fill, self.ignore_label = size, tuple(image_fill), ignore_label
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of an ``height x width`` image before padding."""
+        scale = self.size / max(height, width)
+        return min(self.size, max(1, round(height * scale))), min(self.size, max(1, round(width * scale)))
+
     def __call__(self, image, label, rng):
         height, width = label.shape
-        scale = self.size / max(height, width)
-        new_h, new_w = min(self.size, max(1, round(height * scale))), min(self.size, max(1, round(width * scale)))
+        new_h, new_w = self.resized_size(height, width)
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
         return _pad(image, label, 0, self.size - new_h, 0, self.size - new_w, self.image_fill, self.ignore_label)
+
+
+class ReferenceResizePad(ResizePad):
+    """Test geometry ``reference``: the authors' ``resized_val`` (the test transform of BAM's and MIANet's shipped
+    configs). The longer side becomes ``size`` and the shorter ``int(side * size / longer)`` (truncated), then each
+    is floored to a multiple of 8 (473 -> 472); the image (bilinear) is placed top-left on a ``size`` square of pixel
+    value 0, black before normalisation, and the label (nearest) on one of ``ignore_label``."""
+
+    def __init__(self, size: int, ignore_label: int):
+        super().__init__(size, REFERENCE_IMAGE_FILL, ignore_label)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        if height >= width:
+            new_h, new_w = self.size, int(width * (self.size / height))
+        else:
+            new_h, new_w = int(height * (self.size / width)), self.size
+        new_h, new_w = (new_h // REFERENCE_SIDE_MULTIPLE * REFERENCE_SIDE_MULTIPLE,
+                        new_w // REFERENCE_SIDE_MULTIPLE * REFERENCE_SIDE_MULTIPLE)
+        if not (new_h and new_w):
+            raise UserError(f"an image of {height}x{width} px becomes {new_h}x{new_w} under test_geometry reference at "
+                            f"size {self.size} (each side floored to a multiple of {REFERENCE_SIDE_MULTIPLE}); use "
+                            "test_geometry aligned for so elongated an image")
+        return new_h, new_w
 
 
 class PairedTransform:
@@ -214,8 +246,9 @@ class PairedTransform:
 
 
 def build_transform(cfg, train: bool, size: int | None = None, stage: str = "meta") -> PairedTransform:
-    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad), with the
-    settings of ``cfg`` (a :class:`util.dataset.DataSpec` or a config: the same keys).
+    """The training augmentation (scale, rotate, blur, flip, crop) or the test geometry (resize, pad: ``test_geometry``
+    ``aligned`` :class:`ResizePad` or ``reference`` :class:`ReferenceResizePad`), with the settings of ``cfg`` (a
+    :class:`util.dataset.DataSpec` or a config: the same keys).
 
     ``stage="base"`` takes stage 1's sizes and scale range (``base_train_size``, ``base_val_size``,
     ``base_scale_min/max``); ``"meta"`` those of the episodes. ``size`` overrides the size.
@@ -224,6 +257,8 @@ def build_transform(cfg, train: bool, size: int | None = None, stage: str = "met
         raise ValueError(f"stage must be 'meta' or 'base', got {stage!r}")
     if cfg.train_crop not in TRAIN_CROPS:
         raise UserError(f"config key 'train_crop' must be one of {list(TRAIN_CROPS)}, got {cfg.train_crop!r}")
+    if cfg.test_geometry not in TEST_GEOMETRIES:
+        raise UserError(f"config key 'test_geometry' must be one of {list(TEST_GEOMETRIES)}, got {cfg.test_geometry!r}")
     base = stage == "base"
     mean, std = normalization_for(cfg)
     fill = tuple(255.0 * m for m in mean)
@@ -239,7 +274,8 @@ def build_transform(cfg, train: bool, size: int | None = None, stage: str = "met
             RandomCrop(size, fill, ignore, cfg.train_crop),
         ]
     else:
-        steps = [ResizePad(size or (cfg.base_val_size if base else cfg.val_size), fill, ignore)]
+        size = size or (cfg.base_val_size if base else cfg.val_size)
+        steps = [ResizePad(size, fill, ignore) if cfg.test_geometry == "aligned" else ReferenceResizePad(size, ignore)]
     return PairedTransform(steps, mean, std)
 
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.reference_geometry import resized_val
 from util.config import load_config
+from util.errors import UserError
 from util.transform import (IMAGENET_MEAN, IMAGENET_STD, RandomCrop, bbox_mask, binary_label, build_transform,
                             normalization_for)
 
@@ -64,6 +66,43 @@ def test_test_geometry_resizes_longer_side_and_pads_top_left():
     assert torch.allclose(out_image[:, 30:], torch.zeros(3, 30, 60), atol=1e-5)  # padding = the mean
     expected = cv2.resize(label, (60, 30), interpolation=cv2.INTER_NEAREST)
     assert np.array_equal(out_label[:30].numpy(), expected)
+
+
+# (image height, width), test size -> the image's height and width inside the reference's square; 60 x 42: the
+# shorter side 39.9 is truncated to 39, then floored to 32 (rounding would give 40)
+REFERENCE_SIDES = {((37, 61), 57): (32, 56), ((61, 37), 57): (56, 32), ((57, 57), 57): (56, 56),
+                   ((60, 42), 57): (56, 32), ((42, 60), 57): (32, 56), ((20, 30), 57): (32, 56),
+                   ((333, 500), 473): (312, 472), ((70, 90), 64): (48, 64)}
+
+
+@pytest.mark.parametrize("shape, size", list(REFERENCE_SIDES), ids=lambda v: "x".join(map(str, v)) if
+                         isinstance(v, tuple) else str(v))
+def test_reference_geometry_equals_the_transcribed_resized_val(shape, size):
+    """test_geometry reference: the authors' resized_val (oracle: tests/support/reference_geometry.py): sides floored
+    to a multiple of 8 (57 -> 56, 473 -> 472), image top-left on black (pixel 0 before normalisation), label on 255;
+    an image smaller than the test size is enlarged as well."""
+    cfg = load_config(None, {"val_size": size, "test_geometry": "reference", "backbone": "resnet50"})
+    image, label = pattern(*shape)
+    out_image, out_label = build_transform(cfg, train=False)(image, label, np.random.default_rng(0))
+    expected_image, expected_label = resized_val(image, label, size, IMAGENET_MEAN, IMAGENET_STD)
+    assert np.array_equal(out_label.numpy(), expected_label)
+    assert np.allclose(out_image.numpy(), expected_image, rtol=0, atol=1e-5)
+    new_h, new_w = REFERENCE_SIDES[shape, size]
+    inside = np.zeros((size, size), bool)
+    inside[:new_h, :new_w] = True
+    assert (out_label.numpy()[~inside] == 255).all() and (out_label.numpy()[inside] != 255).all()
+    black = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(out_image[:, ~torch.from_numpy(inside)], black[:, None].expand(3, int((~inside).sum())),
+                          atol=1e-5)
+
+
+def test_reference_geometry_refuses_an_image_it_would_shrink_to_nothing():
+    cfg = load_config(None, {"val_size": 57, "test_geometry": "reference"})
+    image, label = pattern(500, 7)
+    with pytest.raises(UserError, match="becomes 56x0 under test_geometry reference at size 57"):
+        build_transform(cfg, train=False)(image, label, np.random.default_rng(0))
+    with pytest.raises(UserError, match=r"'test_geometry' must be one of \['aligned', 'reference'\]"):
+        build_transform(load_config(None, {"test_geometry": "stretched"}), train=False)
 
 
 def test_normalization_by_backbone_and_override():

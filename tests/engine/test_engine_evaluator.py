@@ -6,12 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from tests.support.reference_geometry import foreground_counts, resized_val, scored_maps
 from util.config import load_config
 from util.dataset import EpisodeDataset
 from util.distributed import DistContext
-from util.evaluator import evaluate_episodes, every_object_baseline, run_protocol
-from util.image_io import read_label
+from util.evaluator import evaluate_episodes, every_object_baseline, protocol_of, run_protocol
+from util.image_io import read_image, read_label
 from util.report import MAX_EMPTY_ROWS, NO_EPISODES, format_fold_table, format_run_table
+from util.transform import normalization_for
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -94,6 +96,58 @@ def test_spatially_varying_prediction_on_non_square_images_matches_hand_counts(s
     assert any(0 < inter < union for inter, union in expected.values())
 
 
+class Brightness(nn.Module):
+    """Foreground score = the query's channel mean (normalised) minus ``OFFSET``: where the image's content and the
+    padding land on the input decides the prediction."""
+
+    OFFSET = 0.4
+
+    def forward(self, query, supports, support_masks, class_ids):
+        score = query.mean(1) - self.OFFSET
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def _transcribed_reference_counts(episodes: EpisodeDataset, cfg, ori_resize: bool) -> tuple[dict, float]:
+    """Per class (I, U) of :class:`Brightness` under the reference's resized_val geometry and scoring, from the label
+    and image files through the transcription in tests/support/reference_geometry.py; and the smallest |score| met."""
+    mean, std = normalization_for(cfg)
+    counts: dict[int, list[int]] = {}
+    margin = float("inf")
+    for i in range(len(episodes)):
+        spec = episodes.episode(i)
+        semantic = read_label(f"{cfg.data_root}/{spec.query[1]}")
+        binary = np.where(semantic == 255, 255, (semantic == spec.class_id).astype(np.int64))
+        network_input, label_canvas = resized_val(read_image(f"{cfg.data_root}/{spec.query[0]}"), binary,
+                                                  cfg.val_size, mean, std)
+        score = network_input.astype(np.float64).mean(0) - Brightness.OFFSET
+        maps, target = scored_maps(np.stack([np.zeros_like(score), score]), label_canvas, binary, ori_resize)
+        margin = min(margin, float(np.abs(maps[1] - maps[0]).min()))
+        inter, union = foreground_counts(maps[1] > maps[0], target)
+        entry = counts.setdefault(spec.class_id, [0, 0])
+        entry[0] += inter
+        entry[1] += union
+    return {c: tuple(v) for c, v in counts.items()}, margin
+
+
+@pytest.mark.parametrize("ori_resize", [True, False], ids=["ori_resize", "input-grid"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_reference_geometry_scores_equal_the_transcribed_reference_evaluation(synth_cfg, batch_size, ori_resize):
+    """test_geometry reference on non-square synth images at val_size 57 (content 56 px and less, black padding): the
+    counts of the authors' resized_val transform and ori_resize stretch, transcribed; aligned gives other counts."""
+    cfg = synth_cfg.copy()
+    cfg.test_geometry = "reference"
+    episodes = EpisodeDataset(cfg, "val", episodes=7, seed=5)
+    expected, margin = _transcribed_reference_counts(episodes, cfg, ori_resize)
+    assert margin > 1e-5  # no pixel near the decision boundary (float32 vs float64 differ by ~1e-6): none can flip
+    scores = evaluate_episodes(Brightness(), episodes, CPU, num_classes=20, ignore_label=255, batch_size=batch_size,
+                               ori_resize=ori_resize)
+    assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
+    aligned = evaluate_episodes(Brightness(), EpisodeDataset(synth_cfg, "val", episodes=7, seed=5), CPU, num_classes=20,
+                                ignore_label=255, batch_size=batch_size, ori_resize=ori_resize)
+    assert not torch.equal(aligned.per_class, scores.per_class)
+    assert protocol_of(cfg)["test_geometry"] == "reference"  # results.json records it
+
+
 def test_every_object_baseline_matches_hand_counts(synth_cfg):
     episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
     scores = every_object_baseline(episodes, synth_cfg.data_root, CPU, 20, 255)
@@ -107,6 +161,7 @@ def test_protocol_json_and_tables(synth_cfg):
     results = run_protocol(EverythingForeground(), synth_cfg, CPU, report=lines.append)
     assert [s["seed"] for s in results["seeds"]] == [3, 4] and len(lines) == 2
     assert results["protocol"]["test_episodes"] == 10 and results["protocol"]["ori_resize"] is True
+    assert results["protocol"]["test_geometry"] == "aligned"
     assert results["protocol"]["novel_classes"] == ["red circle", "green square", "blue triangle", "yellow star",
                                                     "purple circle"]
     mious = [s["miou"] for s in results["seeds"]]

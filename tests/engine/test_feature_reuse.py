@@ -124,7 +124,8 @@ def test_each_image_goes_through_the_backbone_once_per_query_turn(synth):
 
 @pytest.mark.parametrize("options", [
     {"test_batch_size": 3}, {"ann_type": "bbox"}, {"ori_resize": False}, {"workers": 2},
-], ids=["batch3", "bbox", "input-grid", "workers"])
+    {"test_geometry": "reference"}, {"test_geometry": "reference", "ori_resize": False},
+], ids=["batch3", "bbox", "input-grid", "workers", "reference-geometry", "reference-geometry-input-grid"])
 def test_identical_results_with_batches_bbox_input_grid_scoring_and_workers(synth, options, monkeypatch):
     cfg = config(synth, "efficientnet_lite0", 2, **options)
     (plain, plain_predictions), (reused, reused_predictions) = both_paths(model("efficientnet_lite0"), cfg, monkeypatch)

@@ -14,6 +14,7 @@ from torch import nn
 
 import predict
 from model.mianet import MIANet
+from tests.support.reference_geometry import bilinear_align_corners, resized_val
 from util.checkpoint import save_atomic
 from util.classes import class_names
 from util.config import load_config
@@ -21,7 +22,7 @@ from util.errors import UserError
 from util.image_io import read_image, read_label
 from util.make_synth import make_synth
 from util.model_io import build_mianet
-from util.transform import ResizePad
+from util.transform import ResizePad, normalization_for
 from util.visualize import PRED_COLOUR, add_title, overlay_mask
 
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
@@ -170,6 +171,34 @@ def test_prediction_is_mapped_back_to_the_original_geometry(tmp_path, brightness
     assert result["title"] == f"blue square, 2-shot: {100 * (written == 255).mean():.1f}% foreground"
     assert np.array_equal(overlay, add_title(overlay_mask(read_image(query), written // 255, PRED_COLOUR), result["title"]))
     assert np.array_equal(overlay[-height:, :width], overlay_mask(read_image(query), written // 255, PRED_COLOUR))
+
+
+@pytest.mark.parametrize("height,width", [(37, 61), (61, 37)])
+def test_reference_geometry_input_and_mapping_back_equal_the_transcription(tmp_path, brightness_net, height, width):
+    """test_geometry reference: the query, the support and its mask the network gets are the authors' resized_val
+    (tests/support/reference_geometry.py; sides floored to multiples of 8, black padding) and the written mask is
+    the reference's stretch of the output onto the original's square, top-left corner."""
+    query, _ = quadrant_scene(tmp_path, height, width)
+    support_rgb = np.full((40, 90, 3), 128, np.uint8)
+    support_rgb[10:30, 20:50] = 200
+    support = write_rgb(tmp_path / "support.png", support_rgb)
+    mask = np.zeros((40, 90), np.uint8)
+    mask[10:30, 20:50] = 255
+    support_mask = write_png(tmp_path / "support_mask.png", mask)
+    out = tmp_path / "mask.png"
+    predict.main(["--config", SYNTH_CONFIG, "--weight", str(brightness_net), "--support", str(support),
+                  str(support_mask), "--query", str(query), "--out", str(out), *SMALL, "test_geometry", "reference"])
+    mean, std = normalization_for(load_config(SYNTH_CONFIG, {}))
+    query_in, supports_in, masks_in, _ = BrightnessNet.calls[-1]
+    expected_query, _ = resized_val(read_image(query), np.zeros((height, width)), 97, mean, std)
+    expected_support, expected_mask = resized_val(support_rgb, mask // 255, 97, mean, std)
+    assert np.allclose(query_in[0].numpy(), expected_query, rtol=0, atol=1e-5)
+    assert np.allclose(supports_in[0, 0].numpy(), expected_support, rtol=0, atol=1e-5)
+    assert np.array_equal(masks_in[0, 0].numpy(), expected_mask)
+    score = expected_query.astype(np.float64).mean(0)
+    stretched = bilinear_align_corners(np.stack([-score, score]), max(height, width))[:, :height, :width]
+    assert np.abs(stretched[1] - stretched[0]).min() > 1e-5  # no pixel on the decision boundary
+    assert np.array_equal(read_mask(out) // 255, (stretched[1] > stretched[0]).astype(np.uint8))
 
 
 def test_no_class_name_means_class_zero_and_bad_inputs_exit_2(tmp_path, brightness_net, capsys):
