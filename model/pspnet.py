@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from model.backbone import Backbone, build_backbone, cpu_layout
+from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
 from util.backbone_weights import RANDOM
 from util.classes import base_classes, stage1_ignore_index
@@ -28,10 +29,10 @@ def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
 
 
 def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,
-                            chunk_bytes: int = LOSS_CHUNK_BYTES) -> torch.Tensor:
+                            chunk_bytes: int = LOSS_CHUNK_BYTES, mean: LossMean = batch_mean) -> torch.Tensor:
     """``F.cross_entropy(bilinear(logits, labels' size), labels, ignore_index=ignore_index)``: the mean over the
-    batch's non-ignored pixels (NaN if there are none), with its gradient, without the upsampled logits of the whole
-    batch alive at once when they exceed ``chunk_bytes`` (float32).
+    batch's non-ignored pixels (``mean``: :func:`model.reduction.batch_mean`, 0 if there are none), with its gradient,
+    without the upsampled logits of the whole batch alive at once when they exceed ``chunk_bytes`` (float32).
 
     The batch is then cut into chunks of images of at most ``chunk_bytes`` (at least one image); each chunk's summed
     cross-entropy runs under ``torch.utils.checkpoint``, which keeps none of its upsampled maps for backward and
@@ -41,12 +42,13 @@ def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
     batch, size = logits.shape[0], labels.shape[-2:]
     per_image = logits.shape[1] * size[0] * size[1] * 4
     images = max(1, chunk_bytes // per_image)
+    pixels = (labels != ignore_index).sum()
     if images >= batch:
-        return F.cross_entropy(bilinear(logits, size), labels, ignore_index=ignore_index)
+        return mean(F.cross_entropy(bilinear(logits, size), labels, ignore_index=ignore_index, reduction="sum"), pixels)
     total = sum(checkpoint(_summed_cross_entropy, logits[start:start + images], labels[start:start + images],
                            ignore_index, use_reentrant=False, preserve_rng_state=False)
                 for start in range(0, batch, images))
-    return total / (labels != ignore_index).sum()
+    return mean(total, pixels)
 
 
 class PyramidPooling(nn.Module):
@@ -87,6 +89,7 @@ class PSPNet(nn.Module):
         self.ignore_label = ignore_label
         self.backbone_source = RANDOM
         self.loss_chunk_bytes = LOSS_CHUNK_BYTES
+        self.loss_mean: LossMean = batch_mean  # the engine sets the global-batch mean under DDP (model/reduction.py)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], backbone: Backbone | None = None,
@@ -113,4 +116,4 @@ class PSPNet(nn.Module):
         logits = self.cls(self.ppm(layer4))
         if labels is None:
             return bilinear(logits, images.shape[-2:])
-        return {"loss": upsampled_cross_entropy(logits, labels, self.ignore_label, self.loss_chunk_bytes)}
+        return {"loss": upsampled_cross_entropy(logits, labels, self.ignore_label, self.loss_chunk_bytes, self.loss_mean)}

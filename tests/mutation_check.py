@@ -228,7 +228,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "REFERENCE_SIDE_MULTIPLE = 8", "REFERENCE_SIDE_MULTIPLE = 1",
              (T + "data/test_data_transform.py::test_reference_geometry_equals_the_transcribed_resized_val",)),
     Mutation("chunked stage-1 loss averaged over every pixel, ignored ones included", "model/pspnet.py",
-             "return total / (labels != ignore_index).sum()", "return total / labels.numel()",
+             "    return mean(total, pixels)", "    return mean(total, torch.tensor(labels.numel()))",
              (T + "model/test_pspnet_loss.py::test_chunked_loss_and_gradient_equal_the_plain_batched_form",)),
     Mutation("chunked stage-1 loss without checkpointing (every chunk's upsampled logits kept for backward)",
              "model/pspnet.py", "from torch.utils.checkpoint import checkpoint",

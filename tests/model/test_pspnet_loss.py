@@ -49,11 +49,30 @@ def test_chunked_loss_and_gradient_equal_the_plain_batched_form(images, chunk_by
     assert chunked.grad[1].abs().max() == 0 and chunked.grad[0].abs().max() > 0  # the all-ignore image: no gradient
 
 
-def test_a_batch_without_a_scored_pixel_gives_nan_as_the_plain_form():
+@pytest.mark.parametrize("chunk_bytes", [PER_IMAGE, 3 * PER_IMAGE], ids=["chunked", "one-chunk"])
+def test_a_batch_without_a_scored_pixel_adds_nothing(chunk_bytes):
+    """The plain form's mean is 0/0 = NaN there, which would stop a run for a batch that only has nothing to learn."""
     logits, labels = batch(3, 255)
     labels[:] = 255
-    loss = upsampled_cross_entropy(logits.requires_grad_(), labels, 255, chunk_bytes=PER_IMAGE)
-    assert torch.isnan(loss) and torch.isnan(oracle(logits, labels, 255))
+    logits.requires_grad_()
+    loss = upsampled_cross_entropy(logits, labels, 255, chunk_bytes=chunk_bytes)
+    loss.backward()
+    assert loss.item() == 0 and logits.grad.abs().max() == 0
+    assert torch.isnan(oracle(logits, labels, 255))
+
+
+def test_the_mean_is_the_models_own_reduction():
+    """``mean`` receives the summed loss and the count of scored pixels (under DDP the global-batch mean)."""
+    logits, labels = batch(3, 255)
+    seen = {}
+
+    def mean(total, count):
+        seen["count"] = int(count)
+        return total / count
+
+    for chunk_bytes in (PER_IMAGE, 3 * PER_IMAGE):
+        loss = upsampled_cross_entropy(logits, labels, 255, chunk_bytes=chunk_bytes, mean=mean)
+        assert seen["count"] == int((labels != 255).sum()) and torch.allclose(loss, oracle(logits, labels, 255))
 
 
 class LargestOutput(TorchDispatchMode):
