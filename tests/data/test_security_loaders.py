@@ -38,7 +38,7 @@ from util.errors import UserError
 from util.fss_lists import read_fold_list
 from util.image_io import image_size, read_image, read_label
 from util.make_lists import make_lists
-from util.model_io import (base_learner_backbone_state, build_mianet, build_pspnet, import_checkpoint,
+from util.model_io import (base_learner_backbone_state, build_mianet, build_pspnet, import_checkpoint, load_stage2_model,
                            load_base_learner)
 from util.prepare_coco import prepare_coco
 from util.prepare_pascal import prepare_pascal, read_sbd_label
@@ -294,7 +294,7 @@ def test_weight_refused_by_test_and_predict(bad, kind, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and path.name in lines[0], lines
     assert not bad.marker.exists()
-    bad.refused(path, predict.load_model, load_config(SYNTH_CONFIG), path, torch.device("cpu"))
+    bad.refused(path, load_stage2_model, load_config(SYNTH_CONFIG), path, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("kind", ["torch_zip", "pickle4"])
