@@ -4,14 +4,14 @@ Usage: ``python predict.py --config C [--weight W] --support img.jpg mask.png [-
 [--class-name dog] --out out.png [key value ...]``
 
 - The number of ``--support`` pairs is the shot K (any K, whatever shot the model was trained with).
-- Support masks are read by the datasets' rule (``util.image_io.read_object_mask``), chosen by ``--mask-format``.
+- Support masks are read by the datasets' rule (``util.data.image_io.read_object_mask``), chosen by ``--mask-format``.
   ``class-ids``: a class-id label (0 = background, 255 = ignore as in VOC borders); with ``--class-name`` the
   object is exactly that class's pixels, as in episodes; without it the mask must hold one class. ``binary``: a
   black/white mask (0/255, grey level >= 128 = object; or 0/1, 1 = object, 255 = ignore). ``auto`` (default):
   palette PNGs and RGB masks in VOC palette colours are class-id labels; other masks holding only 0 and 255, or
   0 and 1 (and 255), are black/white, except a 0/255 mask whose 255 pixels form only thin lines (the ignore
   border of a VOC label without the class), which is refused; anything else is a class-id label. RGB colours
-  follow ``util.image_io.label_from_colours`` (black = 0, white = 255, a VOC palette colour = its class id; any
+  follow ``util.data.image_io.label_from_colours`` (black = 0, white = 255, a VOC palette colour = its class id; any
   other colour is refused). A mask with no object pixel is refused, saying what it holds. The mask must have
   its image's height and width; photos are read on their stored pixel grid (an EXIF orientation tag is not
   applied, so draw masks on the stored pixels; ``--out`` has the query's stored size). With ``ann_type bbox``
@@ -40,17 +40,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from util.atomic import check_writable, write_output
-from util.checkpoint import stage2_weight
-from util.classes import class_names, num_classes
-from util.config import load_config
-from util.errors import UserError, cli_entry
-from util.image_io import MASK_FORMATS, encode_label_png, exif_note, read_image, read_object_mask
-from util.metrics import check_finite_logits, predict_on_label
-from util.model_io import load_stage2_model
-from util.runtime import autocast, check_amp, resolve_device
-from util.transform import PairedTransform, bbox_mask, build_transform
-from util.visualize import PRED_COLOUR, add_title, overlay_mask, png_bytes
+from util.common.atomic import check_writable, write_output
+from util.common.config import load_config
+from util.common.errors import UserError, cli_entry
+from util.data.benchmarks import class_names, num_classes
+from util.data.image_io import (
+    MASK_FORMATS,
+    encode_label_png,
+    exif_note,
+    read_image,
+    read_object_mask,
+)
+from util.data.transform import PairedTransform, bbox_mask, build_transform
+from util.engine.metrics import check_finite_logits, predict_on_label
+from util.engine.runtime import autocast, check_amp, resolve_device
+from util.reports.figures import PRED_COLOUR, add_title, overlay_mask, png_bytes
+from util.runs.checkpoint import stage2_weight
+from util.runs.weights import load_stage2_model
 
 NO_CLASS = 0
 MASK_FOREGROUND = 255
@@ -62,7 +68,7 @@ NO_RANDOMNESS = np.random.default_rng(0)  # the test geometry draws nothing; the
 def read_support_mask(path: str | Path, ignore_label: int, class_id: int = NO_CLASS, class_name: str = "",
                       mask_format: str = "auto", dataset_classes: int = 255) -> np.ndarray:
     """A support mask file as uint8 {0, 1, ``ignore_label``} (object 1) by the datasets' rule
-    (:func:`util.image_io.read_object_mask`; the module docstring)."""
+    (:func:`util.data.image_io.read_object_mask`; the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: support mask not found; give --support IMAGE MASK with existing files")

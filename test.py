@@ -19,19 +19,24 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from util.atomic import check_writable, write_output
-from util.backbone_weights import SOURCE_KEY, source_in
-from util.checkpoint import describe_identity, recorded_identity, stage2_weight
-from util.cli import config_from_cli
+from util.common.atomic import check_writable, write_output
+from util.common.cli import config_from_cli
+from util.common.errors import cli_entry
 from util.dataset import EpisodeDataset
-from util.distributed import init_distributed, shutdown_distributed
-from util.errors import cli_entry
-from util.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
-from util.model_io import CLASS_VECTORS, class_vectors_record, embedding_path, load_stage2_model
-from util.report import format_run_table, results_path
-from util.runguard import run_dir_lock
-from util.runlog import RunLog
-from util.runtime import check_amp, seed_everything
+from util.engine.distributed import init_distributed, shutdown_distributed
+from util.engine.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
+from util.engine.runtime import check_amp, seed_everything
+from util.reports.tables import format_run_table, results_path
+from util.runs.weights import SOURCE_KEY, source_in
+from util.runs.checkpoint import describe_identity, recorded_identity, stage2_weight
+from util.runs.guard import run_dir_lock
+from util.runs.log import RunLog
+from util.runs.weights import (
+    CLASS_VECTORS,
+    class_vectors_record,
+    embedding_path,
+    load_stage2_model,
+)
 
 VIS_DIR = "vis"
 WRITABLE = "free disk space or choose a writable exp_dir (test.py writes <exp_dir>/test/)"

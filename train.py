@@ -11,17 +11,27 @@ from __future__ import annotations
 from typing import Sequence
 
 from model.mianet import min_train_size
-from util.backbone_weights import SOURCE_KEY, recorded_source, source_notices
-from util.checkpoint import base_weight_path, check_base_learner, meta_run_dir, run_identity
-from util.classes import class_names
-from util.config import Config
+from util.common.config import Config
+from util.common.errors import UserError, cli_entry
+from util.data.benchmarks import class_names
 from util.dataset import EpisodeDataset, episode_collate
-from util.distributed import DistContext
-from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
-from util.errors import UserError, cli_entry
-from util.evaluator import episode_scores_summary, evaluate_episodes
-from util.model_io import CLASS_VECTORS, build_mianet, class_vectors_record, load_base_learner
-from util.runtime import epoch_seed
+from util.engine.distributed import DistContext
+from util.engine.evaluator import episode_scores_summary, evaluate_episodes
+from util.engine.loop import Schedule, TrainJob, TrainResult, train_from_cli
+from util.engine.runtime import epoch_seed
+from util.runs.weights import SOURCE_KEY, recorded_source, source_notices
+from util.runs.checkpoint import (
+    base_weight_path,
+    check_base_learner,
+    meta_run_dir,
+    run_identity,
+)
+from util.runs.weights import (
+    CLASS_VECTORS,
+    build_mianet,
+    class_vectors_record,
+    load_base_learner,
+)
 
 
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:

@@ -5,7 +5,7 @@
 # Config: config/<dataset>/<backbone>/split<fold>.yaml, shot and extra `key value` pairs as overrides.
 # Re-runnable: both stages run with `resume auto` (a finished stage is a no-op, a killed or interrupted one
 # continues). Stage 1 is skipped when it is done: a finished or imported best.pth in its run directory, or
-# an existing base_weight file (util/runguard.py decides).
+# an existing base_weight file (util/runs/guard.py decides).
 # NPROC > 1 launches each stage with torchrun (DDP, one process per GPU; several nodes: TORCHRUN_ARGS; see
 # util/launch.sh). Batch sizes are global, so NPROC changes no iteration, schedule or batch. A finished fold is
 # skipped whatever NPROC is; continuing an unfinished one needs the NPROC it began with (each process's random state).

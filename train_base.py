@@ -10,17 +10,17 @@ from typing import Sequence
 
 from torch import nn
 
-from util.backbone_weights import SOURCE_KEY, source_notices
-from util.checkpoint import base_run_dir, run_identity
-from util.classes import base_classes
-from util.config import Config
+from util.common.config import Config
+from util.common.errors import UserError, cli_entry
+from util.data.benchmarks import base_classes
 from util.dataset import BaseClassDataset
-from util.distributed import DistContext
-from util.engine import Schedule, TrainJob, TrainResult, train_from_cli
-from util.errors import UserError, cli_entry
-from util.evaluator import evaluate_semantic
-from util.model_io import build_pspnet
-from util.runtime import epoch_seed
+from util.engine.distributed import DistContext
+from util.engine.evaluator import evaluate_semantic
+from util.engine.loop import Schedule, TrainJob, TrainResult, train_from_cli
+from util.engine.runtime import epoch_seed
+from util.runs.weights import SOURCE_KEY, source_notices
+from util.runs.checkpoint import base_run_dir, run_identity
+from util.runs.weights import build_pspnet
 
 MIN_IMAGES_PER_PROCESS = 2
 

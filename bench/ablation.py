@@ -12,7 +12,7 @@ through train.py / test.py on the demo's stage 1, one record per run, and the ta
 Rows (added to the demo's command): none (use_gim false use_hpm false), gim (use_hpm false), hpm (use_gim false),
 both (nothing: the demo), both_prior1 (prior_scale 1). Runs go to <exp root>/<row>/seed<S>/ (its ablation.log
 holds the entry points' output), records to <results dir>/<row>_seed<S>.json; one progress line per run.
-The library: util/ablation.py (runs, records), util/ablation_tables.py (tables, the demo's comparison).
+The library: util/runs/ablation.py (runs, records), util/reports/ablation.py (tables, the demo's comparison).
 """
 from __future__ import annotations
 
@@ -20,9 +20,24 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from util.ablation import DEFAULT_SEEDS, EXP_ROOT, REPO, RESULTS_DIR, ROWS, Plan, parse_rows, run_plan
-from util.ablation_tables import ablation_block, demo_comparison, read_records, read_stage1, write_pages
-from util.errors import UserError, cli_entry
+from util.common.errors import UserError, cli_entry
+from util.reports.ablation import (
+    ablation_block,
+    demo_comparison,
+    read_records,
+    read_stage1,
+    write_pages,
+)
+from util.runs.ablation import (
+    DEFAULT_SEEDS,
+    EXP_ROOT,
+    REPO,
+    RESULTS_DIR,
+    ROWS,
+    Plan,
+    parse_rows,
+    run_plan,
+)
 
 
 @cli_entry

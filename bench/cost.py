@@ -31,16 +31,16 @@ import time
 from typing import Callable
 
 import torch
-
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.speed import PeakMemory, _sync
 from model.backbone import build_backbone
 from model.pspnet import PSPNet
-from util.config import Config, load_config
-from util.model_io import build_mianet
-from util.random_inputs import episode_tensors
-from util.runtime import cpu_model, resolve_device
+from util.common.config import Config, load_config
+from util.common.random_inputs import episode_tensors
+from util.engine.runtime import cpu_model, resolve_device
+from util.runs.weights import build_mianet
+
 
 class Timer:
     """Times calls; ``cpu`` and ``wall`` sum the process CPU time and the wall time of every timed call."""

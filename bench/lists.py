@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from util.image_io import write_label
-from util.make_lists import make_lists
+from tools.make_lists import make_lists
+from util.data.image_io import write_label
 
 HEIGHT, WIDTH = 375, 500
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
-SYNTH_VAL = 600            # the synth config's val pool (python -m util.make_synth default)
+SYNTH_VAL = 600            # the synth config's val pool (python -m tools.make_synth default)
 PASCAL_POOL = 947          # synth val images whose fold-0 val list holds PASCAL fold 0's 364
 PASCAL_FOLD0_VAL = 364
 TRAIN_IMAGES = 20          # make_lists needs a train pool; the test protocol never reads it
@@ -45,8 +45,8 @@ TARGETS = {"passes": 5.0, "wall": 0.3, "rss_mb": 2048.0}
 
 def _pool(root: Path, name: str) -> tuple[Path, Path]:
     """(data_root, list_root) of the synth pool ``name`` under ``root``, made once."""
-    from util.make_lists import make_lists
-    from util.make_synth import make_synth
+    from tools.make_lists import make_lists
+    from tools.make_synth import make_synth
 
     data_root, list_root = root / name, root / f"{name}-lists"
     if not list_root.is_dir():
@@ -56,7 +56,7 @@ def _pool(root: Path, name: str) -> tuple[Path, Path]:
 
 
 def _config(setting: dict, data_root: Path, list_root: Path, reuse: bool, workers: int):
-    from util.config import load_config
+    from util.common.config import load_config
 
     overrides = {"data_root": str(data_root), "list_root": str(list_root), "shot": setting["shot"],
                  "test_seeds": setting["seeds"], "test_episodes": setting["episodes"], "feature_reuse": reuse,
@@ -71,9 +71,9 @@ def child(arguments: dict) -> dict:
     import torch
 
     from util.dataset import load_fold_list
-    from util.model_io import build_mianet
-    from util.distributed import DistContext
-    from util.evaluator import run_protocol
+    from util.engine.distributed import DistContext
+    from util.engine.evaluator import run_protocol
+    from util.runs.weights import build_mianet
 
     cfg = _config(SETTINGS[arguments["setting"]], Path(arguments["data_root"]), Path(arguments["list_root"]),
                   arguments["reuse"], arguments["workers"])
@@ -117,7 +117,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    from util.runtime import cpu_model  # imports torch: the children measure, the parent stays light
+    from util.engine.runtime import (
+        cpu_model,  # imports torch: the children measure, the parent stays light
+    )
 
     names = args.only or (QUICK if args.quick else FULL)
     load = os.getloadavg()[0]

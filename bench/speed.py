@@ -43,15 +43,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from util.config import Config, load_config
+from tools.make_lists import make_lists
+from tools.make_synth import make_synth
+from util.common.config import Config, load_config
+from util.common.random_inputs import episode_tensors
 from util.dataset import EpisodeDataset, episode_collate
-from util.distributed import DistContext
-from util.evaluator import run_protocol
-from util.make_lists import make_lists
-from util.make_synth import make_synth
-from util.model_io import build_mianet
-from util.random_inputs import episode_tensors
-from util.runtime import autocast, check_amp, grad_scaler, resolve_device
+from util.engine.distributed import DistContext
+from util.engine.evaluator import run_protocol
+from util.engine.runtime import autocast, check_amp, grad_scaler, resolve_device
+from util.runs.weights import build_mianet
 
 TARGETS = {"eval": 1.15, "train": 1.3, "test": 1.2}  # overhead ratios (see above); test.py s/episode / eval latency
 SIZES, QUICK_SIZES = (473, 641), (473,)

@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from util.make_lists import make_lists
-from util.make_synth import make_synth
+from tools.make_lists import make_lists
+from tools.make_synth import make_synth
 
 
 def main() -> None:

@@ -7,7 +7,7 @@
 - VGG16-BN: torchvision's ``features`` cut into five stages (pools with ceil_mode).
 - EfficientNet-Lite0: timm's ``tf_efficientnet_lite0`` with output stride 8.
 
-Everything here builds and computes; ImageNet weight files are read by :mod:`util.backbone_weights`.
+Everything here builds and computes; ImageNet weight files are read by :mod:`util.runs.weights`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch.nn as nn
 from torchvision.models import resnet
 from torchvision.models.vgg import cfgs, make_layers
 
-from util.errors import UserError
+from util.common.errors import UserError
 
 BACKBONES = ("resnet50", "resnet101", "vgg16_bn", "efficientnet_lite0", "resnet50_tv")
 LAYER3_STRIDE = {"vgg16_bn": 16}

@@ -14,12 +14,17 @@ import torch.nn.functional as F
 
 from model.backbone import LAYER3_STRIDE, Backbone, build_backbone, cpu_layout
 from model.gim import GeneralInformationGenerator, local_feature_generator, triplet_loss
-from model.hpm import priors_from_directions, pyramid_bins, support_directions, weighted_sum
+from model.hpm import (
+    priors_from_directions,
+    pyramid_bins,
+    support_directions,
+    weighted_sum,
+)
 from model.ifm import InformationFusion
 from model.precision import at_least_float32, autocast_off
 from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
-from util.errors import UserError
+from util.common.errors import UserError
 
 PROTOTYPE_EPS = 5e-4
 LFG_MIN_CELLS = 3  # the LFG's first convolution (3x3, stride 2, no padding) needs a layer3 map of at least 3 x 3
@@ -131,7 +136,7 @@ class MIANet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], word_vectors: torch.Tensor) -> "MIANet":
-        """Build from a config and its class-name vectors (:func:`util.model_io.build_mianet` reads them); the
+        """Build from a config and its class-name vectors (:func:`util.runs.weights.build_mianet` reads them); the
         backbone is random until a base learner's or a checkpoint's state dict is loaded."""
         return cls(
             build_backbone(cfg["backbone"]), word_vectors,
@@ -155,7 +160,7 @@ class MIANet(nn.Module):
         (before its dropout) and layer4. Every image goes through the backbone once.
 
         In eval mode this is a pure function of each image, so an evaluation may compute it once per image and
-        reuse it (:mod:`util.evaluator`, ``feature_reuse``). Backbone BN in train mode (``freeze_backbone_bn:
+        reuse it (:mod:`util.engine.evaluator`, ``feature_reuse``). Backbone BN in train mode (``freeze_backbone_bn:
         false``) makes an image's features depend on its batch: use :meth:`forward`, which batches as the
         reference does. Frozen BN: on CPU one channels-last image at a time, measured 15-30% faster than one NCHW
         batch (ResNet-50 at 473 and 641 px, 2 cores: smaller working set per layer, no layout reorder per

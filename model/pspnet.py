@@ -15,8 +15,8 @@ from torch.utils.checkpoint import checkpoint
 from model.backbone import Backbone, build_backbone, cpu_layout
 from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
-from util.backbone_weights import RANDOM
-from util.classes import base_classes, stage1_ignore_index
+from util.data.benchmarks import base_classes, stage1_ignore_index
+from util.runs.weights import RANDOM
 
 LOSS_CHUNK_BYTES = 512 * 2 ** 20
 """The stage-1 loss upsamples at most this many bytes of float32 logits at a time (one image at least): one image of
@@ -73,7 +73,7 @@ class PSPNet(nn.Module):
     """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{loss}`` with labels.
 
     ``backbone_source`` says where the backbone's starting weights came from (``random`` unless
-    :func:`util.model_io.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
+    :func:`util.runs.weights.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
     ``loss_chunk_bytes``: the training loss's budget for upsampled logits (:func:`upsampled_cross_entropy`).
     """
 

@@ -1,8 +1,8 @@
-"""Result tables from test.py's JSON (the tables: :mod:`util.report`).
+"""Result tables from test.py's JSON (the tables: :mod:`util.reports.tables`).
 
 ``python -m tools.report exp/.../split0/.../test/results.json exp/.../split1/.../test/results.json ...``
 prints mIoU and FB-IoU per fold and their mean (percentages, mean over seeds); with ``--chart`` it also
-draws the per-class IoU bar chart of those folds next to the results (see :func:`util.report.chart_path`).
+draws the per-class IoU bar chart of those folds next to the results (see :func:`util.reports.tables.chart_path`).
 ``python -m tools.report --results-path --config FILE [key value ...]`` prints where test.py writes
 the results of that config (used by test.sh).
 """
@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from util.config import load_config
-from util.errors import cli_entry
-from util.report import chart_path, format_fold_table, read_results, results_path
+from util.common.config import load_config
+from util.common.errors import cli_entry
+from util.reports.tables import (
+    chart_path,
+    format_fold_table,
+    read_results,
+    results_path,
+)
 
 
 @cli_entry
@@ -33,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         text = format_fold_table(results)
         if args.chart:
             # imported here so that ``--results-path`` (called once per fold by test.sh) does not load matplotlib
-            from util.visualize import save_per_class_bar_chart
+            from util.reports.figures import save_per_class_bar_chart
 
             text += f"\nper-class IoU chart: {save_per_class_bar_chart(results, chart_path(args.items, results))}"
     print(text)

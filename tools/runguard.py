@@ -1,5 +1,5 @@
 """Print the checkpoint that makes stage 1 done for a config, nothing if stage 1 still has to run
-(:func:`util.runguard.stage1_done`); train.sh uses it to skip stage 1.
+(:func:`util.runs.guard.stage1_done`); train.sh uses it to skip stage 1.
 
     python -m tools.runguard --stage1-done --config C [key value ...]
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from util.config import load_config
-from util.errors import cli_entry
-from util.runguard import stage1_done
+from util.common.config import load_config
+from util.common.errors import cli_entry
+from util.runs.guard import stage1_done
 
 
 @cli_entry

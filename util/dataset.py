@@ -1,6 +1,6 @@
 """Datasets: episodic few-shot (``EpisodeDataset``) and base-class segmentation for stage 1 (``BaseClassDataset``).
 
-Episodes read the per-fold lists written by ``python -m tools.make_lists`` (layout in ``util/fss_lists.py``):
+Episodes read the per-fold lists written by ``python -m tools.make_lists`` (layout in ``util/data/lists.py``):
 ``<list_root>/<dataset>[/<coco_split_style>]/fold<k>/{train_min<N>_<novel_in_train>,val_min<N>}.json``
 with paths relative to ``data_root``; stage 1 reads the image pools (``base_images: all``) or the
 fold's lists (``fold_lists``). A missing list raises a UserError that names the command.
@@ -9,7 +9,7 @@ Episodes follow the protocol: the query image's class is drawn uniformly among t
 it holds (``episode_class``: ``any_size`` = present at any size, the reference; ``counted`` = only
 those with at least ``min_class_pixels``), and K distinct supports are drawn uniformly among the
 other images in which that class counts (other by image path: the lists hold each image once, see
-``util/fss_lists.py``, and the query's own path is never a support). Episode ``i`` -- which images,
+``util/data/lists.py``, and the query's own path is never a support). Episode ``i`` -- which images,
 which class, and every augmentation draw -- is a pure function of ``(seed, i)``: one
 ``numpy.random.SeedSequence([seed, i])`` feeds everything, so DataLoader workers and order don't matter.
 For training, give each epoch its own seed (``dataset.seed = seed + epoch``) to see new episodes.
@@ -31,14 +31,30 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from util.classes import ONE_CLASS_DATASETS, base_classes, num_classes, stage1_ignore_index
-from util.cli import tool_command
-from util.errors import UserError
-from util.fss1000 import read_binary_mask
-from util.fss_lists import (FoldList, check_dataset_fold, episode_subset, fold_list_path, image_key, label_remedy,
-                            make_lists_command, pool_list_path, read_fold_list, read_pool, stage1_subset)
-from util.image_io import check_label_values, exif_note, read_image, read_label
-from util.transform import bbox_mask, binary_label, build_transform
+from util.common.cli import tool_command
+from util.common.errors import UserError
+from util.data.benchmarks import (
+    ONE_CLASS_DATASETS,
+    base_classes,
+    num_classes,
+    stage1_ignore_index,
+)
+from util.data.benchmarks.fss1000 import read_binary_mask
+from util.data.image_io import check_label_values, exif_note, read_image, read_label
+from util.data.lists import (
+    FoldList,
+    check_dataset_fold,
+    episode_subset,
+    fold_list_path,
+    image_key,
+    label_remedy,
+    make_lists_command,
+    pool_list_path,
+    read_fold_list,
+    read_pool,
+    stage1_subset,
+)
+from util.data.transform import bbox_mask, binary_label, build_transform
 
 __all__ = ["Episode", "EpisodeDataset", "BaseClassDataset", "collate_episodes", "episode_collate", "read_image",
            "read_label", "load_fold_list", "load_pool"]
@@ -163,7 +179,7 @@ def load_pool(source: DataSpec | Mapping[str, Any], subset: str) -> list[tuple[s
 def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int,
               remedy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its label on their stored pixel grids, checking sizes and class ids (FSS-1000: its mask,
-    1 = the image's class); ``remedy`` ends the message for a label that is not 8-bit (:func:`util.fss_lists.label_remedy`)."""
+    1 = the image's class); ``remedy`` ends the message for a label that is not 8-bit (:func:`util.data.lists.label_remedy`)."""
     binary_mask = dataset in ONE_CLASS_DATASETS
     rgb = read_image(image_path)
     classes = read_binary_mask(label_path) if binary_mask else read_label(label_path, remedy)

@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader
 
 from tests.support.data import data_config, pascal_pool
 from util.dataset import BaseClassDataset, EpisodeDataset, collate_episodes, episode_collate, read_label
-from util.errors import UserError
-from util.image_io import write_label
-from util.make_lists import make_lists
-from util.make_synth import make_synth
+from util.common.errors import UserError
+from util.data.image_io import write_label
+from tools.make_lists import make_lists
+from tools.make_synth import make_synth
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 
 from tests.support.data import block_label, pascal_pool, write_pool, write_rgb
 from tools.make_lists import main
-from util.errors import UserError
-from util.fss_lists import SUBSETS, fold_list_path, read_fold_list
-from util.image_io import read_label, write_label
-from util.make_lists import make_lists
+from util.common.errors import UserError
+from util.data.lists import SUBSETS, fold_list_path, read_fold_list
+from util.data.image_io import read_label, write_label
+from tools.make_lists import make_lists
 
 
 def load(path):

@@ -9,12 +9,12 @@ import scipy.io
 from pycocotools import mask as mask_utils
 
 from tests.support.data import block_label, write_palette_png, write_rgb
-from util.classes import COCO_CLASSES
-from util.atomic import AtomicFile
-from util.errors import UserError
-from util.image_io import read_label
-from util.prepare_coco import prepare_coco
-from util.prepare_pascal import prepare_pascal
+from util.data.benchmarks import COCO_CLASSES
+from util.common.atomic import AtomicFile
+from util.common.errors import UserError
+from util.data.image_io import read_label
+from tools.prepare_coco import prepare_coco
+from tools.prepare_pascal import prepare_pascal
 
 # COCO 2014 category ids (ascending, with the official gaps)
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

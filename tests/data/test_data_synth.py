@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from tools.make_synth import main
-from util.classes import SYNTH_CLASSES
-from util.errors import UserError
-from util.image_io import read_image, read_label
-from util.make_synth import image_id, make_synth, render
+from util.data.benchmarks import SYNTH_CLASSES
+from util.common.errors import UserError
+from util.data.image_io import read_image, read_label
+from tools.make_synth import image_id, make_synth, render
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from tests.support.reference_geometry import resized_val
-from util.config import load_config
-from util.errors import UserError
-from util.transform import (IMAGENET_MEAN, IMAGENET_STD, RandomCrop, bbox_mask, binary_label, build_transform,
+from util.common.config import load_config
+from util.common.errors import UserError
+from util.data.transform import (IMAGENET_MEAN, IMAGENET_STD, RandomCrop, bbox_mask, binary_label, build_transform,
                             normalization_for)
 
 COLOURS = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.float32)

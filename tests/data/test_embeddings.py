@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from tools.embed_classes import main
-from util.classes import PASCAL_CLASSES, SYNTH_CLASSES, class_names, num_classes
-from util.embed_classes import (
+from util.data.benchmarks import PASCAL_CLASSES, SYNTH_CLASSES, class_names, num_classes
+from tools.embed_classes import (
     FASTTEXT_BIN_MAGIC, build_embeddings, default_name, file_vectors, name_words, read_names_file,
 )
-from util.embeddings import default_embedding_file, load_class_embeddings
-from util.errors import UserError
+from util.data.embeddings import default_embedding_file, load_class_embeddings
+from util.common.errors import UserError
 
 TINY_VECTORS = {
     "background": [0.0, 0.0, 3.0],
@@ -135,7 +135,7 @@ def test_every_format_gives_the_same_vectors(tmp_path, filename, kind):
 
 
 def test_binary_reader_crosses_chunk_boundaries(tmp_path, monkeypatch):
-    import util.embed_classes as embed_classes
+    import tools.embed_classes as embed_classes
 
     monkeypatch.setattr(embed_classes, "READ_CHUNK_BYTES", 5)
     path = tmp_path / "w2v.bin"
@@ -232,8 +232,8 @@ def test_cli_pascal_rows_follow_class_ids_and_load(tmp_path):
 
 
 def test_a_write_that_fails_midway_keeps_the_previous_table(tmp_path, monkeypatch):
-    """write_embeddings goes through util.atomic: a crash while saving leaves the old file whole and no temporary."""
-    import util.embed_classes as embed_classes
+    """write_embeddings goes through util.common.atomic: a crash while saving leaves the old file whole and no temporary."""
+    import tools.embed_classes as embed_classes
 
     matrix, rows = np.ones((21, 6), np.float32), embed_classes.class_rows(PASCAL_CLASSES)
     path = embed_classes.write_embeddings(tmp_path, "pascal", "tiny", matrix, rows, "glove50", "first")

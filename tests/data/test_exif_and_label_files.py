@@ -10,13 +10,13 @@ import tools.make_lists
 from tests.data.test_data_prepare import voc_sbd  # noqa: F401  (fixture)
 from tests.support.data import block_label, data_config, pascal_pool, write_pool
 from util.dataset import EpisodeDataset
-from util.errors import UserError
-from util.fss_lists import pool_list_path
-from util.image_io import image_size, read_image, write_label
-from util.make_lists import make_lists
-from util.make_synth import make_synth
-from util.prepare_pascal import prepare_pascal
-from util.transform import normalization_for
+from util.common.errors import UserError
+from util.data.lists import pool_list_path
+from util.data.image_io import image_size, read_image, write_label
+from tools.make_lists import make_lists
+from tools.make_synth import make_synth
+from tools.prepare_pascal import prepare_pascal
+from util.data.transform import normalization_for
 
 ROTATED = 6  # EXIF orientation 6: viewers turn the stored pixels 90 degrees clockwise
 BRIGHT, DARK = 230, 20

@@ -19,14 +19,14 @@ from tests.support.data import data_config
 from tests.support.fss import make_fss_tree, make_folder_stubs
 from tools import runguard
 from tools.prepare_fss import main as prepare_fss
-from util.checkpoint import base_run_dir, check_base_learner, run_identity, save_atomic
-from util.classes import base_classes, class_names, novel_classes, val_classes
-from util.config import load_config
+from util.runs.checkpoint import base_run_dir, check_base_learner, run_identity, save_atomic
+from util.data.benchmarks import base_classes, class_names, novel_classes, val_classes
+from util.common.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
-from util.embed_classes import build_embeddings, glove50_vectors, word_rule
-from util.embeddings import default_embedding_file, load_class_embeddings
-from util.errors import UserError
-from util.fss1000 import (CLASS_WORDS_FILE, PUBLISHED_SPLIT_DIR, own_words, published_names, published_split,
+from tools.embed_classes import build_embeddings, glove50_vectors, word_rule
+from util.data.embeddings import default_embedding_file, load_class_embeddings
+from util.common.errors import UserError
+from util.data.benchmarks.fss1000 import (CLASS_WORDS_FILE, PUBLISHED_SPLIT_DIR, own_words, published_names, published_split,
                           read_class_words, read_name_list, split_source)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,11 +16,11 @@ import util.dataset
 from tests.data.test_data_prepare import coco_tree  # noqa: F401  (fixture)
 from tests.support.data import data_config, pascal_pool
 from util.dataset import BaseClassDataset, EpisodeDataset
-from util.errors import UserError
-from util.fss_lists import FoldList, fold_list_path, make_lists_command, pool_list_path
-from util.make_lists import make_lists
-from util.make_synth import make_synth
-from util.prepare_coco import prepare_coco
+from util.common.errors import UserError
+from util.data.lists import FoldList, fold_list_path, make_lists_command, pool_list_path
+from tools.make_lists import make_lists
+from tools.make_synth import make_synth
+from tools.prepare_coco import prepare_coco
 
 REPO = Path(__file__).resolve().parents[2]
 EPISODES = 300

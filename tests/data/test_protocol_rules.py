@@ -6,8 +6,8 @@ import pytest
 
 from tests.support.data import data_config, write_pool
 from util.dataset import EpisodeDataset
-from util.make_lists import make_lists
-from util.transform import UNIFORM_RETRIES, RandomCrop
+from tools.make_lists import make_lists
+from util.data.transform import UNIFORM_RETRIES, RandomCrop
 
 VAL_LIST = "ImageSets/SegmentationAug/val.txt"
 TRAIN_LIST = "ImageSets/SegmentationAug/train.txt"

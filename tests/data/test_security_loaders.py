@@ -28,21 +28,22 @@ from PIL import EpsImagePlugin, Image
 import predict
 import test as test_script
 from tests.support.engine import tiny_config, tiny_job
-from util.checkpoint import load_checkpoint, read_checkpoint_file
-from util.config import load_config
-from util.distributed import DistContext
-from util.embed_classes import build_embeddings, read_names_file
-from util.embeddings import load_class_embeddings
-from util.engine import train
-from util.errors import UserError
-from util.fss_lists import read_fold_list
-from util.image_io import image_size, read_image, read_label
-from util.make_lists import make_lists
-from util.model_io import (base_learner_backbone_state, build_mianet, build_pspnet, import_checkpoint, load_stage2_model,
+from util.runs.checkpoint import load_checkpoint, read_checkpoint_file
+from util.common.config import load_config
+from util.engine.distributed import DistContext
+from tools.embed_classes import build_embeddings, read_names_file
+from util.data.embeddings import load_class_embeddings
+from util.engine.loop import train
+from util.common.errors import UserError
+from util.data.lists import read_fold_list
+from util.data.image_io import image_size, read_image, read_label
+from tools.make_lists import make_lists
+from tools.checkpoint_import import import_checkpoint
+from util.runs.weights import (base_learner_backbone_state, build_mianet, build_pspnet, load_stage2_model,
                            load_base_learner)
-from util.prepare_coco import prepare_coco
-from util.prepare_pascal import prepare_pascal, read_sbd_label
-from util.report import read_results
+from tools.prepare_coco import prepare_coco
+from tools.prepare_pascal import prepare_pascal, read_sbd_label
+from util.reports.tables import read_results
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "assets"
@@ -317,7 +318,7 @@ def test_backbone_weight_refuses(bad, kind):
     bad.refused(path, build_pspnet, cfg)
 
 
-# ---------------------------------------------------------------- word-vector files of util.embed_classes
+# ---------------------------------------------------------------- word-vector files of tools.embed_classes
 
 @pytest.mark.parametrize("reader", ["builtin", "auto", "gensim"])
 @pytest.mark.parametrize("kind, name", [("pickle4", "vectors.bin"), ("pickle0", "vectors.txt"),

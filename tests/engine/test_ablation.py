@@ -1,4 +1,4 @@
-"""The synth ablation (util/ablation.py, util/ablation_tables.py): runs through stand-in entry points
+"""The synth ablation (util/runs/ablation.py, util/reports/ablation.py): runs through stand-in entry points
 (tests/support/ablation.py), resuming, refusals, the generated tables against figures computed here from the
 stand-in's formula, the committed pages against the committed records, and the demo's comparison. One slow test
 runs a tiny real ablation through train_base.py, train.py and test.py."""
@@ -14,12 +14,12 @@ import pytest
 
 from tests.support.ablation import BASELINE_FBIOU, BASELINE_MIOU, EXIT_VARIABLE, fake_class_iou, fake_miou
 from tests.support.engine import make_tiny_synth
-from util.ablation import (DEMO_CONFIG, REPO, RESULTS_DIR, ROWS_BY_NAME, STAGE1_RECORD, TIME_FILE, Plan, RunFailed,
+from util.runs.ablation import (DEMO_CONFIG, REPO, RESULTS_DIR, ROWS_BY_NAME, STAGE1_RECORD, TIME_FILE, Plan, RunFailed,
                            check_plan, run_plan)
-from util.ablation_tables import (ABLATION_BLOCK, DEMO_BLOCK, README, RESULTS_PAGE, demo_comparison, render_pages,
+from util.reports.ablation import (ABLATION_BLOCK, DEMO_BLOCK, README, RESULTS_PAGE, demo_comparison, render_pages,
                                   replace_block, stale_pages, write_pages)
-from util.config import load_config
-from util.errors import UserError
+from util.common.config import load_config
+from util.common.errors import UserError
 
 SCHEDULE = ("max_iters", "2")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import util.distributed as distributed
-from util.checkpoint import restore_rng_state, rng_state
-from util.distributed import DistContext, data_parallel, init_distributed
-from util.errors import UserError
-from util.runtime import configure_device
+import util.engine.distributed as distributed
+from util.runs.checkpoint import restore_rng_state, rng_state
+from util.engine.distributed import DistContext, data_parallel, init_distributed
+from util.common.errors import UserError
+from util.engine.runtime import configure_device
 
 
 class FakeDist:

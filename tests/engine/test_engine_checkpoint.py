@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from util.checkpoint import (MODEL_CONFIG_KEYS, base_run_dir, base_weight_path, check_checkpoint_config, load_checkpoint,
+from util.runs.checkpoint import (MODEL_CONFIG_KEYS, base_run_dir, base_weight_path, check_checkpoint_config, load_checkpoint,
                              load_model_state, meta_run_dir, restore_rng_state, resume_path, rng_state, save_atomic,
                              stage2_weight)
-from util.config import load_config
-from util.errors import UserError
+from util.common.config import load_config
+from util.common.errors import UserError
 
 
 def test_atomic_save_round_trips_and_leaves_no_temp_file(tmp_path):

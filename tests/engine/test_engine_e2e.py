@@ -12,14 +12,14 @@ import test as test_script
 import train as train_script
 import train_base as train_base_script
 from tests.support.engine import Crash, make_tiny_synth
-from util.backbone_weights import RANDOM_WARNING
-from util.checkpoint import load_checkpoint
-from util.classes import class_names
-from util.config import load_config
+from util.runs.weights import RANDOM_WARNING
+from util.runs.checkpoint import load_checkpoint
+from util.data.benchmarks import class_names
+from util.common.config import load_config
 from util.dataset import EpisodeDataset
-from util.image_io import read_label
-from util.metrics import predict_on_label
-from util.model_io import build_mianet
+from util.data.image_io import read_label
+from util.engine.metrics import predict_on_label
+from util.runs.weights import build_mianet
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from tests.support.reference_geometry import foreground_counts, resized_val, scored_maps
-from util.config import load_config
+from util.common.config import load_config
 from util.dataset import EpisodeDataset
-from util.distributed import DistContext
-from util.evaluator import evaluate_episodes, every_object_baseline, protocol_of, run_protocol
-from util.image_io import read_image, read_label
-from util.report import MAX_EMPTY_ROWS, NO_EPISODES, format_fold_table, format_run_table
-from util.transform import normalization_for
+from util.engine.distributed import DistContext
+from util.engine.evaluator import evaluate_episodes, every_object_baseline, protocol_of, run_protocol
+from util.data.image_io import read_image, read_label
+from util.reports.tables import MAX_EMPTY_ROWS, NO_EPISODES, format_fold_table, format_run_table
+from util.data.transform import normalization_for
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -266,7 +266,7 @@ def test_many_classes_without_episodes_share_one_line_of_the_table():
 
 
 def test_classes_scored_spans_the_seeds():
-    from util.report import classes_scored
+    from util.reports.tables import classes_scored
 
     seeds = [{"class_iou": {"a": 0.5, "b": 0.1}}, {"class_iou": {"a": 0.5}}]
     assert classes_scored({"protocol": {"novel_classes": ["a", "b", "c"]}, "seeds": seeds}) == "over 1-2 of 3 classes"

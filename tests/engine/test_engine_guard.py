@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from tests.support.engine import tiny_config, tiny_job
-from util.checkpoint import load_checkpoint, run_record, save_atomic
-from util.distributed import DistContext
-from util.engine import TrainingDiverged, train
-from util.errors import UserError
-from util.runguard import LOCK_FILE, RunInterrupted, RunLock
+from util.runs.checkpoint import load_checkpoint, run_record, save_atomic
+from util.engine.distributed import DistContext
+from util.engine.loop import TrainingDiverged, train
+from util.common.errors import UserError
+from util.runs.guard import LOCK_FILE, RunInterrupted, RunLock
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 REPO = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ def test_nan_under_amp_names_amp_not_the_learning_rate(tmp_path):
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from util.runguard import RunLock
+    from util.runs.guard import RunLock
     lock = RunLock(Path(sys.argv[1]))
     lock.acquire()
     print("locked", flush=True)

@@ -6,11 +6,11 @@ import torch
 import yaml
 
 from tests.support.engine import Crash, tiny_config, tiny_job
-from util.checkpoint import BEST_KEYS, TRAINING_STATE_KEYS, load_checkpoint
-from util.distributed import DistContext
-from util.engine import TrainingDiverged, train
-from util.errors import UserError
-from util.runtime import AMP_DTYPES, autocast
+from util.runs.checkpoint import BEST_KEYS, TRAINING_STATE_KEYS, load_checkpoint
+from util.engine.distributed import DistContext
+from util.engine.loop import TrainingDiverged, train
+from util.common.errors import UserError
+from util.engine.runtime import AMP_DTYPES, autocast
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 

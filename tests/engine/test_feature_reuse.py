@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import util.evaluator as evaluator
+import util.engine.evaluator as evaluator
 from model.mianet import SupportSummary
 from tests.model.test_model_reference import build
-from util.config import Config, load_config
+from util.common.config import Config, load_config
 from util.dataset import EpisodeDataset, collate_episodes
-from util.distributed import DistContext
-from util.evaluator import _plan_query_turns, evaluate_episode_sets, run_protocol
+from util.engine.distributed import DistContext
+from util.engine.evaluator import _plan_query_turns, evaluate_episode_sets, run_protocol
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 SIZE = {"efficientnet_lite0": 57, "resnet50": 49}

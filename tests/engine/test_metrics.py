@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from util.metrics import FewShotIoU, SemanticIoU, intersection_union, predict_on_label
+from util.engine.metrics import FewShotIoU, SemanticIoU, intersection_union, predict_on_label
 
 PRED = torch.tensor([[1, 1, 0], [0, 1, 0]])
 LABEL = torch.tensor([[1, 0, 0], [255, 1, 1]])

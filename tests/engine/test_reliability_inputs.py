@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from tests.support.data import block_label, data_config, pascal_pool, write_pool, write_rgb
-from util.checkpoint import load_checkpoint, save_atomic
-from util.config import load_config
+from util.runs.checkpoint import load_checkpoint, save_atomic
+from util.common.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
-from util.embeddings import load_class_embeddings
-from util.errors import UserError
-from util.image_io import JPEG_END, JPEG_START, VOC_PALETTE, is_truncated_jpeg, read_image, read_label, write_label
-from util.make_lists import make_lists
+from util.data.embeddings import load_class_embeddings
+from util.common.errors import UserError
+from util.data.image_io import JPEG_END, JPEG_START, VOC_PALETTE, is_truncated_jpeg, read_image, read_label, write_label
+from tools.make_lists import make_lists
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_LIST = "ImageSets/SegmentationAug/train.txt"
@@ -543,7 +543,7 @@ def test_rgb_labels_in_voc_colours_read_as_the_class_ids(voc_copy, tmp_path):
 
 
 def test_rgb_black_white_is_0_and_255_and_other_colours_are_refused_with_what_was_found(tmp_path):
-    from util.image_io import label_from_colours
+    from util.data.image_io import label_from_colours
 
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[1:3, 1:4] = (255, 255, 255)

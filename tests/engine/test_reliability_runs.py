@@ -19,8 +19,8 @@ import test as test_script
 import train as train_script
 import train_base as train_base_script
 from tests.support.engine import make_tiny_synth
-from util.checkpoint import load_checkpoint, save_atomic
-from util.image_io import read_label, write_label
+from util.runs.checkpoint import load_checkpoint, save_atomic
+from util.data.image_io import read_label, write_label
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -12,14 +12,14 @@ import test as test_script
 import train as train_script
 from tests.support.data import write_rgb
 from tools import checkpoint_import, runguard
-from util.checkpoint import (MODEL_IDENTITY_KEYS, base_run_dir, describe_identity, identity_conflict, load_checkpoint,
+from util.runs.checkpoint import (MODEL_IDENTITY_KEYS, base_run_dir, describe_identity, identity_conflict, load_checkpoint,
                               meta_run_dir, recorded_identity, run_identity, save_atomic)
-from util.classes import COCO_CLASSES, base_classes
-from util.config import load_config
-from util.errors import UserError, cli_entry
-from util.image_io import write_label
-from util.model_io import build_mianet, build_pspnet
-from util.runlog import RunLog
+from util.data.benchmarks import COCO_CLASSES, base_classes
+from util.common.config import load_config
+from util.common.errors import UserError, cli_entry
+from util.data.image_io import write_label
+from util.runs.weights import build_mianet, build_pspnet
+from util.runs.log import RunLog
 
 REPO = Path(__file__).resolve().parents[2]
 COCO0 = str(REPO / "config" / "coco" / "resnet50" / "split0.yaml")
@@ -120,7 +120,7 @@ def test_a_checkpoint_of_another_split_style_is_not_tested(fwb_tree, capsys, tmp
 def test_a_run_directory_of_another_identity_is_neither_skipped_nor_continued(tmp_path):
     from tests.support.engine import tiny_config, tiny_job
     from tests.engine.test_engine_ddp import CPU
-    from util.engine import train
+    from util.engine.loop import train
 
     run = tmp_path / "run"
     train(tiny_config(epochs=1), tiny_job(tiny_config(epochs=1), run), CPU)

@@ -9,10 +9,10 @@ import train_base
 from model.backbone import build_backbone
 from model.pspnet import PSPNet
 from tests.support.engine import Crash, TinySegNet, TinySegSet, make_tiny_synth, tiny_config, tiny_job
-from util.checkpoint import load_checkpoint
-from util.config import load_config
-from util.distributed import DistContext
-from util.engine import train
+from util.runs.checkpoint import load_checkpoint
+from util.common.config import load_config
+from util.engine.distributed import DistContext
+from util.engine.loop import train
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

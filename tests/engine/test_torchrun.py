@@ -21,10 +21,10 @@ import train as train_script
 import train_base as train_base_script
 from tests.engine.test_engine_ddp import in_two_processes
 from tests.support.engine import make_tiny_synth
-from util.checkpoint import load_checkpoint
-from util.config import load_config
-from util.distributed import DistContext
-from util.engine import train
+from util.runs.checkpoint import load_checkpoint
+from util.common.config import load_config
+from util.engine.distributed import DistContext
+from util.engine.loop import train
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -7,11 +7,11 @@ import torch
 import torchvision
 
 from model.backbone import build_backbone
-from util.backbone_weights import (IMAGENET_FILES, RANDOM, SEMSEG_MODELS, initialise_backbone, load_imagenet_file,
+from util.runs.weights import (IMAGENET_FILES, RANDOM, SEMSEG_MODELS, initialise_backbone, load_imagenet_file,
                                    recorded_source, source_notices)
-from util.config import load_config
-from util.errors import UserError
-from util.model_io import build_pspnet
+from util.common.config import load_config
+from util.common.errors import UserError
+from util.runs.weights import build_pspnet
 
 
 def _randomise_bn(module: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -18,12 +18,13 @@ from model.hpm import pyramid_bins
 from tests.support.reference_forward import reference_forward
 from tests.model.test_model_reference import assert_logits_close, episode
 from tools.checkpoint_import import main
-from util.checkpoint import load_checkpoint
-from util.checkpoint_layouts import mianet_from_reference, pspnet_from_reference
-from util.classes import base_classes
-from util.config import Config, load_config
-from util.errors import UserError
-from util.model_io import base_learner_backbone_state, build_mianet, import_checkpoint
+from util.runs.checkpoint import load_checkpoint
+from util.runs.weights import mianet_from_reference, pspnet_from_reference
+from util.data.benchmarks import base_classes
+from util.common.config import Config, load_config
+from util.common.errors import UserError
+from tools.checkpoint_import import import_checkpoint
+from util.runs.weights import base_learner_backbone_state, build_mianet
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 PASCAL_CONFIG = str(Path(__file__).resolve().parents[2] / "config" / "pascal" / "resnet50" / "split0.yaml")

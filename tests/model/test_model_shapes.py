@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from model.mianet import MIANet
-from util.config import load_config
-from util.errors import UserError
-from util.model_io import build_mianet
-from util.random_inputs import episode_tensors
+from util.common.config import load_config
+from util.common.errors import UserError
+from util.runs.weights import build_mianet
+from util.common.random_inputs import episode_tensors
 
 TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
 

@@ -1,4 +1,4 @@
-"""A stand-in for train_base.py, train.py and test.py in tests of util/ablation.py: it resolves the config as the
+"""A stand-in for train_base.py, train.py and test.py in tests of util/runs/ablation.py: it resolves the config as the
 entry points do and writes what the ablation runner reads (the run's ``config.yaml``, ``test/config.yaml`` and
 ``test/results.json`` shaped like util/evaluator.run_protocol's), with figures that are a known function of the
 config (:func:`fake_miou`), so tests can compute the tables' figures independently.
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from util.classes import class_names, novel_classes
-from util.config import load_config
+from util.data.benchmarks import class_names, novel_classes
+from util.common.config import load_config
 
 EXIT_VARIABLE = "FAKE_ENTRY_EXIT"
 PROTOCOL_KEYS = ("dataset", "backbone", "use_gim", "use_hpm", "prior_scale", "split", "shot", "test_seeds",

@@ -8,8 +8,8 @@ import imgviz
 import numpy as np
 from PIL import Image
 
-from util.config import load_config
-from util.image_io import write_label
+from util.common.config import load_config
+from util.data.image_io import write_label
 
 
 def voc_palette() -> list[int]:

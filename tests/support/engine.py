@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from util.checkpoint import run_identity
-from util.config import Config, load_config
-from util.engine import Schedule, TrainJob
-from util.runtime import epoch_seed
+from util.runs.checkpoint import run_identity
+from util.common.config import Config, load_config
+from util.engine.loop import Schedule, TrainJob
+from util.engine.runtime import epoch_seed
 
 
 class TinySegSet(Dataset):
@@ -91,8 +91,8 @@ def tiny_job(cfg: Config, run_dir: Path, *, crash_at: int = 0, nan_at: int = 0, 
 
 def make_tiny_synth(root: Path, num_train: int = 60, num_val: int = 40) -> tuple[Path, Path]:
     """A small synth dataset and its lists under ``root``; returns (data_root, list_root)."""
-    from util.make_lists import make_lists
-    from util.make_synth import make_synth
+    from tools.make_lists import make_lists
+    from tools.make_synth import make_synth
 
     data_root, list_root = root / "synth", root / "lists"
     make_synth(data_root, num_train=num_train, num_val=num_val, seed=0, workers=1)

@@ -8,7 +8,7 @@ import cv2
 import imgviz
 import numpy as np
 
-from util.fss1000 import published_split
+from util.data.benchmarks.fss1000 import published_split
 
 SIZE = 40
 

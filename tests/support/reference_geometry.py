@@ -1,6 +1,6 @@
 """Test oracle: the authors' ``resized_val`` evaluation geometry (the test transform and the ``ori_resize`` scoring of
 BAM's and MIANet's test loops), transcribed step by step in plain python and numpy. Slow on purpose; it shares no
-code with util/transform.py or util/metrics.py.
+code with util/data/transform.py or util/engine/metrics.py.
 
 The reference, for an ``h x w`` image and test size L:
 1. sides: if h >= w the height becomes L and the width ``int(w * (L / h))``, else the width L and the height

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from util.classes import DATASETS, num_folds
-from util.cli import config_from_cli
-from util.config import ConfigError, load_config
-from util.errors import cli_entry
+from util.data.benchmarks import DATASETS, num_folds
+from util.common.cli import config_from_cli
+from util.common.config import ConfigError, load_config
+from util.common.errors import cli_entry
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))

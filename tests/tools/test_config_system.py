@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from util.config import ConfigError, limits, load_config, parse_overrides, schema
+from util.common.config import ConfigError, limits, load_config, parse_overrides, schema
 
 REPO = Path(__file__).resolve().parents[2]
 

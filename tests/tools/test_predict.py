@@ -15,15 +15,15 @@ from torch import nn
 import predict
 from model.mianet import MIANet
 from tests.support.reference_geometry import bilinear_align_corners, resized_val
-from util.checkpoint import save_atomic
-from util.classes import class_names
-from util.config import load_config
-from util.errors import UserError
-from util.image_io import read_image, read_label
-from util.make_synth import make_synth
-from util.model_io import build_mianet
-from util.transform import ResizePad, normalization_for
-from util.visualize import PRED_COLOUR, add_title, overlay_mask
+from util.runs.checkpoint import save_atomic
+from util.data.benchmarks import class_names
+from util.common.config import load_config
+from util.common.errors import UserError
+from util.data.image_io import read_image, read_label
+from tools.make_synth import make_synth
+from util.runs.weights import build_mianet
+from util.data.transform import ResizePad, normalization_for
+from util.reports.figures import PRED_COLOUR, add_title, overlay_mask
 
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
 SMALL = ["val_size", "97", "pretrained_backbone", "false", "device", "cpu"]
@@ -238,10 +238,10 @@ def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
 
 @pytest.mark.filterwarnings("ignore:.*eligible image")
 def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path, monkeypatch):
-    from util import evaluator
+    from util.engine import evaluator
     from util.dataset import EpisodeDataset
-    from util.distributed import DistContext
-    from util.make_lists import make_lists
+    from util.engine.distributed import DistContext
+    from tools.make_lists import make_lists
 
     data_root, list_root = tmp_path / "synth", tmp_path / "lists"
     make_synth(data_root, num_train=40, num_val=10, seed=0, workers=1)

@@ -1,4 +1,4 @@
-"""predict.py reads support masks by the datasets' rule (util.image_io.read_object_mask): with --class-name a class-id
+"""predict.py reads support masks by the datasets' rule (util.data.image_io.read_object_mask): with --class-name a class-id
 mask's object is that class's pixels; black/white masks stay black/white; what could be a class-id label with only
 its ignore border is never turned into an object; photos are read on their stored pixel grid (EXIF not applied)."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ from PIL import Image
 from torch import nn
 
 import predict
-from util.checkpoint import save_atomic
-from util.classes import class_names
-from util.config import load_config
-from util.transform import ResizePad
+from util.runs.checkpoint import save_atomic
+from util.data.benchmarks import class_names
+from util.common.config import load_config
+from util.data.transform import ResizePad
 
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
 SIZE = 97

@@ -17,16 +17,16 @@ from torch import nn
 
 import test as test_script
 from tools.report import main as report_main
-from util.checkpoint import save_atomic
-from util.config import load_config
+from util.runs.checkpoint import save_atomic
+from util.common.config import load_config
 from util.dataset import EpisodeDataset
-from util.evaluator import CONTACT_SHEET, draw_episode_figures
-from util.image_io import image_size
-from util.make_lists import make_lists
-from util.make_synth import make_synth
-from util.model_io import build_mianet
-from util.transform import ResizePad, build_transform, normalization_for
-from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, FOLD_COLOURS, IGNORE_COLOUR, MASK_COLOUR,
+from util.engine.evaluator import CONTACT_SHEET, draw_episode_figures
+from util.data.image_io import image_size
+from tools.make_lists import make_lists
+from tools.make_synth import make_synth
+from util.runs.weights import build_mianet
+from util.data.transform import ResizePad, build_transform, normalization_for
+from util.reports.figures import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, FOLD_COLOURS, IGNORE_COLOUR, MASK_COLOUR,
                             MAX_BARS, NO_EPISODES_COLOUR, PANEL_HEIGHT, PRED_COLOUR, SUMMARY_SIZE, add_title,
                             best_and_worst, class_scores, content_size, episode_pictures, foreground_iou, overlay_mask,
                             save_contact_sheet, save_episode_figure, save_per_class_bar_chart, save_sample_figure,
@@ -34,7 +34,7 @@ from util.visualize import (ALPHA, BACKGROUND_BRIGHTNESS, BASELINE_COLOUR, DPI, 
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
-MARGIN, TITLE_AND_CAPTION = 8, 34 + 24   # the layout of util.visualize.save_panels
+MARGIN, TITLE_AND_CAPTION = 8, 34 + 24   # the layout of util.reports.figures.save_panels
 
 
 def read_png(path: Path) -> np.ndarray:
