@@ -55,7 +55,7 @@ from util.data.transform import PairedTransform, bbox_mask, build_transform
 from util.engine.metrics import check_finite_logits, predict_on_label
 from util.engine.runtime import autocast, check_amp, resolve_device
 from util.reports.figures import PRED_COLOUR, add_title, overlay_mask, png_bytes
-from util.runs.checkpoint import stage2_weight
+from util.runs.folders import stage2_weight
 from util.runs.weights import load_stage2_model
 
 NO_CLASS = 0

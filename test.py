@@ -26,16 +26,18 @@ from util.dataset import EpisodeDataset
 from util.engine.distributed import init_distributed, shutdown_distributed
 from util.engine.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
 from util.engine.runtime import check_amp, seed_everything
-from util.reports.tables import format_run_table, results_path
-from util.runs.weights import SOURCE_KEY, source_in
-from util.runs.checkpoint import describe_identity, recorded_identity, stage2_weight
+from util.reports.tables import format_run_table
+from util.runs.checkpoint import describe_identity, recorded_identity
+from util.runs.folders import results_path, stage2_weight
 from util.runs.guard import run_dir_lock
 from util.runs.log import RunLog
 from util.runs.weights import (
     CLASS_VECTORS,
+    SOURCE_KEY,
     class_vectors_record,
     embedding_path,
     load_stage2_model,
+    source_in,
 )
 
 VIS_DIR = "vis"

@@ -19,18 +19,16 @@ from util.engine.distributed import DistContext
 from util.engine.evaluator import episode_scores_summary, evaluate_episodes
 from util.engine.loop import Schedule, TrainJob, TrainResult, train_from_cli
 from util.engine.runtime import epoch_seed
-from util.runs.weights import SOURCE_KEY, recorded_source, source_notices
-from util.runs.checkpoint import (
-    base_weight_path,
-    check_base_learner,
-    meta_run_dir,
-    run_identity,
-)
+from util.runs.checkpoint import check_base_learner, run_identity
+from util.runs.folders import base_weight_path, meta_run_dir
 from util.runs.weights import (
     CLASS_VECTORS,
+    SOURCE_KEY,
     build_mianet,
     class_vectors_record,
     load_base_learner,
+    recorded_source,
+    source_notices,
 )
 
 

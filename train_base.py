@@ -18,9 +18,9 @@ from util.engine.distributed import DistContext
 from util.engine.evaluator import evaluate_semantic
 from util.engine.loop import Schedule, TrainJob, TrainResult, train_from_cli
 from util.engine.runtime import epoch_seed
-from util.runs.weights import SOURCE_KEY, source_notices
-from util.runs.checkpoint import base_run_dir, run_identity
-from util.runs.weights import build_pspnet
+from util.runs.checkpoint import run_identity
+from util.runs.folders import base_run_dir
+from util.runs.weights import SOURCE_KEY, build_pspnet, source_notices
 
 MIN_IMAGES_PER_PROCESS = 2
 
@@ -39,8 +39,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
                         f"process(es) {cfg.base_batch_size // ctx.world_size} image(s); stage 1 needs at least "
                         f"{MIN_IMAGES_PER_PROCESS} per process (the pyramid pooling's 1 x 1 BatchNorm normalises over "
                         "a process's images)")
-    model = build_pspnet(cfg)
-    notices = source_notices(model.backbone_source)
+    model, source = build_pspnet(cfg)
+    notices = source_notices(source)
     if cfg.sync_bn and ctx.world_size > 1:
         if ctx.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -67,7 +67,7 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
         identity=run_identity(cfg, "base"),
         validate=validate,
         stop_patience=cfg.base_stop_patience,
-        record={SOURCE_KEY: model.backbone_source},
+        record={SOURCE_KEY: source},
         notices=notices,
     )
 

@@ -34,12 +34,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.speed import PeakMemory, _sync
-from model.backbone import build_backbone
-from model.pspnet import PSPNet
 from util.common.config import Config, load_config
 from util.common.random_inputs import episode_tensors
 from util.engine.runtime import cpu_model, resolve_device
-from util.runs.weights import build_mianet
+from util.runs.weights import build_mianet, build_pspnet
 
 
 class Timer:
@@ -97,7 +95,7 @@ def _unpack(tensor: torch.Tensor) -> torch.Tensor:
 def stage1_rows(args: argparse.Namespace, cfg: Config, device: torch.device, timed: Timer,
                 counts: StepCounts) -> list[tuple]:
     """A stage-1 training iteration (its warm-up counted into ``counts``) and a validation image of a random PSPNet."""
-    pspnet = PSPNet.from_config(cfg, build_backbone(args.backbone)).to(device)
+    pspnet = build_pspnet(cfg)[0].to(device)
     if args.stage1_loss == "plain":
         pspnet.loss_chunk_bytes = 2 ** 62
     num_classes = pspnet.cls[-1].out_channels

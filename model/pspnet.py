@@ -5,18 +5,16 @@ base-learner layout (``ppm.features.<bin>.{1,2}``, ``cls.{0,1,4}``) so reference
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model.backbone import Backbone, build_backbone, cpu_layout
+from model.backbone import Backbone, cpu_layout
 from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
-from util.data.benchmarks import base_classes, stage1_ignore_index
-from util.runs.weights import RANDOM
 
 LOSS_CHUNK_BYTES = 512 * 2 ** 20
 """The stage-1 loss upsamples at most this many bytes of float32 logits at a time (one image at least): one image of
@@ -72,8 +70,6 @@ class PyramidPooling(nn.Module):
 class PSPNet(nn.Module):
     """Backbone + PPM + classifier; ``forward(images, labels=None)``: logits, or ``{loss}`` with labels.
 
-    ``backbone_source`` says where the backbone's starting weights came from (``random`` unless
-    :func:`util.runs.weights.build_pspnet` loaded ImageNet weights); stage 1 records it in its checkpoints.
     ``loss_chunk_bytes``: the training loss's budget for upsampled logits (:func:`upsampled_cross_entropy`).
     """
 
@@ -87,20 +83,8 @@ class PSPNet(nn.Module):
             nn.Dropout2d(dropout), nn.Conv2d(512, num_classes, 1),
         )
         self.ignore_label = ignore_label
-        self.backbone_source = RANDOM
         self.loss_chunk_bytes = LOSS_CHUNK_BYTES
         self.loss_mean: LossMean = batch_mean  # the engine sets the global-batch mean under DDP (model/reduction.py)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], backbone: Backbone | None = None,
-                    backbone_source: str = RANDOM) -> "PSPNet":
-        """The base learner of ``cfg``'s fold (base classes + background) around ``backbone`` (a random one of
-        ``cfg['backbone']`` if None) whose weights came from ``backbone_source``."""
-        num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
-        ignore = stage1_ignore_index(cfg["dataset"], cfg["split"], cfg["coco_split_style"], cfg["ignore_label"])
-        model = cls(backbone or build_backbone(cfg["backbone"]), num_classes, ignore_label=ignore)
-        model.backbone_source = backbone_source
-        return model
 
     def parameter_groups(self, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
         """SGD groups as BAM's base learner has them: the backbone at ``lr``, PPM + classifier at ``lr * head_lr_mult``."""

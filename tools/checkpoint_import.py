@@ -17,9 +17,22 @@ from torch import nn
 
 from util.common.config import load_config
 from util.common.errors import cli_entry
-from util.runs.checkpoint import BACKBONE_SOURCE, load_model_state, run_identity, save_atomic
-from util.runs.weights import (CLASS_VECTORS, build_mianet, build_pspnet, check_kind, class_vectors_record,
-                               mianet_from_reference, pspnet_from_reference, read_state_dict)
+from util.runs.checkpoint import (
+    BACKBONE_SOURCE,
+    load_model_state,
+    run_identity,
+    save_atomic,
+)
+from util.runs.weights import (
+    CLASS_VECTORS,
+    build_mianet,
+    build_pspnet,
+    check_kind,
+    class_vectors_record,
+    mianet_from_reference,
+    pspnet_from_reference,
+    read_state_dict,
+)
 
 
 def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Path) -> Path:
@@ -35,7 +48,7 @@ def import_checkpoint(source: str | Path, kind: str, cfg: Mapping, out: str | Pa
         model: nn.Module = build_mianet(cfg)
         state = mianet_from_reference(state)
     else:
-        model = build_pspnet(cfg | {"pretrained_backbone": False, "backbone_weight": None})
+        model, _ = build_pspnet(cfg | {"pretrained_backbone": False, "backbone_weight": None})
         state = pspnet_from_reference(state)
     load_model_state(model, state, source)
     identity = run_identity(cfg, "meta" if kind == "mianet" else "base")

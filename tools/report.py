@@ -13,12 +13,8 @@ from typing import Sequence
 
 from util.common.config import load_config
 from util.common.errors import cli_entry
-from util.reports.tables import (
-    chart_path,
-    format_fold_table,
-    read_results,
-    results_path,
-)
+from util.reports.tables import chart_path, format_fold_table, read_results
+from util.runs.folders import results_path
 
 
 @cli_entry

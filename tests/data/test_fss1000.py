@@ -19,7 +19,8 @@ from tests.support.data import data_config
 from tests.support.fss import make_fss_tree, make_folder_stubs
 from tools import runguard
 from tools.prepare_fss import main as prepare_fss
-from util.runs.checkpoint import base_run_dir, check_base_learner, run_identity, save_atomic
+from util.runs.checkpoint import check_base_learner, run_identity, save_atomic
+from util.runs.folders import base_run_dir
 from util.data.benchmarks import base_classes, class_names, novel_classes, val_classes
 from util.common.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import util.engine.distributed as distributed
-from util.runs.checkpoint import restore_rng_state, rng_state
+from util.engine.runtime import restore_rng_state, rng_state
 from util.engine.distributed import DistContext, data_parallel, init_distributed
 from util.common.errors import UserError
 from util.engine.runtime import configure_device

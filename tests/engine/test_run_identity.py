@@ -12,8 +12,8 @@ import test as test_script
 import train as train_script
 from tests.support.data import write_rgb
 from tools import checkpoint_import, runguard
-from util.runs.checkpoint import (MODEL_IDENTITY_KEYS, base_run_dir, describe_identity, identity_conflict, load_checkpoint,
-                              meta_run_dir, recorded_identity, run_identity, save_atomic)
+from util.runs.checkpoint import (MODEL_IDENTITY_KEYS, describe_identity, identity_conflict, load_checkpoint, recorded_identity, run_identity, save_atomic)
+from util.runs.folders import base_run_dir, meta_run_dir
 from util.data.benchmarks import COCO_CLASSES, base_classes
 from util.common.config import load_config
 from util.common.errors import UserError, cli_entry
@@ -54,7 +54,7 @@ def fwb_tree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(COCO0, SMALL)
     torch.manual_seed(0)
-    pspnet = reference_format(build_pspnet(cfg).state_dict(), {"backbone.": ""})
+    pspnet = reference_format(build_pspnet(cfg)[0].state_dict(), {"backbone.": ""})
     mianet = reference_format(build_mianet(cfg).state_dict(),
                               {"backbone.": "", "ifm.": "", "gig.": "GIG.", "lfg.": "LFG."})
     torch.save({"state_dict": pspnet}, tmp_path / "bam_pspnet.pth")

@@ -101,11 +101,11 @@ def test_the_default_place_is_used_and_recorded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "initmodel").mkdir()
     net = _torchvision_file("vgg16_bn", tmp_path / "initmodel" / "vgg16_bn.pth")
-    model = build_pspnet(_cfg("vgg16_bn"))
-    assert model.backbone_source == "imagenet initmodel/vgg16_bn.pth"
+    model, source = build_pspnet(_cfg("vgg16_bn"))
+    assert source == "imagenet initmodel/vgg16_bn.pth"
     assert torch.equal(model.backbone.layer4[0].weight, net.features[34].weight)
-    random = build_pspnet(_cfg("vgg16_bn", pretrained_backbone=False))
-    assert random.backbone_source == RANDOM
+    random, random_source = build_pspnet(_cfg("vgg16_bn", pretrained_backbone=False))
+    assert random_source == RANDOM
     assert source_notices(RANDOM)[-1].startswith("WARNING: the backbone started from RANDOM weights")
     assert len(source_notices("imagenet initmodel/vgg16_bn.pth")) == 1
 

@@ -53,6 +53,8 @@ from util.engine.runtime import (
     check_amp,
     configure_device,
     grad_scaler,
+    restore_rng_state,
+    rng_state,
     seed_everything,
     to_device,
 )
@@ -65,8 +67,6 @@ from util.runs.checkpoint import (
     inference_state,
     load_checkpoint,
     load_model_state,
-    restore_rng_state,
-    rng_state,
     run_record,
     save_atomic,
 )

@@ -6,7 +6,7 @@ import platform
 import random
 import subprocess
 from pathlib import Path
-from typing import ContextManager
+from typing import Any, ContextManager, Mapping
 
 import numpy as np
 import torch
@@ -103,3 +103,38 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def epoch_seed(seed: int, epoch: int) -> int:
     """A dataset seed for training epoch ``epoch``: fresh episodes and augmentations every epoch, a pure function of (seed, epoch)."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's global RNG states (python, numpy, torch CPU, and ``device``'s if it is a GPU), in a form
+    ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Put back what :func:`rng_state` captured (a GPU state onto ``device``, if that is a GPU). A checkpoint with
+    one GPU state per visible device whose list does not reach ``device`` is a :class:`UserError`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):  # one state per visible device
+        if device.index is None or device.index >= len(cuda):
+            raise UserError(f"the checkpoint holds GPU random states for {len(cuda)} device(s), this process uses "
+                            f"{device}; continue it with the devices it was trained on (CUDA_VISIBLE_DEVICES)")
+        cuda = cuda[device.index]
+    torch.cuda.set_rng_state(cuda, device)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from util.common.atomic import write_text_if_changed
 from util.common.errors import UserError
 from util.engine.runtime import cpu_model
-from util.reports.tables import read_results, results_path
+from util.reports.tables import read_results
 from util.runs.ablation import (
     DEMO_CONFIG,
     REPO,
@@ -33,6 +33,7 @@ from util.runs.ablation import (
     read_json,
     recorded_config,
 )
+from util.runs.folders import results_path
 
 README = Path("README.md")
 RESULTS_PAGE = Path("docs/results.md")

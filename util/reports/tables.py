@@ -13,18 +13,12 @@ from typing import Any, Mapping, Sequence
 from util.common.errors import UserError, first_few
 from util.engine.metrics import NEARLY_ALL
 from util.runs.weights import RANDOM_WARNING, SOURCE_KEY, is_random
-from util.runs.checkpoint import meta_run_dir
 
 RESULTS_FILE = "results.json"
 NO_EPISODES = "no episodes"
 MAX_EMPTY_ROWS = 10
 """Up to this many classes without episodes in any seed keep a row each in the run table; more share one line."""
 SHOWN_NAMES = 5
-
-
-def results_path(cfg: Mapping[str, Any]) -> Path:
-    """Where test.py writes the results of ``cfg``: ``<stage-2 run dir>/test/results.json``."""
-    return meta_run_dir(cfg) / "test" / RESULTS_FILE
 
 
 def _pct(stats: Mapping[str, float]) -> str:

@@ -39,8 +39,8 @@ from util.common.atomic import write_bytes_atomic
 from util.common.config import Config, load_config
 from util.common.errors import EXIT_INTERRUPTED, UserError
 from util.engine.runtime import cpu_model
-from util.reports.tables import RESULTS_FILE
-from util.runs.checkpoint import BEST, LAST, base_run_dir, run_record
+from util.runs.checkpoint import BEST, LAST, run_record
+from util.runs.folders import RESULTS_FILE, base_run_dir
 from util.runs.guard import stage1_done
 
 REPO = ROOT

@@ -14,13 +14,11 @@ mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import pickle
-import random
 import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +32,6 @@ from util.data.benchmarks import (
     split_source,
     val_classes,
 )
-from util.data.lists import dataset_list_dir
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -52,48 +49,6 @@ BEST_KEYS = (
 """What ``best.pth`` keeps of a training checkpoint; one entry per key, so a new record is one more line."""
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data_order")
 """What only ``last.pth`` holds: the state a run resumes from."""
-
-
-def base_run_dir(cfg: Mapping[str, Any]) -> Path:
-    """Stage-1 run directory: ``cfg.base_exp_dir`` or ``initmodel/<dataset>/split<k>/<backbone>``
-    (``initmodel/coco/<coco_split_style>/split<k>/<backbone>`` for COCO, as for the lists)."""
-    if cfg["base_exp_dir"]:
-        return Path(cfg["base_exp_dir"])
-    return dataset_list_dir("initmodel", cfg["dataset"], cfg["coco_split_style"]) / f"split{cfg['split']}" / cfg["backbone"]
-
-
-def base_weight_path(cfg: Mapping[str, Any]) -> Path:
-    """The stage-1 checkpoint stage 2 starts from: ``cfg.base_weight`` or ``<base run dir>/best.pth``."""
-    return Path(cfg["base_weight"]) if cfg["base_weight"] else base_run_dir(cfg) / BEST
-
-
-def meta_run_dir(cfg: Mapping[str, Any]) -> Path:
-    """Stage-2 run directory: ``cfg.exp_dir`` or ``exp/<dataset>/split<k>/<backbone>/<shot>shot``
-    (``exp/coco/<coco_split_style>/split<k>/...`` for COCO)."""
-    if cfg["exp_dir"]:
-        return Path(cfg["exp_dir"])
-    return (dataset_list_dir("exp", cfg["dataset"], cfg["coco_split_style"]) / f"split{cfg['split']}" / cfg["backbone"]
-            / f"{cfg['shot']}shot")
-
-
-def stage2_weight(cfg: Mapping[str, Any]) -> Path:
-    """The stage-2 checkpoint test.py and predict.py use: ``cfg.weight``, else ``<stage-2 run dir>/best.pth``; when
-    that run was never trained (or has not validated yet) a :class:`UserError` gives the train.sh command."""
-    if cfg["weight"]:
-        return Path(cfg["weight"])
-    run_dir = meta_run_dir(cfg)
-    path = run_dir / BEST
-    if path.is_file():
-        return path
-    train = f"bash train.sh {cfg['dataset']} {cfg['split']} {cfg['backbone']} {cfg['shot']}"
-    if cfg["exp_dir"]:
-        train += f" exp_dir {cfg['exp_dir']}"
-    state = (f"the run in {run_dir} has not validated yet (it has {LAST}, no {BEST}); let it finish: {train} resumes it"
-             if (run_dir / LAST).is_file() else
-             f"{cfg['dataset']} fold {cfg['split']} {cfg['backbone']} {cfg['shot']}-shot was never trained there; "
-             f"run train.sh first: {train}")
-    raise UserError(f"no stage-2 checkpoint {path}: {state} (with the key value overrides you train with), "
-                    "or give weight PATH")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -172,20 +127,6 @@ def run_record(path: str | Path) -> dict[str, Any]:
 def is_finished(record: Mapping[str, Any]) -> bool:
     """A checkpoint whose stage needs no more training: its schedule ended, or it was imported."""
     return bool(record.get("finished")) or record.get("stage") == IMPORTED
-
-
-def finished_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint that shows the run in ``run_dir`` finished (``best.pth`` if present), else None.
-
-    ``last.pth`` decides when it exists (an unfinished one is continued by ``resume auto``); without it, a
-    finished or imported ``best.pth`` counts.
-    """
-    last, best = run_dir / LAST, run_dir / BEST
-    if last.is_file():
-        return (best if best.is_file() else last) if is_finished(run_record(last)) else None
-    if best.is_file() and is_finished(run_record(best)):
-        return best
-    return None
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
@@ -426,49 +367,3 @@ def check_base_learner(path: str | Path, cfg: Mapping[str, Any]) -> dict[str, An
     return recorded
 
 
-def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """This process's global RNG states (python, numpy, torch CPU, and ``device``'s if it is a GPU), in a form
-    ``torch.load(weights_only=True)`` reads."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "gauss": gauss},
-        "torch": torch.get_rng_state(),
-    }
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
-    """Put back what :func:`rng_state` captured (a GPU state onto ``device``, if that is a GPU). A checkpoint with
-    one GPU state per visible device whose list does not reach ``device`` is a :class:`UserError`."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is None or device is None or device.type != "cuda":
-        return
-    if isinstance(cuda, list):  # one state per visible device
-        if device.index is None or device.index >= len(cuda):
-            raise UserError(f"the checkpoint holds GPU random states for {len(cuda)} device(s), this process uses "
-                            f"{device}; continue it with the devices it was trained on (CUDA_VISIBLE_DEVICES)")
-        cuda = cuda[device.index]
-    torch.cuda.set_rng_state(cuda, device)
-
-
-def resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``None`` (fresh run), ``auto`` (``<run_dir>/last.pth`` if present) or a path."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        latest = run_dir / LAST
-        return latest if latest.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise UserError(f"config key 'resume': checkpoint {path} not found; use 'auto', null or an existing file")
-    return path

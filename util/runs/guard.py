@@ -44,15 +44,13 @@ from util.runs.checkpoint import (
     RUN_IDENTITY_KEYS,
     STAGE_NAMES,
     TRAINING_STATE_KEYS,
-    base_run_dir,
-    finished_checkpoint,
     identity_conflict,
     read_checkpoint_file,
-    resume_path,
     run_identity,
     run_record,
     warn_unchecked,
 )
+from util.runs.folders import base_run_dir, finished_checkpoint, resume_path
 
 LOCK_FILE = "run.lock"
 

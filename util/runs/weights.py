@@ -25,7 +25,7 @@ from model.backbone import build_backbone
 from model.mianet import MIANet
 from model.pspnet import PSPNet
 from util.common.errors import UserError
-from util.data.benchmarks import class_names
+from util.data.benchmarks import base_classes, class_names, stage1_ignore_index
 from util.data.embeddings import default_embedding_file, load_class_embeddings
 from util.runs.checkpoint import (
     BACKBONE_SOURCE,
@@ -355,11 +355,15 @@ def load_stage2_model(cfg: Mapping[str, Any], weight: Path, device: torch.device
     return model.to(device).eval(), state
 
 
-def build_pspnet(cfg: Mapping[str, Any]) -> PSPNet:
-    """The base learner of ``cfg``'s fold, its backbone initialised as ``cfg`` says (ImageNet file or random)."""
+def build_pspnet(cfg: Mapping[str, Any]) -> tuple[PSPNet, str]:
+    """The base learner of ``cfg``'s fold (its base classes + background, its benchmark's stage-1 ignore value), its
+    backbone initialised as ``cfg`` says (ImageNet file or random), and the record of where those weights came from
+    (:data:`SOURCE_KEY`)."""
     backbone = build_backbone(cfg["backbone"])
     source = initialise_backbone(backbone, cfg)
-    return PSPNet.from_config(cfg, backbone, backbone_source=source)
+    num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1
+    ignore = stage1_ignore_index(cfg["dataset"], cfg["split"], cfg["coco_split_style"], cfg["ignore_label"])
+    return PSPNet(backbone, num_classes, ignore_label=ignore), source
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
