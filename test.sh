@@ -15,11 +15,7 @@ if [ $# -lt 4 ]; then
 fi
 dataset=$1 fold=$2 backbone=$3 shot=$4
 shift 4
-folds=$fold
-if [ "$fold" = all ]; then
-  folds="0 1 2 3"
-  [ "$dataset" = fss ] && folds=0  # FSS-1000: one class split, fold 0
-fi
+folds=$(python -m tools.runguard --folds "$dataset" "$fold")  # all: every fold of the benchmark (FSS-1000: 0)
 source util/launch.sh
 results=()
 for k in $folds; do

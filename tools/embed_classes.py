@@ -39,7 +39,8 @@ import numpy as np
 
 from util.common.atomic import AtomicFile, write_bytes_atomic
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import DATASET_CLASSES, DATASETS, class_names, fss1000
+from util.data.benchmarks import benchmark, fss1000
+from util.data.benchmarks import names as benchmark_names
 from util.data.embeddings import DEFAULT_SOURCE_NAME, EMBEDDINGS_DIR
 
 # Run-together class names that are not in the GloVe 6B vocabulary (found by checking every PASCAL,
@@ -95,14 +96,15 @@ class WordRule:
 
 def word_rule(dataset: str, class_words_file: str | Path | None = None,
               background_word: str = BACKGROUND_WORD) -> WordRule:
-    """The :class:`WordRule` of ``dataset``: FSS-1000's class-word table (``class_words_file``, default the committed
-    one), else :func:`name_words`."""
-    if dataset != "fss":
+    """The :class:`WordRule` of ``dataset``: its benchmark's class-word table (``class_words_file``, default the
+    committed one: FSS-1000's), else :func:`name_words`."""
+    table_file = benchmark(dataset).word_table if dataset in benchmark_names() else None
+    if table_file is None:
         return WordRule(name_words, RECIPE.format(compounds=sorted(COMPOUND_WORDS), background=background_word),
                         NAMES_FILE_HINT)
-    path = Path(class_words_file) if class_words_file else fss1000.CLASS_WORDS_FILE
+    path = Path(class_words_file) if class_words_file else table_file
     table = fss1000.read_class_words(path)
-    shown = "lists/published/fss_class_words.tsv" if path == fss1000.CLASS_WORDS_FILE else path.name
+    shown = f"lists/published/{table_file.name}" if path == table_file else path.name
     return WordRule(lambda name: fss1000.class_words(name, table), FSS_RECIPE.format(table=shown, background=background_word),
                     f"add a row 'class name<TAB>known words' for each to {path}")
 
@@ -375,17 +377,15 @@ def write_embeddings(out_dir: str | Path, dataset: str, name: str, matrix: np.nd
 
 
 def names_for(dataset: str, names_file: str | None, list_root: str | None = None) -> list[str]:
-    """Class names from ``--names`` (checked against the dataset's class count if it is a known dataset), else the
-    dataset's (FSS-1000: the published split's, or the split prepared under ``list_root``)."""
-    if dataset == "fss" and names_file is None:
-        return list(fss1000.published_names() if list_root is None else class_names("fss", list_root))
+    """Class names from ``--names`` (checked against the dataset's class count if it is a benchmark), else the
+    benchmark's (a prepared split's under ``list_root``, else its published or fixed classes)."""
     if names_file is None:
-        return list(class_names(dataset))
-    names = read_names_file(names_file)
-    known = fss1000.NUM_CLASSES if dataset == "fss" else len(DATASET_CLASSES.get(dataset, ()))
-    if known and len(names) != known:
-        raise UserError(f"{names_file}: {len(names)} names, but dataset '{dataset}' has {known} classes")
-    return names
+        return list(benchmark(dataset).class_names(list_root))
+    listed = read_names_file(names_file)
+    known = benchmark(dataset).num_classes if dataset in benchmark_names() else 0
+    if known and len(listed) != known:
+        raise UserError(f"{names_file}: {len(listed)} names, but dataset '{dataset}' has {known} classes")
+    return listed
 
 
 @cli_entry
@@ -394,8 +394,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="details: README, section 'Class-name embeddings'")
     parser.add_argument("--dataset", required=True,
-                        help=f"{'|'.join(DATASETS)} (names from util/data/benchmarks/__init__.py; fss: util/data/benchmarks/fss1000.py), or any "
-                             "label with --names")
+                        help=f"{'|'.join(benchmark_names())} (names from the benchmark's module in util/data/benchmarks/), or "
+                             "any label with --names")
     parser.add_argument("--source", default=DEFAULT_SOURCE_NAME,
                         help="glove50 | path to a word2vec/GloVe/fastText vector file | sentence:MODEL")
     parser.add_argument("--name", default=None, help="output name: <out-dir>/<dataset>_<name>.npy (default from --source)")
@@ -411,8 +411,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.dataset):
         raise UserError(f"--dataset '{args.dataset}': use letters, digits, '_', '.', '-' only")
-    if args.dataset != "fss" and (args.list_root or args.class_words):
-        raise UserError("--list-root and --class-words are for --dataset fss")
+    prepared = args.dataset in benchmark_names() and benchmark(args.dataset).prepared_split
+    if not prepared and (args.list_root or args.class_words):
+        raise UserError(f"--list-root and --class-words are for a benchmark whose class split is prepared with the data "
+                        f"({', '.join(n for n in benchmark_names() if benchmark(n).prepared_split)}), not --dataset {args.dataset}")
     names = names_for(args.dataset, args.names, args.list_root)
     rule = word_rule(args.dataset, args.class_words, args.background_word)
     matrix, rows = build_embeddings(names, args.source, args.reader, args.background_word, rule)

@@ -24,13 +24,7 @@ import numpy as np
 
 from util.common.atomic import write_bytes_atomic
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import (
-    COCO_SPLIT_STYLES,
-    NUM_FOLDS,
-    base_classes,
-    novel_classes,
-    num_classes,
-)
+from util.data.benchmarks import base_classes, benchmark, novel_classes, num_classes
 from util.data.image_io import (
     IGNORE_ID,
     check_label_values,
@@ -130,12 +124,12 @@ def make_lists(dataset: str, data_root: str | Path, list_root: str | Path = "lis
         raise UserError(f"--min-class-pixels must be >= 1, got {min_class_pixels}")
     workers = workers or min(os.cpu_count() or 1, 8)
     pools = {subset: pixel_counts(data_root, dataset, subset, workers) for subset in ("train", "val")}
-    styles = COCO_SPLIT_STYLES if dataset == "coco" else (None,)
+    known = benchmark(dataset)
     written = []
-    for style in styles:
-        for fold in range(NUM_FOLDS):
-            novel = novel_classes(dataset, fold, style or "fwb")
-            base = base_classes(dataset, fold, style or "fwb")
+    for style in known.split_styles or (None,):
+        for fold in range(known.folds):
+            novel = novel_classes(dataset, fold, style)
+            base = base_classes(dataset, fold, style)
             plans = {  # subset: (pool, classes, banned classes, banned at any pixel count)
                 "train_drop_any": ("train", base, novel, True),
                 "train_drop_counted": ("train", base, novel, False),
@@ -144,7 +138,7 @@ def make_lists(dataset: str, data_root: str | Path, list_root: str | Path = "lis
                 "base_val": ("val", base, (), False),
             }
             for subset, (pool, classes, banned, ban_any_pixel) in plans.items():
-                path = fold_list_path(list_root, dataset, fold, subset, min_class_pixels, style or "fwb")
+                path = fold_list_path(list_root, dataset, fold, subset, min_class_pixels, style)
                 header = {"format": LIST_FORMAT, "dataset": dataset, "fold": fold, "split_style": style,
                           "subset": subset, "min_class_pixels": min_class_pixels, "classes": list(classes)}
                 write_list(path, header, select(pools[pool], classes, banned, min_class_pixels, ban_any_pixel))

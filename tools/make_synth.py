@@ -1,6 +1,6 @@
 """Generate ``synth``: a small few-shot segmentation dataset in the PASCAL layout, no download needed.
 
-Each image holds 1-3 objects of different classes (``util.data.benchmarks.SYNTH_CLASSES``: colour + shape)
+Each image holds 1-3 objects of different classes (``util.data.benchmarks.synth.SYNTH_CLASSES``: colour + shape)
 on a textured background with clutter (blobs and lines in non-class colours), with overlaps and
 colour jitter, so the support -- not a fixed colour threshold -- decides what to segment.
 
@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import SYNTH_CLASSES, SYNTH_COLOURS
+from util.data.benchmarks.synth import SYNTH_CLASSES, SYNTH_COLOURS
 from util.data.image_io import IGNORE_ID
 
 FORMAT_VERSION = 1

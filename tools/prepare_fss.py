@@ -209,7 +209,7 @@ def write_split(list_root: str | Path, split: dict[str, list[str]], source: str,
 # ---------------------------------------------------------------- lists
 
 LIST_SPLITS = {**{f"train_{rule}": "train" for rule in NOVEL_IN_TRAIN}, "val": "val", "base_val": "train",
-               "test": "test", "base_train": "train"}  # the class split each of ONE_CLASS_SUBSETS draws from
+               "test": "test", "base_train": "train"}  # the class split each of ALL_SUBSETS draws from
 
 
 def _listed(subset: str, position: int, count: int) -> bool:

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from util.common.cli import tool_command
 from util.common.errors import UserError
 from util.data.benchmarks import (
-    ONE_CLASS_DATASETS,
+    benchmark,
     base_classes,
     num_classes,
     stage1_ignore_index,
@@ -127,9 +126,9 @@ class DataSpec:
 def _check_data_root(spec: DataSpec) -> None:
     check_dataset_fold(spec.dataset, spec.split, spec.coco_split_style)
     if not Path(spec.data_root).is_dir():
+        create = benchmark(spec.dataset).creation_command(spec.data_root)
         raise UserError(f"data_root '{spec.data_root}' does not exist (config key data_root); "
-                        f"prepare the dataset there (see README, Data preparation)"
-                        + (f" or run: {tool_command('make_synth', root=spec.data_root)}" if spec.dataset == "synth" else ""))
+                        f"prepare the dataset there (see README, Data preparation)" + (f" or run: {create}" if create else ""))
 
 
 _CHECKED: set[tuple[str, str, int, int]] = set()
@@ -180,7 +179,7 @@ def load_pair(image_path: str, label_path: str, dataset: str, ignore_label: int,
               remedy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its label on their stored pixel grids, checking sizes and class ids (FSS-1000: its mask,
     1 = the image's class); ``remedy`` ends the message for a label that is not 8-bit (:func:`util.data.lists.label_remedy`)."""
-    binary_mask = dataset in ONE_CLASS_DATASETS
+    binary_mask = benchmark(dataset).binary_masks
     rgb = read_image(image_path)
     classes = read_binary_mask(label_path) if binary_mask else read_label(label_path, remedy)
     if rgb.shape[:2] != classes.shape:
@@ -216,7 +215,7 @@ class EpisodeDataset(Dataset):
         if spec.episode_class not in EPISODE_CLASSES:
             raise UserError(f"config key 'episode_class' must be one of {list(EPISODE_CLASSES)}, got {spec.episode_class!r}")
         fold_list = load_fold_list(spec, episode_subset(spec.dataset, mode, spec.novel_in_train))
-        self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
+        self.binary_masks = benchmark(spec.dataset).binary_masks
 
         # a class's support pool: the images in which it counts, each image (by path) once
         image_ids: dict[str, int] = {}
@@ -358,11 +357,11 @@ class BaseClassDataset(Dataset):
             raise UserError(f"config key 'base_images' must be one of {list(BASE_IMAGES)}, got {spec.base_images!r}")
         self.spec, self.mode, self.seed = spec, mode, _seed(seed, spec)
         self.root = Path(spec.data_root)
-        self.binary_masks = spec.dataset in ONE_CLASS_DATASETS
+        self.binary_masks = benchmark(spec.dataset).binary_masks
         self.label_remedy = label_remedy(spec.dataset, spec.data_root)
-        if spec.base_images == "all" and self.binary_masks:
+        if spec.base_images == "all" and benchmark(spec.dataset).pool_list is None:
             raise UserError(f"{spec.dataset} has no image pools for base_images 'all'; use base_images fold_lists "
-                            "(config key base_images; config/fss sets it)")
+                            f"(config key base_images; config/{spec.dataset} sets it)")
         if spec.base_images == "all":
             self.items = [(image, label, ()) for image, label in load_pool(spec, mode)]
         else:

@@ -9,7 +9,7 @@ import scipy.io
 from pycocotools import mask as mask_utils
 
 from tests.support.data import block_label, write_palette_png, write_rgb
-from util.data.benchmarks import COCO_CLASSES
+from util.data.benchmarks.coco import COCO_CLASSES
 from util.common.atomic import AtomicFile
 from util.common.errors import UserError
 from util.data.image_io import read_label

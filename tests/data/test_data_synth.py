@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tools.make_synth import main
-from util.data.benchmarks import SYNTH_CLASSES
+from util.data.benchmarks.synth import SYNTH_CLASSES
 from util.common.errors import UserError
 from util.data.image_io import read_image, read_label
 from tools.make_synth import image_id, make_synth, render

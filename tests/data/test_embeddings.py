@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from tools.embed_classes import main
-from util.data.benchmarks import PASCAL_CLASSES, SYNTH_CLASSES, class_names, num_classes
+from util.data.benchmarks import class_names, num_classes
+from util.data.benchmarks.pascal import PASCAL_CLASSES
+from util.data.benchmarks.synth import SYNTH_CLASSES
 from tools.embed_classes import (
     FASTTEXT_BIN_MAGIC, build_embeddings, default_name, file_vectors, name_words, read_names_file,
 )

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from util.data.benchmarks import DATASETS, num_folds
+from util.data.benchmarks import names, num_folds
 from util.common.cli import config_from_cli
 from util.common.config import ConfigError, load_config
 from util.common.errors import cli_entry
@@ -20,7 +20,7 @@ EXPECTED = {("pascal", "resnet50"), ("pascal", "resnet101"), ("pascal", "vgg16_b
 @pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_config_file_loads(path):
     cfg = load_config(path)
-    assert cfg.dataset in DATASETS
+    assert cfg.dataset in names()
 
 
 def test_every_dataset_backbone_has_all_its_folds():

@@ -15,7 +15,7 @@ import torch
 from util import REPO
 from util.common.cli import tool_command
 from util.common.errors import UserError
-from util.data.benchmarks import num_classes
+from util.data.benchmarks import benchmark, num_classes
 
 REPO_ROOT = REPO
 EMBEDDINGS_DIR = REPO_ROOT / "embeddings"
@@ -147,9 +147,7 @@ def check_row_names(file: Path, names: Sequence[str], dataset: str) -> None:
     first = differ[0] if differ else min(len(recorded), len(names))
     shown = (f"class {first + 1} is '{recorded[first]}' there, '{names[first]}' here; {len(differ)} of {len(names)} "
              "rows differ" if differ else f"{len(recorded)} rows named, {len(names)} classes")
-    hint = ("a split other than the published one has its own, written by tools.prepare_fss: "
-            "lists/fss/fss_glove50.npy under your list_root" if dataset == "fss"
-            else f"build the right one with: {tool_command('embed_classes', dataset=dataset)}")
+    hint = benchmark(dataset).vectors_hint()
     raise UserError(f"{file}: its rows are for another class order ({shown}); point config key 'embedding_file' at the "
                     f"vectors of this dataset's classes ({hint})")
 

@@ -32,23 +32,16 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from util.common.cli import tool_command
 from util.common.errors import UserError
-from util.data.benchmarks import ONE_CLASS_DATASETS, novel_classes
+from util.data.benchmarks import benchmark, novel_classes
 
-POOL_LISTS = {
-    "pascal": "ImageSets/SegmentationAug/{subset}.txt",
-    "synth": "ImageSets/SegmentationAug/{subset}.txt",
-    "coco": "masks/{subset}.txt",
-}
 NOVEL_IN_TRAIN = ("drop_any", "drop_counted", "keep_as_background")
 SUBSETS = tuple(f"train_{rule}" for rule in NOVEL_IN_TRAIN) + ("val", "base_val")
-ONE_CLASS_SUBSETS = SUBSETS + ("test", "base_train")  # FSS-1000's lists
+ALL_SUBSETS = SUBSETS + ("test", "base_train")  # a benchmark with its own test list, or stage 1's held-out pairs
 LIST_FORMAT = 2  # 2: items carry the present classes as well as the counted ones
 
 Item = tuple[str, str, tuple[int, ...], tuple[int, ...]]
@@ -64,19 +57,19 @@ class FoldList:
 
 
 def episode_subset(dataset: str, mode: str, novel_in_train: str) -> str:
-    """The list episodes of ``mode`` (train, val, test) read: test reads the val list except where a dataset has its
-    own test classes (FSS-1000)."""
+    """The list episodes of ``mode`` (train, val, test) read: test reads the val list except where a benchmark has its
+    own test classes (``own_test_list``: FSS-1000)."""
     if mode == "train":
         return train_subset(novel_in_train)
-    return "test" if mode == "test" and dataset in ONE_CLASS_DATASETS else "val"
+    return "test" if mode == "test" and benchmark(dataset).own_test_list else "val"
 
 
 def stage1_subset(dataset: str, mode: str, novel_in_train: str) -> str:
-    """The list stage 1 reads with ``base_images: fold_lists``: the training list (FSS-1000: without the held-out
-    pair of each class) and the base-class validation list."""
+    """The list stage 1 reads with ``base_images: fold_lists``: the training list (``stage1_holds_out``, FSS-1000:
+    without the held-out pair of each class) and the base-class validation list."""
     if mode == "val":
         return "base_val"
-    return "base_train" if dataset in ONE_CLASS_DATASETS else train_subset(novel_in_train)
+    return "base_train" if benchmark(dataset).stage1_holds_out else train_subset(novel_in_train)
 
 
 def check_dataset_fold(dataset: str, fold: int, split_style: str = "fwb") -> None:
@@ -86,7 +79,7 @@ def check_dataset_fold(dataset: str, fold: int, split_style: str = "fwb") -> Non
 
 def pool_list_path(data_root: str | Path, dataset: str, subset: str) -> Path:
     """The image-pool list of ``subset`` (train/val) inside the data root."""
-    return Path(data_root) / POOL_LISTS[dataset].format(subset=subset)
+    return benchmark(dataset).pool_list_path(data_root, subset)
 
 
 def image_key(path: str) -> str:
@@ -95,20 +88,13 @@ def image_key(path: str) -> str:
 
 
 def preparation_command(dataset: str, data_root: str | Path) -> str | None:
-    """The command that writes ``dataset``'s labels and image pools into ``data_root`` (None for FSS-1000, used as
-    published)."""
-    return {"pascal": tool_command("prepare_pascal", voc_root=data_root) + " --sbd-root SBD_ROOT",
-            "coco": tool_command("prepare_coco", coco_root=data_root),
-            "synth": tool_command("make_synth", root=data_root)}.get(dataset)
+    """The command that writes ``dataset``'s labels and image pools into ``data_root`` (None: used as published)."""
+    return benchmark(dataset).preparation_command(data_root)
 
 
 def label_remedy(dataset: str, data_root: str | Path) -> str | None:
     """What rebuilds a broken label file of ``dataset`` (None: no tool does, the file is as published)."""
-    command = preparation_command(dataset, data_root)
-    if dataset == "synth":
-        return (f"delete {shlex.quote(str(data_root))} and run {command} again (with the arguments recorded in its "
-                "synth_meta.json)")
-    return command and f"rebuild it with {command}"
+    return benchmark(dataset).label_remedy(data_root)
 
 
 def _relative(path: str, where: str) -> str:
@@ -173,9 +159,8 @@ def read_pool_lines(data_root: str | Path, dataset: str, subset: str) -> list[tu
 
 
 def dataset_list_dir(list_root: str | Path, dataset: str, split_style: str = "fwb") -> Path:
-    """``<list_root>/<dataset>`` (``<list_root>/coco/<split_style>`` for COCO)."""
-    root = Path(list_root) / dataset
-    return root / split_style if dataset == "coco" else root
+    """``<list_root>/<dataset>`` (one level more per split style: ``<list_root>/coco/<split_style>``)."""
+    return benchmark(dataset).list_dir(list_root, split_style)
 
 
 def train_subset(novel_in_train: str) -> str:
@@ -187,8 +172,8 @@ def train_subset(novel_in_train: str) -> str:
 
 def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, min_class_pixels: int,
                    split_style: str = "fwb") -> Path:
-    """Path of a per-fold list; ``subset`` is one of ``SUBSETS`` (FSS-1000: ``ONE_CLASS_SUBSETS``)."""
-    if subset not in ONE_CLASS_SUBSETS:
+    """Path of a per-fold list; ``subset`` is one of ``ALL_SUBSETS``."""
+    if subset not in ALL_SUBSETS:
         raise ValueError(f"unknown list subset {subset!r}")
     if subset.startswith("train_"):
         name = f"train_min{min_class_pixels}_{subset.removeprefix('train_')}"
@@ -200,10 +185,7 @@ def fold_list_path(list_root: str | Path, dataset: str, fold: int, subset: str, 
 def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Path = "lists",
                        min_class_pixels: int = 2048) -> str:
     """The exact command that writes the lists the dataset expects (every "run make_lists" hint prints this one)."""
-    if dataset == "fss":
-        return tool_command("prepare_fss", data_root=data_root, list_root=list_root)
-    extra = {} if min_class_pixels == 2048 else {"min_class_pixels": min_class_pixels}
-    return tool_command("make_lists", dataset=dataset, data_root=data_root, list_root=list_root, **extra)
+    return benchmark(dataset).lists_command(data_root, list_root, min_class_pixels)
 
 
 def read_fold_list(path: Path, rerun_hint: str) -> FoldList:

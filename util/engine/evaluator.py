@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from model.mianet import EncodedImages, SupportSummary, stack_shots
-from util.data.benchmarks import ONE_CLASS_DATASETS, class_names, novel_classes
+from util.data.benchmarks import benchmark, class_names, novel_classes
 from util.data.benchmarks.fss1000 import read_binary_mask
 from util.data.image_io import read_label
 from util.data.transform import normalization_for
@@ -363,7 +363,7 @@ def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: 
 
 def baseline_name(dataset: str) -> str:
     """What :func:`every_object_baseline` predicts on ``dataset``, as reports name it."""
-    return "whole-image" if dataset in ONE_CLASS_DATASETS else "every-object"
+    return benchmark(dataset).baseline
 
 
 @torch.no_grad()

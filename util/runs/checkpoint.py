@@ -24,14 +24,9 @@ from torch import nn
 
 from util.common.atomic import AtomicFile
 from util.common.errors import UserError, first_few
-from util.data.benchmarks import (
-    DATASET_CLASSES,
-    base_classes,
-    class_names,
-    novel_classes,
-    split_source,
-    val_classes,
-)
+from util.data.benchmarks import (Benchmark, base_classes, benchmark, class_names, novel_classes, split_source,
+                                   val_classes)
+from util.data.benchmarks import names as benchmark_names
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -185,20 +180,26 @@ def _class_record(cfg: Mapping[str, Any]) -> tuple[list[str] | None, str | None]
     class split came from (FSS-1000: the split prepared under ``list_root``; None elsewhere); None where the config
     is silent."""
     dataset, split, style = cfg.get("dataset"), cfg.get("split"), cfg.get("coco_split_style")
-    if dataset is None or split is None or (dataset == "coco" and style is None):
+    if _registered(dataset) is None or split is None or (_registered(dataset).split_styles and style is None):
         return None, None
     list_root = cfg.get("list_root") or "lists"
     names = class_names(dataset, list_root)
     return [names[c - 1] for c in base_classes(dataset, split, style)], split_source(dataset, list_root)
 
 
+def _registered(dataset: Any) -> Benchmark | None:
+    """The benchmark of a recorded dataset name, None if it is not one (unknown, or not recorded)."""
+    return benchmark(dataset) if isinstance(dataset, str) and dataset in benchmark_names() else None
+
+
 def _identity(cfg: Mapping[str, Any], stage: str, classes: tuple[list[str] | None, str | None]) -> dict[str, Any]:
     dataset = cfg.get("dataset")
+    has_styles = _registered(dataset) is not None and bool(_registered(dataset).split_styles)
     identity = {
         "stage": stage,
         "dataset": dataset,
         "split": cfg.get("split"),
-        "coco_split_style": cfg.get("coco_split_style") if dataset == "coco" else None,
+        "coco_split_style": cfg.get("coco_split_style") if has_styles else None,
         "class_split": classes[1],
         "train_classes": classes[0],
         "novel_in_train": cfg.get("novel_in_train"),
@@ -213,8 +214,9 @@ def _identity(cfg: Mapping[str, Any], stage: str, classes: tuple[list[str] | Non
 def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
     """What defines the model that ``stage`` ('base': the PSPNet base learner, 'meta': MIANet) trains under ``cfg``.
 
-    The dataset, fold (``split``), COCO split style (None for the other datasets), where the class split came from
-    (``class_split``: FSS-1000's prepared split, ``published``/``seeded``/``files``; None for the other datasets),
+    The dataset, fold (``split``), split style (COCO's ``coco_split_style``; None where a benchmark has one), where
+    the class split came from (``class_split``: a prepared split's source, FSS-1000's ``published``/``seeded``/
+    ``files``; None where the folds are fixed),
     the classes it trains on by name (``train_classes``: the fold's base classes in id order), the rule for training
     images holding novel classes (``novel_in_train``; a base learner uses it only with ``base_images fold_lists``),
     the base learner's images (``base_images``), the backbone and, for stage 2, the ``shot``. Every checkpoint stores
@@ -224,10 +226,13 @@ def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
 
 
 def _names_of_ids(dataset: Any, ids: list[int]) -> list[str] | None:
-    """Class names of the ids an older checkpoint recorded, where the dataset's class list is fixed (None for
-    FSS-1000, whose ids depend on the split prepared at the time)."""
-    names = DATASET_CLASSES.get(dataset)
-    if names is None or not all(isinstance(c, int) and 1 <= c <= len(names) for c in ids):
+    """Class names of the ids an older checkpoint recorded, where the dataset's class list is fixed (None for a
+    prepared split, FSS-1000's, whose ids depend on the split prepared at the time)."""
+    known = _registered(dataset)
+    if known is None or known.prepared_split:
+        return None
+    names = known.class_names()
+    if not all(isinstance(c, int) and 1 <= c <= len(names) for c in ids):
         return None
     return [names[c - 1] for c in ids]
 
@@ -245,14 +250,16 @@ def recorded_identity(state: Mapping[str, Any]) -> dict[str, Any]:
         return identity
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     stage = "meta" if state.get("stage") == "meta" else "base"
-    return _identity(config, stage, (None, None) if config.get("dataset") == "fss" else _class_record(config))
+    prepared = _registered(config.get("dataset")) is not None and _registered(config.get("dataset")).prepared_split
+    return _identity(config, stage, (None, None) if prepared else _class_record(config))
 
 
 def _applies(key: str, wanted: Mapping[str, Any]) -> bool:
+    known = _registered(wanted.get("dataset"))
     if key == "coco_split_style":
-        return wanted.get("dataset") == "coco"
+        return known is not None and bool(known.split_styles)
     if key == "class_split":
-        return wanted.get("dataset") == "fss"
+        return known is not None and known.prepared_split
     if key == "novel_in_train":
         return wanted.get("stage") == "meta" or wanted.get("base_images") == "fold_lists"
     return key in wanted

@@ -1,130 +1,217 @@
-"""Class names and fold splits of the supported datasets (class id c is ``names[c - 1]``; 0 is background)."""
+"""One home per benchmark: everything that differs between PASCAL-5i, COCO-20i, FSS-1000, synth (and any benchmark a
+user adds) is said by its :class:`Benchmark`, made and registered by one module of this package; the rest of the code
+asks the registry (:func:`benchmark`) and never branches on a dataset's name.
+
+A new benchmark is one module here (its class names, folds, file layout, preparation command), its preparation tool
+and its configs; a test can register one from the test file alone (:func:`register`).
+
+The functions below are the questions the rest of the code asks, by the config's ``dataset`` name: class names (class
+id c is ``names[c - 1]``; 0 is background), the novel, base and validation classes of a fold, the stage-1 ignore value.
+"""
 from __future__ import annotations
 
+import difflib
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
+from util.common.cli import tool_command
 from util.common.errors import UserError
-from util.data.benchmarks import fss1000
 
-PASCAL_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)
-
-# COCO 2014 categories in ascending category-id order; contiguous id c = position + 1.
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
-    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
-)
-
-SYNTH_COLOURS = ("red", "green", "blue", "yellow", "purple")
-SYNTH_SHAPES = ("circle", "square", "triangle", "star")
+POOL_LIST = "ImageSets/SegmentationAug/{subset}.txt"  # the PASCAL layout of the image pools (synth uses it too)
 
 
-def _synth_classes() -> tuple[str, ...]:
-    """20 colour+shape classes ordered so fold k (ids 5k+1..5k+5) holds colour j with shape (j+k) % 4.
+@dataclass(frozen=True)
+class Benchmark:
+    """What a benchmark is to this code. Subclasses say how its classes and folds are made (``class_names``,
+    ``novel_classes``); the fields say how its files look and how it is tested; ``title`` is its name in messages.
 
-    Every fold's novel classes then use all five colours and shapes that also occur among its 15
-    base classes, so a class-name embedding carries real information about an unseen class.
+    ``split_styles``: fold layouts a config chooses with ``coco_split_style`` (COCO-20i's ``fwb`` and ``panet``; run
+    folders and lists get one level per style), empty where there is one. ``binary_masks``: a label file is the binary
+    mask of its image's one class (FSS-1000), not a class-id map. ``pool_list``: the image pools inside the data root
+    (``{subset}`` = train/val; None: no pools, so stage 1 needs ``base_images fold_lists``). ``own_test_list``: test.py
+    reads a ``test`` list of its own test classes instead of ``val``. ``stage1_holds_out``: stage 1 trains on
+    ``base_train`` (the training list without the pair of each class it validates on). ``prepared_split``: the class
+    split is written when the data is prepared (FSS-1000), so identities record where it came from. ``word_table``:
+    a table of the words each class name stands for, for the class vectors (None: the names' own words).
     """
-    return tuple(
-        f"{colour} {SYNTH_SHAPES[(j + fold) % len(SYNTH_SHAPES)]}"
-        for fold in range(4)
-        for j, colour in enumerate(SYNTH_COLOURS)
-    )
+
+    name: str
+    title: str = ""
+    folds: int = 4
+    split_styles: tuple[str, ...] = ()
+    binary_masks: bool = False
+    pool_list: str | None = POOL_LIST
+    own_test_list: bool = False
+    stage1_holds_out: bool = False
+    prepared_split: bool = False
+    word_table: Path | None = None
+
+    # ---------------------------------------------------------------- classes and folds
+
+    def class_names(self, list_root: str | Path | None = None) -> tuple[str, ...]:
+        """The class names in id order (a prepared split's under ``list_root``, where the benchmark has one)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes (background excluded)."""
+        return len(self.class_names())
+
+    @property
+    def baseline(self) -> str:
+        """What the baseline next to every result predicts: ``every-object`` (every labelled object of the query), or
+        ``whole-image`` where a mask holds its image's one object (``binary_masks``)."""
+        return "whole-image" if self.binary_masks else "every-object"
+
+    def check_fold(self, fold: int, style: str | None) -> None:
+        """UserError for a fold or split style this benchmark does not have."""
+        if not isinstance(fold, int) or not 0 <= fold < self.folds:
+            allowed = f"0 ({self.title or self.name} has one class split)" if self.folds == 1 else f"0..{self.folds - 1}"
+            raise UserError(f"fold (config key 'split') must be {allowed}, got {fold!r}")
+        if self.split_styles and style not in self.split_styles:
+            raise UserError(f"unknown {self.title or self.name} split style '{style}' (config key 'coco_split_style'); choose one of "
+                            f"{list(self.split_styles)}")
+
+    def novel_classes(self, fold: int, style: str | None) -> list[int]:
+        """Class ids held out as novel in ``fold`` (its test classes): by default fold k's consecutive share."""
+        self.check_fold(fold, style)
+        per_fold = self.num_classes // self.folds
+        return list(range(per_fold * fold + 1, per_fold * (fold + 1) + 1))
+
+    def base_classes(self, fold: int, style: str | None) -> list[int]:
+        """Class ids trained on in ``fold``, ascending: by default every class that is not novel."""
+        novel = set(self.novel_classes(fold, style))
+        return [c for c in range(1, self.num_classes + 1) if c not in novel]
+
+    def val_classes(self, fold: int, style: str | None) -> list[int]:
+        """Class ids of stage-2 validation: by default the novel classes (the PASCAL/COCO protocol)."""
+        return self.novel_classes(fold, style)
+
+    def split_source(self, list_root: str | Path) -> str | None:
+        """Where a prepared class split came from (``prepared_split`` benchmarks), else None."""
+        return None
+
+    # ---------------------------------------------------------------- files and commands
+
+    def list_dir(self, list_root: str | Path, style: str | None) -> Path:
+        """``<list_root>/<name>`` (one level more per split style, e.g. ``lists/coco/fwb``); also the layout of the
+        run folders under ``initmodel/`` and ``exp/``."""
+        root = Path(list_root) / self.name
+        return root / style if self.split_styles else root
+
+    def pool_list_path(self, data_root: str | Path, subset: str) -> Path:
+        """The image pool of ``subset`` (train/val) inside the data root."""
+        if self.pool_list is None:
+            raise UserError(f"{self.name} has no image pools; use base_images fold_lists (config key base_images)")
+        return Path(data_root) / self.pool_list.format(subset=subset)
+
+    def preparation_command(self, data_root: str | Path) -> str | None:
+        """The command that writes the labels and image pools into ``data_root`` (None: used as published)."""
+        return None
+
+    def creation_command(self, data_root: str | Path) -> str | None:
+        """The command that makes the whole dataset in ``data_root`` from nothing (a generated benchmark), else None."""
+        return None
+
+    def label_remedy(self, data_root: str | Path) -> str | None:
+        """What rebuilds a broken label file (None: no tool does, the file is as published)."""
+        command = self.preparation_command(data_root)
+        return command and f"rebuild it with {command}"
+
+    def lists_command(self, data_root: str | Path, list_root: str | Path, min_class_pixels: int) -> str:
+        """The exact command that writes the lists this benchmark's runs read."""
+        extra = {} if min_class_pixels == 2048 else {"min_class_pixels": min_class_pixels}
+        return tool_command("make_lists", dataset=self.name, data_root=data_root, list_root=list_root, **extra)
+
+    def vectors_hint(self) -> str:
+        """How to build this benchmark's class vectors."""
+        return f"build the right one with: {tool_command('embed_classes', dataset=self.name)}"
 
 
-SYNTH_CLASSES = _synth_classes()
+@dataclass(frozen=True)
+class FixedClasses(Benchmark):
+    """A benchmark whose classes are a fixed list (PASCAL-5i, COCO-20i, synth)."""
 
-DATASET_CLASSES = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES, "synth": SYNTH_CLASSES}
-DATASETS = (*DATASET_CLASSES, "fss")
-NUM_FOLDS = 4
-COCO_SPLIT_STYLES = ("fwb", "panet")
-ONE_CLASS_DATASETS = ("fss",)
-"""Datasets whose label files are binary masks of the image's one class (FSS-1000), not class-id maps."""
+    names: tuple[str, ...] = ()
+
+    def class_names(self, list_root: str | Path | None = None) -> tuple[str, ...]:
+        return self.names
+
+
+_REGISTRY: dict[str, Benchmark] = {}
+
+
+def register(item: Benchmark) -> Benchmark:
+    """Add ``item`` to the registry under its name (replacing one of the same name) and return it."""
+    _REGISTRY[item.name] = item
+    return item
+
+
+def benchmark(name: str) -> Benchmark:
+    """The benchmark registered as ``name`` (the config's ``dataset``); UserError naming the closest ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown dataset '{name}' (config key 'dataset'); {hint}the benchmarks are: "
+                        f"{', '.join(_REGISTRY)}") from None
+
+
+def names() -> tuple[str, ...]:
+    """Every registered benchmark's name."""
+    return tuple(_REGISTRY)
 
 
 def class_names(dataset: str, list_root: str | Path = "lists") -> tuple[str, ...]:
-    """Names of the dataset's classes, index i = class id i + 1 (FSS-1000: from the class split under ``list_root``)."""
-    if dataset == "fss":
-        return fss1000.class_names(list_root)
-    try:
-        return DATASET_CLASSES[dataset]
-    except KeyError:
-        raise UserError(f"unknown dataset '{dataset}'; choose one of {list(DATASETS)}") from None
+    """Names of the dataset's classes, index i = class id i + 1."""
+    return benchmark(dataset).class_names(list_root)
 
 
 def split_source(dataset: str, list_root: str | Path = "lists") -> str | None:
-    """Where the dataset's class split came from: FSS-1000's prepared split (``published``, ``seeded`` or ``files``,
-    :data:`util.data.benchmarks.fss1000.SPLIT_SOURCES`); None for the datasets whose folds are fixed."""
-    return fss1000.split_source(list_root) if dataset == "fss" else None
+    """Where the dataset's prepared class split came from; None for benchmarks whose folds are fixed."""
+    return benchmark(dataset).split_source(list_root)
 
 
 def num_classes(dataset: str) -> int:
     """Number of object classes (background excluded)."""
-    return fss1000.NUM_CLASSES if dataset == "fss" else len(class_names(dataset))
+    return benchmark(dataset).num_classes
 
 
 def num_folds(dataset: str) -> int:
-    """Folds of a dataset: 4 (PASCAL-5i, COCO-20i, synth), 1 (FSS-1000: one class split)."""
-    num_classes(dataset)  # validates the name
-    return 1 if dataset == "fss" else NUM_FOLDS
-
-
-def _check_fold(dataset: str, fold: int) -> None:
-    folds = num_folds(dataset)
-    if not isinstance(fold, int) or not 0 <= fold < folds:
-        allowed = "0 (FSS-1000 has one class split)" if folds == 1 else f"0..{folds - 1}"
-        raise UserError(f"fold (config key 'split') must be {allowed}, got {fold!r}")
+    """Folds of a dataset."""
+    return benchmark(dataset).folds
 
 
 def novel_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> list[int]:
     """Class ids held out as novel in ``fold`` (the fold's test classes)."""
-    _check_fold(dataset, fold)
-    if dataset == "fss":
-        return list(fss1000.split_ids()["test"])
-    total = num_classes(dataset)
-    per_fold = total // NUM_FOLDS
-    if dataset == "coco":
-        if coco_split_style == "fwb":
-            return list(range(fold + 1, total + 1, NUM_FOLDS))
-        if coco_split_style != "panet":
-            raise UserError(
-                f"unknown COCO split style '{coco_split_style}' (config key 'coco_split_style'); "
-                f"choose one of {list(COCO_SPLIT_STYLES)}"
-            )
-    return list(range(per_fold * fold + 1, per_fold * (fold + 1) + 1))
+    return benchmark(dataset).novel_classes(fold, coco_split_style)
 
 
 def base_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> list[int]:
-    """Class ids used for training in ``fold``, ascending: all classes that are not novel (FSS-1000: the 520
-    training classes; its 240 validation classes are neither)."""
-    if dataset == "fss":
-        _check_fold(dataset, fold)
-        return list(fss1000.split_ids()["train"])
-    novel = set(novel_classes(dataset, fold, coco_split_style))
-    return [c for c in range(1, num_classes(dataset) + 1) if c not in novel]
+    """Class ids used for training in ``fold``, ascending."""
+    return benchmark(dataset).base_classes(fold, coco_split_style)
 
 
 def val_classes(dataset: str, fold: int, coco_split_style: str = "fwb") -> list[int]:
-    """Class ids of the stage-2 validation episodes: the novel classes (the PASCAL/COCO protocol), or FSS-1000's
-    240 validation classes."""
-    if dataset == "fss":
-        _check_fold(dataset, fold)
-        return list(fss1000.split_ids()["val"])
-    return novel_classes(dataset, fold, coco_split_style)
+    """Class ids of the stage-2 validation episodes."""
+    return benchmark(dataset).val_classes(fold, coco_split_style)
 
 
 def stage1_ignore_index(dataset: str, fold: int, coco_split_style: str, ignore_label: int) -> int:
     """The ignore value of stage-1 targets: ``ignore_label``, or -1 when a base class's target value (its rank + 1)
     would equal it (FSS-1000's 520 base classes pass 255)."""
     return -1 if len(base_classes(dataset, fold, coco_split_style)) >= ignore_label else ignore_label
+
+
+def quoted(path: str | Path) -> str:
+    """A path as a shell word."""
+    return shlex.quote(str(path))
+
+
+from util.data.benchmarks import coco, fss1000, pascal, synth  # noqa: E402  (each registers its benchmark)
+
+__all__ = ["Benchmark", "FixedClasses", "POOL_LIST", "base_classes", "benchmark", "class_names", "coco", "fss1000",
+           "names", "novel_classes", "num_classes", "num_folds", "pascal", "quoted", "register", "split_source",
+           "stage1_ignore_index", "synth", "val_classes"]

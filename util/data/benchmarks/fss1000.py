@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from util import REPO
+from util.common.cli import tool_command
 from util.common.errors import UserError
+from util.data.benchmarks import Benchmark, register
 from util.data.image_io import binary_object, read_grey
 
 NUM_CLASSES = 1000
@@ -152,3 +154,40 @@ def own_words(name: str) -> tuple[str, ...]:
 def class_words(name: str, table: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     """The words that stand for a class name: its row in the class-word table, else its own words."""
     return table[name] if name in table else own_words(name)
+
+
+class Fss1000(Benchmark):
+    """FSS-1000's facts as a :class:`util.data.benchmarks.Benchmark`: one class split, binary masks, its own test list."""
+
+    def class_names(self, list_root: str | Path | None = None) -> tuple[str, ...]:
+        return published_names() if list_root is None else class_names(list_root)
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+    def novel_classes(self, fold: int, style: str | None) -> list[int]:
+        self.check_fold(fold, style)
+        return list(split_ids()["test"])
+
+    def base_classes(self, fold: int, style: str | None) -> list[int]:
+        self.check_fold(fold, style)
+        return list(split_ids()["train"])
+
+    def val_classes(self, fold: int, style: str | None) -> list[int]:
+        self.check_fold(fold, style)
+        return list(split_ids()["val"])
+
+    def split_source(self, list_root: str | Path) -> str:
+        return split_source(list_root)
+
+    def lists_command(self, data_root: str | Path, list_root: str | Path, min_class_pixels: int) -> str:
+        return tool_command("prepare_fss", data_root=data_root, list_root=list_root)
+
+    def vectors_hint(self) -> str:
+        return ("a split other than the published one has its own, written by tools.prepare_fss: "
+                "lists/fss/fss_glove50.npy under your list_root")
+
+
+FSS1000 = register(Fss1000("fss", title="FSS-1000", folds=1, binary_masks=True, pool_list=None, own_test_list=True,
+                           stage1_holds_out=True, prepared_split=True, word_table=CLASS_WORDS_FILE))
