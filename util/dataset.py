@@ -295,10 +295,19 @@ class EpisodeDataset(Dataset):
         tensor, label = self.transform(rgb, mask, rng)
         return tensor, label, binary
 
+    def baseline_prediction(self, classes: np.ndarray) -> np.ndarray:
+        """What the baseline next to every result predicts for a query label ``classes`` (at its original size): every
+        labelled object (``every-object``), or the whole image where a mask holds its image's one object
+        (``whole-image``); uint8 0/1."""
+        if self.binary_masks:
+            return np.ones_like(classes, dtype=np.uint8)
+        return ((classes != 0) & (classes != self.spec.ignore_label)).astype(np.uint8)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         episode = self.episode(index)
         rngs = [np.random.default_rng(s) for s in self._sequences(index)[1].spawn(self.shot + 1)]
-        query, query_label, query_binary = self.view(*self.read(*episode.query), episode.class_id, rngs[0], support=False)
+        rgb, classes = self.read(*episode.query)
+        query, query_label, query_binary = self.view(rgb, classes, episode.class_id, rngs[0], support=False)
         supports, masks = [], []
         for pair, rng in zip(episode.supports, rngs[1:]):
             support, support_mask, _ = self.view(*self.read(*pair), episode.class_id, rng, support=True)
@@ -315,23 +324,31 @@ class EpisodeDataset(Dataset):
         }
         if self.mode != "train":
             sample["query_label_ori"] = torch.from_numpy(query_binary.astype(np.int64))
+            sample["query_baseline_ori"] = torch.from_numpy(self.baseline_prediction(classes).astype(np.int64))
         return sample
 
 
+ORIGINAL_SIZE = {"query_label_ori": "ignore", "query_baseline_ori": 0}
+"""The per-episode maps at the query's original size, padded to the batch's largest by collation: the label with the
+ignore value, the baseline's prediction with 0 (padded pixels are ignored in the label anyway)."""
+
+
 def collate_episodes(batch: list[dict[str, Any]], ignore_label: int) -> dict[str, Any]:
-    """Stack episodes; ``query_label_ori`` is padded (top-left, ``ignore_label``) to the batch's largest size."""
-    ori = [sample["query_label_ori"] for sample in batch] if "query_label_ori" in batch[0] else None
-    rest = [{k: v for k, v in sample.items() if k not in ("query_label_ori", "query_path", "support_paths")}
+    """Stack episodes; the original-size maps (:data:`ORIGINAL_SIZE`) are padded top-left to the batch's largest size."""
+    rest = [{k: v for k, v in sample.items() if k not in (*ORIGINAL_SIZE, "query_path", "support_paths")}
             for sample in batch]
     out = default_collate(rest)
     out["query_path"] = [sample["query_path"] for sample in batch]
     out["support_paths"] = [sample["support_paths"] for sample in batch]
-    if ori is not None:
-        height, width = max(t.shape[0] for t in ori), max(t.shape[1] for t in ori)
-        padded = torch.full((len(ori), height, width), ignore_label, dtype=torch.int64)
-        for i, label in enumerate(ori):
-            padded[i, :label.shape[0], :label.shape[1]] = label
-        out["query_label_ori"] = padded
+    for key, fill in ORIGINAL_SIZE.items():
+        if key not in batch[0]:
+            continue
+        maps = [sample[key] for sample in batch]
+        height, width = max(t.shape[0] for t in maps), max(t.shape[1] for t in maps)
+        padded = torch.full((len(maps), height, width), ignore_label if fill == "ignore" else fill, dtype=torch.int64)
+        for i, values in enumerate(maps):
+            padded[i, :values.shape[0], :values.shape[1]] = values
+        out[key] = padded
     return out
 
 

@@ -10,7 +10,7 @@ from tests.support.reference_geometry import foreground_counts, resized_val, sco
 from util.common.config import load_config
 from util.dataset import EpisodeDataset
 from util.engine.distributed import DistContext
-from util.engine.evaluator import evaluate_episodes, every_object_baseline, protocol_of, run_protocol
+from util.engine.evaluator import evaluate_episodes, protocol_of, run_protocol
 from util.data.image_io import read_image, read_label
 from util.reports.tables import MAX_EMPTY_ROWS, NO_EPISODES, format_fold_table, format_run_table
 from util.data.transform import normalization_for
@@ -148,9 +148,13 @@ def test_reference_geometry_scores_equal_the_transcribed_reference_evaluation(sy
     assert protocol_of(cfg)["test_geometry"] == "reference"  # results.json records it
 
 
-def test_every_object_baseline_matches_hand_counts(synth_cfg):
+@pytest.mark.parametrize("ori_resize", [True, False])
+def test_every_object_baseline_matches_hand_counts(synth_cfg, ori_resize):
+    """The baseline is scored at the original size from the labels the evaluation read, whatever grid the model is
+    scored on (the feature-reuse path's baseline equals this one: tests/engine/test_feature_reuse.py)."""
     episodes = EpisodeDataset(synth_cfg, "val", episodes=7, seed=5)
-    scores = every_object_baseline(episodes, synth_cfg.data_root, CPU, 20, 255)
+    scores = evaluate_episodes(EverythingForeground(), episodes, CPU, num_classes=20, ignore_label=255,
+                               ori_resize=ori_resize).baseline
     expected = _by_hand(episodes, synth_cfg.data_root, lambda semantic: (semantic != 0) & (semantic != 255))
     assert {c: (int(scores.per_class[c, 0]), int(scores.per_class[c, 1])) for c in expected} == expected
     assert 0 < scores.miou() <= 1

@@ -21,8 +21,6 @@ from tqdm import tqdm
 
 from model.mianet import EncodedImages, SupportSummary, stack_shots
 from util.data.benchmarks import benchmark, class_names, novel_classes
-from util.data.benchmarks.fss1000 import read_binary_mask
-from util.data.image_io import read_label
 from util.data.transform import normalization_for
 from util.dataset import Episode, EpisodeDataset, episode_collate
 from util.engine.distributed import DistContext, ShardSampler
@@ -74,15 +72,15 @@ def _episode_predictions(
 ) -> Iterator[tuple[dict, int, torch.Tensor, torch.Tensor]]:
     """``(batch, b, prediction, label)`` for every episode ``b`` of every batch: the binary prediction on the
     grid of the label it is scored against (``query_label_ori`` with ``ori_resize``, else ``query_label``); the batch
-    on the device, with its classes also as ``class_ids`` (ints).
+    on the device, with its classes also as ``class_ids`` and its original label sizes as ``sizes_ori`` (ints).
 
     A model with ``predict`` (MIANet) computes each episode alone (:meth:`model.mianet.MIANet.predict`), so the
     loader's batch size changes no prediction; other models get the whole batch. Non-finite logits stop it at once
     (:func:`check_finite_logits`), or, given ``watch``, when the caller checks it (no wait for the device per batch)."""
     net = model.module if isinstance(model, DistributedDataParallel) else model
     for batch in batches:
-        sizes = batch["query_size_ori"].tolist() if ori_resize else None  # read on the CPU, before the copy
-        batch = to_device(batch, device) | {"class_ids": batch["class_id"].tolist()}
+        sizes = batch["query_size_ori"].tolist() if "query_size_ori" in batch else None  # on the CPU, before the copy
+        batch = to_device(batch, device) | {"class_ids": batch["class_id"].tolist(), "sizes_ori": sizes}
         with autocast(device, amp):
             if callable(getattr(net, "predict", None)):  # one episode at a time: the feature-reuse path's computation
                 logits = torch.cat([net.predict(batch["query"][b:b + 1], batch["supports"][b], batch["support_masks"][b],
@@ -151,7 +149,7 @@ def evaluate_episode_sets(
                                           encode_batch=encode_batch)
     results = []
     for episodes in episode_sets:
-        scores = FewShotIoU(num_classes, ignore_label)
+        scores = FewShotIoU(num_classes, ignore_label, baseline=True)
         loader = DataLoader(_WithOriginalSize(episodes), batch_size=batch_size, sampler=ShardSampler(len(episodes), ctx),
                             num_workers=workers, collate_fn=episode_collate(ignore_label),
                             worker_init_fn=worker_signals, pin_memory=ctx.device.type == "cuda")
@@ -159,6 +157,9 @@ def evaluate_episode_sets(
         watch = FiniteWatch(amp)
         for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp, encode_batch, watch):
             scores.update(pred, label, batch["class_ids"][b])
+            h0, w0 = batch["sizes_ori"][b]
+            scores.baseline.update(batch["query_baseline_ori"][b, :h0, :w0], batch["query_label_ori"][b, :h0, :w0],
+                                   batch["class_ids"][b])
         watch.check()
         scores.reduce()
         results.append(scores)
@@ -220,7 +221,8 @@ def _plan_query_turns(episode_sets: list[EpisodeDataset], ctx: DistContext, capa
 
 class _QueryTurnImages(Dataset):
     """Loads the pixels of a query turn (in a DataLoader worker): the encoded images [N,3,S,S] (query first), the
-    query's label per episode class (network grid and original size) and the support masks to summarise."""
+    query's label per episode class (network grid and original size), the baseline's prediction for the query
+    (original size) and the support masks to summarise."""
 
     def __init__(self, episodes: EpisodeDataset, turns: list[_QueryTurn]):
         self.episodes, self.turns = episodes, turns
@@ -235,6 +237,8 @@ class _QueryTurnImages(Dataset):
         tensors, query_labels, support_masks = [], {}, {}
         for image in turn.images():
             rgb, classes = self.episodes.read(*image)
+            if image == turn.query:
+                query_baseline = torch.from_numpy(self.episodes.baseline_prediction(classes).astype(np.int64))
             tensor = None
             for class_id in query_classes if image == turn.query else ():
                 tensor, label, binary = self.episodes.view(rgb, classes, class_id, rng, support=False)
@@ -243,7 +247,8 @@ class _QueryTurnImages(Dataset):
                 tensor, mask, _ = self.episodes.view(rgb, classes, class_id, rng, support=True)
                 support_masks[image, class_id] = mask
             tensors.append(tensor)
-        return {"images": torch.stack(tensors), "query_labels": query_labels, "support_masks": support_masks}
+        return {"images": torch.stack(tensors), "query_labels": query_labels, "support_masks": support_masks,
+                "query_baseline": query_baseline}
 
 
 def _as_is(item: Any) -> Any:
@@ -275,7 +280,7 @@ def _evaluate_reusing_features(
     turns = _plan_query_turns(episode_sets, ctx, SUPPORT_CACHE_ENTRIES)
     loader = DataLoader(_QueryTurnImages(first, turns), batch_size=None, num_workers=workers, collate_fn=_as_is,
                         worker_init_fn=worker_signals, pin_memory=ctx.device.type == "cuda")
-    scores = [FewShotIoU(num_classes, ignore_label) for _ in episode_sets]
+    scores = [FewShotIoU(num_classes, ignore_label, baseline=True) for _ in episode_sets]
     watch = FiniteWatch(amp)
     cache: dict[tuple[Image, int], SupportSummary] = {}
     bar = tqdm(zip(turns, loader), total=len(turns), desc=desc, disable=not ctx.is_main, dynamic_ncols=True, leave=False)
@@ -291,15 +296,17 @@ def _evaluate_reusing_features(
                         EncodedImages(encoded.mid[position:position + 1], encoded.layer4[position:position + 1]),
                         mask, size[0])
         query = EncodedImages(encoded.mid[:1], encoded.layer4[:1])
+        query_baseline = loaded["query_baseline"].to(ctx.device, non_blocking=True)
         del encoded, images
         for number, _, spec in turn.episodes:
             summary = stack_shots([cache[support, spec.class_id] for support in spec.supports])
             with autocast(ctx.device, amp):
                 logits = net.head(query, summary, torch.tensor([spec.class_id], device=ctx.device), size)
             watch.add(logits, [turn.query[0]])
-            label, label_ori = loaded["query_labels"][spec.class_id]
-            label = (label_ori if ori_resize else label).to(ctx.device, non_blocking=True)
-            scores[number].update(_predict(logits[0], label, ori_resize), label, spec.class_id)
+            label, label_ori = (values.to(ctx.device, non_blocking=True) for values in loaded["query_labels"][spec.class_id])
+            scored = label_ori if ori_resize else label
+            scores[number].update(_predict(logits[0], scored, ori_resize), scored, spec.class_id)
+            scores[number].baseline.update(query_baseline, label_ori, spec.class_id)
         for key in turn.evict:
             del cache[key]
     watch.check()
@@ -336,33 +343,9 @@ def draw_episode_figures(model: nn.Module, episodes: EpisodeDataset, count: int,
     return paths
 
 
-def every_object_baseline(episodes: EpisodeDataset, data_root: str | Path, ctx: DistContext, num_classes: int,
-                          ignore_label: int) -> FewShotIoU:
-    """Scores of predicting every labelled object pixel as foreground, from the episodes' query label files.
-
-    Episode specs hold paths relative to ``data_root`` (absolute paths pass through unchanged). On a dataset whose
-    masks hold one class (FSS-1000) every object is the label itself, so the baseline is the whole image instead
-    (``baseline_name``).
-    Scored at the original size (as ``ori_resize``); a model that does not beat this has not learned
-    to pick the episode's class among the objects in the image.
-    """
-    scores = FewShotIoU(num_classes, ignore_label)
-    for index in ShardSampler(len(episodes), ctx):
-        spec = episodes.episode(index)
-        if episodes.binary_masks:  # the mask is the one object: the baseline is the whole image
-            label = torch.from_numpy(read_binary_mask(Path(data_root) / spec.query[1]).astype(np.int64))
-            scores.update(torch.ones_like(label), label, spec.class_id)
-            continue
-        semantic = torch.from_numpy(read_label(Path(data_root) / spec.query[1]).astype(np.int64))
-        label = torch.where(semantic == ignore_label, ignore_label, (semantic == spec.class_id).long())
-        pred = ((semantic != 0) & (semantic != ignore_label)).long()
-        scores.update(pred, label, spec.class_id)
-    scores.reduce()
-    return scores
-
-
 def baseline_name(dataset: str) -> str:
-    """What :func:`every_object_baseline` predicts on ``dataset``, as reports name it."""
+    """What the baseline next to every result predicts on ``dataset`` (:meth:`util.dataset.EpisodeDataset.baseline_prediction`),
+    as reports name it."""
     return benchmark(dataset).baseline
 
 
@@ -452,7 +435,7 @@ def run_protocol(
                                        feature_reuse=cfg["feature_reuse"], encode_batch=cfg["encode_batch"],
                                        desc=f"test seeds {' '.join(map(str, seeds))}")
     for seed, episodes, scores in zip(seeds, episode_sets, all_scores):
-        baseline = every_object_baseline(episodes, cfg["data_root"], ctx, total_classes, cfg["ignore_label"])
+        baseline = scores.baseline
         coverage += scores.coverage
         entry = {"seed": seed, **episode_scores_summary(scores, names),
                  "classes_without_episodes": [names[c - 1] for c in novel if c not in scores.class_iou()],

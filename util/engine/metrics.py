@@ -144,8 +144,10 @@ class FewShotIoU:
     """Episode scores: per-class foreground IoU (mIoU) and FB-IoU, accumulated over episodes on the predictions'
     device (an update never waits for the device; :meth:`reduce` brings the counts to the CPU)."""
 
-    def __init__(self, num_classes: int, ignore_index: int):
+    def __init__(self, num_classes: int, ignore_index: int, baseline: bool = False):
         self.ignore_index = ignore_index
+        # the same scores of the baseline's predictions (:meth:`util.dataset.EpisodeDataset.baseline_prediction`)
+        self.baseline = FewShotIoU(num_classes, ignore_index) if baseline else None
         # rows: class id 0..num_classes; columns: foreground intersection, union, episode count
         self.per_class = torch.zeros(num_classes + 1, 3, dtype=torch.int64)
         self.fb = SemanticIoU(2, ignore_index)
@@ -177,6 +179,8 @@ class FewShotIoU:
         self.per_class = all_reduce_sum(self.per_class).cpu()
         self.coverage = all_reduce_sum(self.coverage).cpu()
         self.fb.reduce()
+        if self.baseline is not None:
+            self.baseline.reduce()
 
     def episodes(self) -> int:
         return int(self.per_class[:, 2].sum())
