@@ -43,7 +43,7 @@ import torch
 from util.common.atomic import check_writable, write_output
 from util.common.config import load_config
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import class_names, num_classes
+from util.data.registry import class_names, num_classes
 from util.data.image_io import (
     MASK_FORMATS,
     encode_label_png,
@@ -53,7 +53,7 @@ from util.data.image_io import (
 )
 from util.data.transform import PairedTransform, bbox_mask, build_transform
 from util.engine.metrics import check_finite_logits, predict_on_label
-from util.engine.runtime import autocast, check_amp, resolve_device
+from util.common.runtime import autocast, check_amp, resolve_device
 from util.reports.figures import PRED_COLOUR, add_title, overlay_mask, png_bytes
 from util.runs.folders import stage2_weight
 from util.runs.weights import load_stage2_model

@@ -23,9 +23,9 @@ from util.common.atomic import check_writable, write_output
 from util.common.cli import config_from_cli
 from util.common.errors import cli_entry
 from util.dataset import EpisodeDataset
-from util.engine.distributed import init_distributed, shutdown_distributed
+from util.common.distributed import init_distributed, shutdown_distributed
 from util.engine.evaluator import CONTACT_SHEET, draw_episode_figures, run_protocol
-from util.engine.runtime import check_amp, seed_everything
+from util.common.runtime import check_amp, seed_everything
 from util.reports.tables import format_run_table
 from util.runs.checkpoint import describe_identity, recorded_identity
 from util.runs.folders import results_path, stage2_weight

@@ -13,12 +13,12 @@ from typing import Sequence
 from model.mianet import min_train_size
 from util.common.config import Config
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import class_names
+from util.data.registry import class_names
 from util.dataset import EpisodeDataset, episode_collate
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.evaluator import episode_scores_summary, evaluate_episodes
 from util.engine.loop import Schedule, TrainJob, TrainResult, train_from_cli
-from util.engine.runtime import epoch_seed
+from util.common.runtime import epoch_seed
 from util.runs.checkpoint import check_base_learner, run_identity
 from util.runs.folders import base_weight_path, meta_run_dir
 from util.runs.weights import (

@@ -12,12 +12,12 @@ from torch import nn
 
 from util.common.config import Config
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import base_classes
+from util.data.registry import base_classes
 from util.dataset import BaseClassDataset
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.evaluator import evaluate_semantic
 from util.engine.loop import Schedule, TrainJob, TrainResult, train_from_cli
-from util.engine.runtime import epoch_seed
+from util.common.runtime import epoch_seed
 from util.runs.checkpoint import run_identity
 from util.runs.folders import base_run_dir
 from util.runs.weights import SOURCE_KEY, build_pspnet, source_notices

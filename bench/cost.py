@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.speed import PeakMemory, _sync
 from util.common.config import Config, load_config
 from util.common.random_inputs import episode_tensors
-from util.engine.runtime import cpu_model, resolve_device
+from util.common.runtime import cpu_model, resolve_device
 from util.runs.weights import build_mianet, build_pspnet
 
 

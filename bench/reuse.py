@@ -71,7 +71,7 @@ def child(arguments: dict) -> dict:
     import torch
 
     from util.dataset import load_fold_list
-    from util.engine.distributed import DistContext
+    from util.common.distributed import DistContext
     from util.engine.evaluator import run_protocol
     from util.runs.weights import build_mianet
 
@@ -117,7 +117,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    from util.engine.runtime import (
+    from util.common.runtime import (
         cpu_model,  # imports torch: the children measure, the parent stays light
     )
 

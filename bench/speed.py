@@ -48,9 +48,9 @@ from tools.make_synth import make_synth
 from util.common.config import Config, load_config
 from util.common.random_inputs import episode_tensors
 from util.dataset import EpisodeDataset, episode_collate
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.evaluator import run_protocol
-from util.engine.runtime import autocast, check_amp, grad_scaler, resolve_device
+from util.common.runtime import autocast, check_amp, grad_scaler, resolve_device
 from util.runs.weights import build_mianet
 
 TARGETS = {"eval": 1.15, "train": 1.3, "test": 1.2}  # overhead ratios (see above); test.py s/episode / eval latency

@@ -17,7 +17,6 @@ import torch.nn as nn
 from torchvision.models import resnet
 from torchvision.models.vgg import cfgs, make_layers
 
-from util.common.errors import UserError
 
 BACKBONES = ("resnet50", "resnet101", "vgg16_bn", "efficientnet_lite0", "resnet50_tv")
 LAYER3_STRIDE = {"vgg16_bn": 16}
@@ -112,5 +111,5 @@ def build_backbone(name: str) -> Backbone:
                 "resnet50_tv": lambda: _dilated_resnet(50, deep_stem=False),
                 "vgg16_bn": _vgg16_bn, "efficientnet_lite0": _efficientnet_lite0}
     if name not in builders:
-        raise UserError(f"backbone '{name}' is unknown; use one of {', '.join(BACKBONES)}")
+        raise ValueError(f"backbone '{name}' is unknown; use one of {', '.join(BACKBONES)}")
     return builders[name]()

@@ -24,7 +24,6 @@ from model.ifm import InformationFusion
 from model.precision import at_least_float32, autocast_off
 from model.reduction import LossMean, batch_mean
 from model.resize import bilinear
-from util.common.errors import UserError
 
 PROTOTYPE_EPS = 5e-4
 LFG_MIN_CELLS = 3  # the LFG's first convolution (3x3, stride 2, no padding) needs a layer3 map of at least 3 x 3
@@ -114,7 +113,7 @@ class MIANet(nn.Module):
                  ignore_label: int) -> None:
         super().__init__()
         if not prior_scale > 0:
-            raise UserError(f"config key 'prior_scale' must be a number > 0 (1 = the reference), got {prior_scale!r}")
+            raise ValueError(f"prior_scale must be a number > 0 (1 = the reference), got {prior_scale!r}")
         self.backbone = backbone.requires_grad_(False)
         self.down_features = DownFeatures(
             nn.Conv2d(backbone.channels[2] + backbone.channels[3], reduce_dim, 1, bias=False),

@@ -2,7 +2,7 @@
 
 A model's ``loss_mean(total, count)`` divides the summed loss by the number of terms (pixels, samples) of its batch
 (:func:`batch_mean`). Under DDP the engine replaces it with the mean over the GLOBAL batch
-(``util.engine.distributed.global_mean``), so that the gradients DDP averages over the processes are those of one process
+(``util.common.distributed.global_mean``), so that the gradients DDP averages over the processes are those of one process
 holding the whole batch, whatever the share of ignored pixels in each process's part.
 """
 from __future__ import annotations

@@ -39,8 +39,9 @@ import numpy as np
 
 from util.common.atomic import AtomicFile, write_bytes_atomic
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import benchmark, fss1000
-from util.data.benchmarks import names as benchmark_names
+from util.data.benchmarks import fss1000
+from util.data.registry import benchmark
+from util.data.registry import names as benchmark_names
 from util.data.embeddings import DEFAULT_SOURCE_NAME, EMBEDDINGS_DIR
 
 # Run-together class names that are not in the GloVe 6B vocabulary (found by checking every PASCAL,

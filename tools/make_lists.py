@@ -24,7 +24,7 @@ import numpy as np
 
 from util.common.atomic import write_bytes_atomic
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import base_classes, benchmark, novel_classes, num_classes
+from util.data.registry import base_classes, benchmark, novel_classes, num_classes
 from util.data.image_io import (
     IGNORE_ID,
     check_label_values,

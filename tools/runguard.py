@@ -12,7 +12,7 @@ from typing import Sequence
 
 from util.common.config import load_config
 from util.common.errors import UserError, cli_entry
-from util.data.benchmarks import benchmark
+from util.data.registry import benchmark
 from util.runs.guard import stage1_done
 
 

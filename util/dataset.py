@@ -32,12 +32,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from util.common.errors import UserError
-from util.data.benchmarks import (
-    benchmark,
-    base_classes,
-    num_classes,
-    stage1_ignore_index,
-)
+from util.data.registry import benchmark, base_classes, num_classes, stage1_ignore_index
 from util.data.benchmarks.fss1000 import read_binary_mask
 from util.data.image_io import check_label_values, exif_note, read_image, read_label
 from util.data.lists import (

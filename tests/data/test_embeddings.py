@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tools.embed_classes import main
-from util.data.benchmarks import class_names, num_classes
+from util.data.registry import class_names, num_classes
 from util.data.benchmarks.pascal import PASCAL_CLASSES
 from util.data.benchmarks.synth import SYNTH_CLASSES
 from tools.embed_classes import (

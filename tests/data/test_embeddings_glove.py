@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from util.data.benchmarks import benchmark, class_names, names
+from util.data.registry import benchmark, class_names, names
 
 FIXED = {name: benchmark(name).class_names() for name in names() if not benchmark(name).prepared_split}
 """The benchmarks whose classes are a fixed list (PASCAL, COCO, synth) and their names."""

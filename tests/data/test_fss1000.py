@@ -21,7 +21,7 @@ from tools import runguard
 from tools.prepare_fss import main as prepare_fss
 from util.runs.checkpoint import check_base_learner, run_identity, save_atomic
 from util.runs.folders import base_run_dir
-from util.data.benchmarks import base_classes, class_names, novel_classes, val_classes
+from util.data.registry import base_classes, class_names, novel_classes, val_classes
 from util.common.config import load_config
 from util.dataset import BaseClassDataset, EpisodeDataset
 from tools.embed_classes import build_embeddings, glove50_vectors, word_rule

@@ -30,7 +30,7 @@ import test as test_script
 from tests.support.engine import tiny_config, tiny_job
 from util.runs.checkpoint import load_checkpoint, read_checkpoint_file
 from util.common.config import load_config
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from tools.embed_classes import build_embeddings, read_names_file
 from util.data.embeddings import load_class_embeddings
 from util.engine.loop import train

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import util.engine.distributed as distributed
-from util.engine.runtime import restore_rng_state, rng_state
-from util.engine.distributed import DistContext, data_parallel, init_distributed
+import util.common.distributed as distributed
+from util.common.runtime import restore_rng_state, rng_state
+from util.common.distributed import DistContext, data_parallel, init_distributed
 from util.common.errors import UserError
-from util.engine.runtime import configure_device
+from util.common.runtime import configure_device
 
 
 class FakeDist:

@@ -10,7 +10,7 @@ from torch import nn
 
 from util.runs.checkpoint import (MODEL_CONFIG_KEYS, check_checkpoint_config, load_checkpoint, load_model_state, save_atomic)
 from util.runs.folders import base_run_dir, base_weight_path, meta_run_dir, resume_path, stage2_weight
-from util.engine.runtime import restore_rng_state, rng_state
+from util.common.runtime import restore_rng_state, rng_state
 from util.common.config import load_config
 from util.common.errors import UserError
 

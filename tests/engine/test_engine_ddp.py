@@ -18,7 +18,7 @@ from tests.support.engine import Crash, make_tiny_synth, tiny_config, tiny_job
 from tests.engine.test_engine_e2e import CONFIG as SYNTH, TINY as E2E_TINY
 from util.runs.checkpoint import load_checkpoint
 from util.common.config import load_config
-from util.engine.distributed import DistContext, init_distributed
+from util.common.distributed import DistContext, init_distributed
 from util.engine.loop import train
 from util.common.errors import UserError
 from util.engine.evaluator import evaluate_episodes

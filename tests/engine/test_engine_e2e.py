@@ -14,7 +14,7 @@ import train_base as train_base_script
 from tests.support.engine import Crash, make_tiny_synth
 from util.runs.weights import RANDOM_WARNING
 from util.runs.checkpoint import load_checkpoint
-from util.data.benchmarks import class_names
+from util.data.registry import class_names
 from util.common.config import load_config
 from util.dataset import EpisodeDataset
 from util.data.image_io import read_label

@@ -9,7 +9,7 @@ from torch import nn
 from tests.support.reference_geometry import foreground_counts, resized_val, scored_maps
 from util.common.config import load_config
 from util.dataset import EpisodeDataset
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.evaluator import evaluate_episodes, protocol_of, run_protocol
 from util.data.image_io import read_image, read_label
 from util.reports.tables import MAX_EMPTY_ROWS, NO_EPISODES, format_fold_table, format_run_table

@@ -12,7 +12,7 @@ import torch
 
 from tests.support.engine import tiny_config, tiny_job
 from util.runs.checkpoint import load_checkpoint, run_record, save_atomic
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.loop import TrainingDiverged, train
 from util.common.errors import UserError
 from util.runs.guard import LOCK_FILE, RunInterrupted, RunLock

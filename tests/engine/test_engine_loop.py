@@ -7,10 +7,10 @@ import yaml
 
 from tests.support.engine import Crash, tiny_config, tiny_job
 from util.runs.checkpoint import BEST_KEYS, TRAINING_STATE_KEYS, load_checkpoint
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.loop import TrainingDiverged, train
 from util.common.errors import UserError
-from util.engine.runtime import AMP_DTYPES, autocast
+from util.common.runtime import AMP_DTYPES, autocast
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from util.engine.distributed import DistContext, EpochSampler, ShardSampler
+from util.common.distributed import DistContext, EpochSampler, ShardSampler
 from util.common.errors import UserError
-from util.engine.runtime import autocast, epoch_seed, grad_scaler, resolve_device, seed_everything
+from util.common.runtime import autocast, epoch_seed, grad_scaler, resolve_device, seed_everything
 
 
 def test_device_resolution():

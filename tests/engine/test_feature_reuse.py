@@ -16,7 +16,7 @@ from model.mianet import SupportSummary
 from tests.model.test_model_reference import build
 from util.common.config import Config, load_config
 from util.dataset import EpisodeDataset, collate_episodes
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.evaluator import _plan_query_turns, evaluate_episode_sets, run_protocol
 
 CPU = DistContext(0, 1, torch.device("cpu"))

@@ -14,7 +14,7 @@ from tests.support.data import write_rgb
 from tools import checkpoint_import, runguard
 from util.runs.checkpoint import (MODEL_IDENTITY_KEYS, describe_identity, identity_conflict, load_checkpoint, recorded_identity, run_identity, save_atomic)
 from util.runs.folders import base_run_dir, meta_run_dir
-from util.data.benchmarks import base_classes
+from util.data.registry import base_classes
 from util.data.benchmarks.coco import COCO_CLASSES
 from util.common.config import load_config
 from util.common.errors import UserError, cli_entry

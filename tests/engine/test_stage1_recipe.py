@@ -11,7 +11,7 @@ from model.pspnet import PSPNet
 from tests.support.engine import Crash, TinySegNet, TinySegSet, make_tiny_synth, tiny_config, tiny_job
 from util.runs.checkpoint import load_checkpoint
 from util.common.config import load_config
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.loop import train
 
 CPU = DistContext(0, 1, torch.device("cpu"))

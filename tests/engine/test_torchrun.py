@@ -23,7 +23,7 @@ from tests.engine.test_engine_ddp import in_two_processes
 from tests.support.engine import make_tiny_synth
 from util.runs.checkpoint import load_checkpoint
 from util.common.config import load_config
-from util.engine.distributed import DistContext
+from util.common.distributed import DistContext
 from util.engine.loop import train
 
 pytestmark = pytest.mark.slow

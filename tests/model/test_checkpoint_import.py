@@ -20,7 +20,7 @@ from tests.model.test_model_reference import assert_logits_close, episode
 from tools.checkpoint_import import main
 from util.runs.checkpoint import load_checkpoint
 from util.runs.weights import mianet_from_reference, pspnet_from_reference
-from util.data.benchmarks import base_classes
+from util.data.registry import base_classes
 from util.common.config import Config, load_config
 from util.common.errors import UserError
 from tools.checkpoint_import import import_checkpoint

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from util.data.benchmarks import class_names, novel_classes
+from util.data.registry import class_names, novel_classes
 from util.common.config import load_config
 
 EXIT_VARIABLE = "FAKE_ENTRY_EXIT"

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from util.runs.checkpoint import run_identity
 from util.common.config import Config, load_config
 from util.engine.loop import Schedule, TrainJob
-from util.engine.runtime import epoch_seed
+from util.common.runtime import epoch_seed
 
 
 class TinySegSet(Dataset):

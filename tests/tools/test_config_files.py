@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from util.data.benchmarks import names, num_folds
+from util.data.registry import names, num_folds
 from util.common.cli import config_from_cli
 from util.common.config import ConfigError, load_config
 from util.common.errors import cli_entry

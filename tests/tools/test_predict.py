@@ -16,7 +16,7 @@ import predict
 from model.mianet import MIANet
 from tests.support.reference_geometry import bilinear_align_corners, resized_val
 from util.runs.checkpoint import save_atomic
-from util.data.benchmarks import class_names
+from util.data.registry import class_names
 from util.common.config import load_config
 from util.common.errors import UserError
 from util.data.image_io import read_image, read_label
@@ -240,7 +240,7 @@ def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
 def test_synth_round_trip_gives_the_evaluators_prediction(tmp_path, monkeypatch):
     from util.engine import evaluator
     from util.dataset import EpisodeDataset
-    from util.engine.distributed import DistContext
+    from util.common.distributed import DistContext
     from tools.make_lists import make_lists
 
     data_root, list_root = tmp_path / "synth", tmp_path / "lists"

@@ -15,7 +15,7 @@ from torch import nn
 
 import predict
 from util.runs.checkpoint import save_atomic
-from util.data.benchmarks import class_names
+from util.data.registry import class_names
 from util.common.config import load_config
 from util.data.transform import ResizePad
 

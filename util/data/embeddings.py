@@ -15,7 +15,7 @@ import torch
 from util import REPO
 from util.common.cli import tool_command
 from util.common.errors import UserError
-from util.data.benchmarks import benchmark, num_classes
+from util.data.registry import benchmark, num_classes
 
 REPO_ROOT = REPO
 EMBEDDINGS_DIR = REPO_ROOT / "embeddings"

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from util.common.errors import UserError
-from util.data.benchmarks import benchmark, novel_classes
+from util.data.registry import benchmark, novel_classes
 
 NOVEL_IN_TRAIN = ("drop_any", "drop_counted", "keep_as_background")
 SUBSETS = tuple(f"train_{rule}" for rule in NOVEL_IN_TRAIN) + ("val", "base_val")

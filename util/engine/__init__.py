@@ -1,1 +1,1 @@
-"""Training and evaluation: the training loop, the evaluator, metrics, processes and devices."""
+"""Training and evaluation: the training loop, the evaluator, metrics."""

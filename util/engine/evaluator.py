@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from model.mianet import EncodedImages, SupportSummary, stack_shots
-from util.data.benchmarks import benchmark, class_names, novel_classes
+from util.data.registry import benchmark, class_names, novel_classes
 from util.data.transform import normalization_for
 from util.dataset import Episode, EpisodeDataset, episode_collate
-from util.engine.distributed import DistContext, ShardSampler
+from util.common.distributed import DistContext, ShardSampler
 from util.engine.metrics import (
     NEARLY_ALL,
     FewShotIoU,
@@ -33,7 +33,7 @@ from util.engine.metrics import (
     foreground_coverage,
     predict_on_label,
 )
-from util.engine.runtime import autocast, to_device
+from util.common.runtime import autocast, to_device
 from util.reports.figures import save_contact_sheet, save_sample_figure
 from util.runs.checkpoint import MODEL_CONFIG_KEYS
 from util.runs.guard import worker_signals

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from util.common.cli import config_from_cli
 from util.common.config import Config
 from util.common.errors import UserError
-from util.engine.distributed import (
+from util.common.distributed import (
     DistContext,
     EpochSampler,
     all_reduce_first,
@@ -48,7 +48,7 @@ from util.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from util.engine.runtime import (
+from util.common.runtime import (
     autocast,
     check_amp,
     configure_device,
@@ -162,7 +162,7 @@ class TrainResult:
 
 class _EpochItems(Dataset):
     """Item ``(epoch, index)`` is item ``index`` of ``make_train_set(epoch)``, built once per epoch in each process
-    that reads it: the training loader and its workers serve every epoch (:class:`util.engine.distributed.EpochSampler`
+    that reads it: the training loader and its workers serve every epoch (:class:`util.common.distributed.EpochSampler`
     yields these keys)."""
 
     def __init__(self, make_train_set: Callable[[int], Dataset]):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from util.common.errors import UserError
-from util.engine.distributed import all_reduce_sum
+from util.common.distributed import all_reduce_sum
 
 NEARLY_ALL = 0.98
 """A prediction covering at least this share of the scored pixels as foreground is "(nearly) all foreground";

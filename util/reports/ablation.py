@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from util.common.atomic import write_text_if_changed
 from util.common.errors import UserError
-from util.engine.runtime import cpu_model
+from util.common.runtime import cpu_model
 from util.reports.tables import read_results
 from util.runs.ablation import (
     DEMO_CONFIG,

@@ -38,7 +38,7 @@ from util import REPO as ROOT
 from util.common.atomic import write_bytes_atomic
 from util.common.config import Config, load_config
 from util.common.errors import EXIT_INTERRUPTED, UserError
-from util.engine.runtime import cpu_model
+from util.common.runtime import cpu_model
 from util.runs.checkpoint import BEST, LAST, run_record
 from util.runs.folders import RESULTS_FILE, base_run_dir
 from util.runs.guard import stage1_done

@@ -24,9 +24,9 @@ from torch import nn
 
 from util.common.atomic import AtomicFile
 from util.common.errors import UserError, first_few
-from util.data.benchmarks import (Benchmark, base_classes, benchmark, class_names, novel_classes, split_source,
-                                   val_classes)
-from util.data.benchmarks import names as benchmark_names
+from util.data.benchmarks.base import Benchmark
+from util.data.registry import base_classes, benchmark, class_names, novel_classes, split_source, val_classes
+from util.data.registry import names as benchmark_names
 
 LAST = "last.pth"
 BEST = "best.pth"

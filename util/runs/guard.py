@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from util.common.errors import STOP_SIGNALS, UserError
-from util.engine.distributed import DistContext, MaxVote, all_reduce_sum, is_distributed
+from util.common.distributed import DistContext, MaxVote, all_reduce_sum, is_distributed
 from util.runs.checkpoint import (
     BEST,
     IMPORTED,

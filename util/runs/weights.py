@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from model.backbone import build_backbone
+from model.backbone import BACKBONES, build_backbone
 from model.mianet import MIANet
 from model.pspnet import PSPNet
 from util.common.errors import UserError
-from util.data.benchmarks import base_classes, class_names, stage1_ignore_index
+from util.data.registry import base_classes, class_names, stage1_ignore_index
 from util.data.embeddings import default_embedding_file, load_class_embeddings
 from util.runs.checkpoint import (
     BACKBONE_SOURCE,
@@ -307,9 +307,19 @@ def check_kind(state: Mapping[str, torch.Tensor], kind: str, source: str | Path)
 
 
 # ---------------------------------------------------------------- models and the weights they load
+def check_model_keys(cfg: Mapping[str, Any]) -> None:
+    """UserError for a backbone this code cannot build or a ``prior_scale`` that is not > 0 (a config made in code
+    passes no range check)."""
+    if cfg["backbone"] not in BACKBONES:
+        raise UserError(f"config key 'backbone' is '{cfg['backbone']}', which is unknown; use one of {', '.join(BACKBONES)}")
+    if not cfg["prior_scale"] > 0:
+        raise UserError(f"config key 'prior_scale' must be a number > 0 (1 = the reference), got {cfg['prior_scale']!r}")
+
+
 def build_mianet(cfg: Mapping[str, Any]) -> MIANet:
     """MIANet for ``cfg`` with the word vectors of ``cfg['embedding_file']`` (checked to be for the dataset's classes
     in id order); its backbone is random until :func:`load_base_learner` or a checkpoint load."""
+    check_model_keys(cfg)
     names = class_names(cfg["dataset"], cfg["list_root"])
     return MIANet.from_config(cfg, load_class_embeddings(cfg["embedding_file"], cfg["dataset"], names))
 
@@ -359,6 +369,7 @@ def build_pspnet(cfg: Mapping[str, Any]) -> tuple[PSPNet, str]:
     """The base learner of ``cfg``'s fold (its base classes + background, its benchmark's stage-1 ignore value), its
     backbone initialised as ``cfg`` says (ImageNet file or random), and the record of where those weights came from
     (:data:`SOURCE_KEY`)."""
+    check_model_keys(cfg)
     backbone = build_backbone(cfg["backbone"])
     source = initialise_backbone(backbone, cfg)
     num_classes = len(base_classes(cfg["dataset"], cfg["split"], cfg["coco_split_style"])) + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from util.common.cli import tool_command
-from util.data.benchmarks import FixedClasses, register
+from util.data.benchmarks.base import FixedClasses
 
 SPLIT_STYLES = ("fwb", "panet")
 # COCO 2014 categories in ascending category-id order; contiguous id c = position + 1.
@@ -35,4 +35,4 @@ class Coco(FixedClasses):
         return tool_command("prepare_coco", coco_root=data_root)
 
 
-COCO = register(Coco("coco", title="COCO-20i", names=COCO_CLASSES, split_styles=SPLIT_STYLES, pool_list="masks/{subset}.txt"))
+COCO = Coco("coco", title="COCO-20i", names=COCO_CLASSES, split_styles=SPLIT_STYLES, pool_list="masks/{subset}.txt")

@@ -33,7 +33,7 @@ import numpy as np
 from util import REPO
 from util.common.cli import tool_command
 from util.common.errors import UserError
-from util.data.benchmarks import Benchmark, register
+from util.data.benchmarks.base import Benchmark
 from util.data.image_io import binary_object, read_grey
 
 NUM_CLASSES = 1000
@@ -189,5 +189,5 @@ class Fss1000(Benchmark):
                 "lists/fss/fss_glove50.npy under your list_root")
 
 
-FSS1000 = register(Fss1000("fss", title="FSS-1000", folds=1, binary_masks=True, pool_list=None, own_test_list=True,
-                           stage1_holds_out=True, prepared_split=True, word_table=CLASS_WORDS_FILE))
+FSS1000 = Fss1000("fss", title="FSS-1000", folds=1, binary_masks=True, pool_list=None, own_test_list=True,
+                  stage1_holds_out=True, prepared_split=True, word_table=CLASS_WORDS_FILE)

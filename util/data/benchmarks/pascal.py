@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from util.common.cli import tool_command
-from util.data.benchmarks import FixedClasses, register
+from util.data.benchmarks.base import FixedClasses
 
 PASCAL_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -19,4 +19,4 @@ class Pascal(FixedClasses):
         return tool_command("prepare_pascal", voc_root=data_root) + " --sbd-root SBD_ROOT"
 
 
-PASCAL = register(Pascal("pascal", title="PASCAL-5i", names=PASCAL_CLASSES))
+PASCAL = Pascal("pascal", title="PASCAL-5i", names=PASCAL_CLASSES)

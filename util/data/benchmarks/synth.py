@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from util.common.cli import tool_command
-from util.data.benchmarks import FixedClasses, quoted, register
+from util.data.benchmarks.base import FixedClasses, quoted
 
 SYNTH_COLOURS = ("red", "green", "blue", "yellow", "purple")
 SYNTH_SHAPES = ("circle", "square", "triangle", "star")
@@ -39,4 +39,4 @@ class Synth(FixedClasses):
                 "recorded in its synth_meta.json)")
 
 
-SYNTH = register(Synth("synth", title="synth", names=SYNTH_CLASSES))
+SYNTH = Synth("synth", title="synth", names=SYNTH_CLASSES)

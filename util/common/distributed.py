@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
-from util.engine.runtime import resolve_device
+from util.common.runtime import resolve_device
 
 
 @dataclass(frozen=True)
