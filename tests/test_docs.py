@@ -86,15 +86,15 @@ def list_problems(lines: list[str], tokens: list[Token]) -> list[str]:
     items = {t.map[0] for t in tokens if t.type == "list_item_open"}
     skip = code_lines(tokens)
     for n, line in enumerate(lines):
-        if n not in skip and NUMBERED_LINE.match(line) and n not in items and not line.lstrip().startswith("|"):
+        if n not in skip and NUMBERED_LINE.match(line) and n not in items:
             found.append(f"line {n + 1}: {line.strip()[:40]!r} looks like a numbered item but is not one (a list "
                          "that does not start at 1 cannot interrupt a paragraph)")
     for index, token in enumerate(tokens):
         if token.type != "ordered_list_open":
             continue
-        numbers, depth = [], 0
+        numbers = []
         for inner in tokens[index + 1:]:
-            if inner.type == "ordered_list_close" and depth == 0 and inner.level == token.level:
+            if inner.type == "ordered_list_close" and inner.level == token.level:
                 break
             if inner.type == "list_item_open" and inner.level == token.level + 1:
                 numbers.append(int(inner.info))
