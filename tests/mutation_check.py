@@ -45,7 +45,7 @@ class Mutation:
 
 T = "tests/"
 MUTATIONS: tuple[Mutation, ...] = (
-    # ---- the audit's table (issue 20)
+    # ---- scoring, transforms, losses, model
     Mutation("predict_on_label resizes logits with nearest", "util/engine/metrics.py",
              'mode="bilinear", align_corners=True)[0]', 'mode="nearest")[0]',
              (T + "engine/test_metrics.py::test_ori_resize_upsamples_bilinear_align_corners",)),
@@ -80,8 +80,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "valid = label != ignore_index", "valid = torch.ones_like(label, dtype=torch.bool)",
              (T + "engine/test_metrics.py::test_ignored_pixels_count_nowhere",)),
     Mutation("class IoU from the background counts", "util/engine/metrics.py",
-             "torch.stack([inter[1].cpu(), union[1].cpu(), torch.tensor(1)])",
-             "torch.stack([inter[0].cpu(), union[0].cpu(), torch.tensor(1)])",
+             "torch.stack([inter_fg, union_fg, torch.ones_like(inter_fg)])",
+             "torch.stack([inter_bg, union_bg, torch.ones_like(inter_fg)])",
              (T + "engine/test_metrics.py::test_class_iou_sums_counts_over_episodes_then_averages_classes",)),
     Mutation("FB-IoU is the foreground IoU alone", "util/engine/metrics.py",
              "return float(self.fb.iou().nanmean())", "return float(self.fb.iou()[1])",
@@ -114,7 +114,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              'distances.masked_fill(~positive, float("inf")).amin(dim=1)',
              (T + "model/test_model_hpm_gim.py::test_triplet_loss_hand_computed_on_2d_features",)),
     Mutation("auxiliary loss summed over the levels", "model/mianet.py",
-             "        ]).mean()\n", "        ]).sum()\n",
+             "for aux in aux_logits]).mean()", "for aux in aux_logits]).sum()",
              (T + "model/test_model_shapes.py::test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored",)),
     Mutation("support pixels labelled 255 taken as foreground", "model/mianet.py",
              "weights = (masks == 1).to(", "weights = (masks != 0).to(",
@@ -165,8 +165,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("importer keeps GIG's reference name", "util/runs/weights.py",
              '_MIANET_RENAMES = {"GIG.": "gig.",', '_MIANET_RENAMES = {"GIG.": "GIG.",',
              (T + "model/test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
-    # ---- FSS-1000 (issue 18)
-    Mutation("FSS-1000 stage 1 keeps 255 as ignore (a base class's target)", "util/data/benchmarks/__init__.py",
+    # ---- FSS-1000
+    Mutation("FSS-1000 stage 1 keeps 255 as ignore (a base class's target)", "util/data/registry.py",
              "return -1 if len(base_classes(dataset, fold, coco_split_style)) >= ignore_label else ignore_label",
              "return ignore_label",
              (T + "data/test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),

@@ -65,12 +65,12 @@ def test_min_pixel_rule_and_the_three_training_pools(pascal_lists):
 
 
 def test_training_image_with_a_10_pixel_novel_object(pascal_lists):
-    """The reference (BAM's filter_intersection) drops it; the former rule keeps it (novel pixels as background)."""
+    """The reference (BAM's filter_intersection) drops it; drop_counted keeps it (novel pixels as background)."""
     root, lists = pascal_lists
     assert "JPEGImages/rule_novel10.jpg" not in items_of(lists, "train_drop_any")
     assert items_of(lists, "train_drop_counted")["JPEGImages/rule_novel10.jpg"] == [[8], [8]]
     assert items_of(lists, "train_keep_as_background")["JPEGImages/rule_novel10.jpg"] == [[8], [8]]
-    # of the former list, exactly the images with a novel pixel (1..5) are gone from the reference list
+    # of the drop_counted list, exactly the images with a novel pixel (1..5) are gone from the reference list
     drop_any, drop_counted = items_of(lists, "train_drop_any"), items_of(lists, "train_drop_counted")
     labels = {image: label for image, label, _, _ in load(fold_list_path(lists, "pascal", 0, "train_drop_counted",
                                                                          2048))["items"]}

@@ -1,4 +1,5 @@
-"""The reference's episode rules next to the former ones: which class an episode draws, and the training crop."""
+"""The reference's episode rules next to the other values of their switches: which class an episode draws, and
+the training crop."""
 import warnings
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_reference_draw_reaches_a_tiny_class_of_the_query(tiny_second_class, sho
 
 
 @pytest.mark.parametrize("shot", [1, 2])
-def test_former_draw_never_picks_an_uncounted_class(tiny_second_class, shot):
+def test_counted_draw_never_picks_an_uncounted_class(tiny_second_class, shot):
     assert {class_id for class_id, *_ in draws_on_query(tiny_second_class, "counted", shot)} == {1}
 
 
@@ -151,8 +152,8 @@ def test_uniform_retry_keeps_85_percent_of_a_target_that_fits():
     assert reference.min() >= 0.85
     every_place = np.array([(label[t:t + 200, l:l + 200] == 1).sum() / 3600 for t in range(101) for l in range(101)])
     assert (every_place < 0.85).mean() > 0.4  # so the retries are what keep the target
-    former = kept_fractions("foreground_anchor", label, 200)
-    assert former.min() >= 0.5 and (former < 0.85).any()
+    anchored = kept_fractions("foreground_anchor", label, 200)
+    assert anchored.min() >= 0.5 and (anchored < 0.85).any()
 
 
 def test_uniform_retry_keeps_the_last_try_when_85_percent_is_impossible():

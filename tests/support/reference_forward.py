@@ -8,7 +8,7 @@ per-sample triplet loop. Weights are read by their names in the reference checkp
 ``init_merge.0.0.weight``, ...), so a reference-layout state dict feeds it directly. Dropout is not
 transcribed: compare training losses with every dropout of the model under test switched off.
 
-The reference uses only the first support; for K shots this follows the K-shot rule our README states (each
+The reference uses only the first support; for K shots this follows the K-shot rule docs/model.md states (each
 shot runs the reference chain; prototypes and each level's priors are averaged over the shots, the query is
 reweighted by the averaged prior, the triplet loss pools all shots' cells), so K = 1 is the reference itself.
 """

@@ -18,7 +18,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_defaults_are_the_values_written_in_base_yaml():
-    """base.yaml read here as plain YAML: the keys, and a few values and types stated in the README (``amp`` the
+    """base.yaml read here as plain YAML: the keys, and a few values and types stated in the docs (``amp`` the
     string "off", which unquoted YAML would read as false; ``weight_decay`` a float, which 1e-4 would not be)."""
     plain = yaml.safe_load((REPO / "config" / "base.yaml").read_text())
     cfg = load_config()
@@ -30,9 +30,11 @@ def test_defaults_are_the_values_written_in_base_yaml():
         assert plain[key] == value and cfg[key] == value and type(cfg[key]) is type(value), key
 
 
-def readme_overrides() -> list[tuple[str, list[str]]]:
-    """(command, its ``key value`` tokens) of every README command that runs an entry point with overrides."""
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")  # continuation lines joined
+def documented_overrides() -> list[tuple[str, list[str]]]:
+    """(command, its ``key value`` tokens) of every command in README.md and docs/*.md that runs an entry point
+    with overrides."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages).replace("\\\n", " ")  # continuation lines joined
     lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
     lines += re.findall(r"`(bash demo\.sh[^`]*)`", text)
     found = []
@@ -46,9 +48,9 @@ def readme_overrides() -> list[tuple[str, list[str]]]:
     return found
 
 
-def test_every_override_the_readme_shows_is_a_key_of_base_yaml():
+def test_every_override_the_docs_show_is_a_key_of_base_yaml():
     plain = yaml.safe_load((REPO / "config" / "base.yaml").read_text())
-    commands = readme_overrides()
+    commands = documented_overrides()
     keys = {key for _, tokens in commands for key in tokens[::2]}
     assert len(commands) >= 10 and {"shot", "base_lr", "use_gim", "prior_scale", "test_seeds", "vis"} <= keys
     for line, tokens in commands:
