@@ -105,7 +105,7 @@ def _existing(path: str, flag: str) -> str:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="keys and defaults: config/base.yaml; details: README, 'Pictures and your own images'")
+                                     epilog="keys and defaults: config/base.yaml; details: README, 'Pictures and your own images', and docs/training.md, 'predict.py'")
     parser.add_argument("--config", default=None, help="YAML config of the trained model")
     parser.add_argument("--weight", default=None, help="stage-2 checkpoint (default: config key weight, else <run dir>/best.pth)")
     parser.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMAGE", "MASK"),

@@ -104,7 +104,7 @@ class MIANet(nn.Module):
 
     ``prior_scale`` multiplies the HPM priors where the IFM reads them (1 = the reference). The priors lie
     in [0, 1] and enter the IFM as one channel beside 256 feature channels; a larger scale makes the
-    prior's share of the first fusion layer comparable from the first iteration (README, "Quick start").
+    prior's share of the first fusion layer comparable from the first iteration (docs/model.md, "What it does that the reference does not").
     """
 
     def __init__(self, backbone: Backbone, word_vectors: torch.Tensor, *, reduce_dim: int = 256, use_gim: bool = True,

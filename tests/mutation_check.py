@@ -171,7 +171,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "return ignore_label",
              (T + "data/test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),
     Mutation("FSS-1000 tested on its validation classes", "util/data/lists.py",
-             'return "test" if mode == "test" and dataset in ONE_CLASS_DATASETS else "val"', 'return "val"',
+             'return "test" if mode == "test" and benchmark(dataset).own_test_list else "val"', 'return "val"',
              (T + "data/test_fss1000.py::test_episodes_and_stage1_targets_come_from_the_masks",)),
     Mutation("FSS-1000 masks read as class-id maps", "util/dataset.py",
              "binary_label(classes, 1 if self.binary_masks else class_id,", "binary_label(classes, class_id,",

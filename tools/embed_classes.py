@@ -393,7 +393,7 @@ def names_for(dataset: str, names_file: str | None, list_root: str | None = None
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command line: build and write one embedding file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="details: README, section 'Class-name embeddings'")
+                                     epilog="details: docs/data.md, section 'Class-name embeddings'")
     parser.add_argument("--dataset", required=True,
                         help=f"{'|'.join(benchmark_names())} (names from the benchmark's module in util/data/benchmarks/), or "
                              "any label with --names")

@@ -2,7 +2,7 @@
 # DDP) or in one.
 # - NPROC > 1: torchrun --standalone on this machine, or, with TORCHRUN_ARGS set, torchrun with those arguments
 #   instead of --standalone (several nodes: --nnodes, --node_rank, --rdzv_backend, --rdzv_endpoint, --rdzv_id; one
-#   torchrun per node, e.g. one srun task per node under SLURM; README, "Multi-GPU and multi-node").
+#   torchrun per node, e.g. one srun task per node under SLURM; docs/training.md, "Several nodes").
 #   With OMP_NUM_THREADS unset, each process gets the CPU cores this shell may use divided by NPROC (at least 1),
 #   and the value is printed; a value the user set is kept (torchrun would otherwise set 1 and warn).
 # - The entry point runs as a child of this shell: SIGINT, SIGTERM and SIGHUP to the shell are passed on to it (a

@@ -22,9 +22,9 @@ from util.common.errors import UserError
 
 SCHEMA_FILE = REPO / "config" / "base.yaml"
 BASE_KEY = "_base_"
-REPLACED_KEYS = {  # a key that no longer exists -> what to write instead
+REPLACED_KEYS = {  # a key that is not in the schema but has a replacement -> what to write instead
     "keep_novel_as_background": "use 'novel_in_train: keep_as_background' for true, 'novel_in_train: drop_counted' "
-                                "for the former false (or drop_any, the reference)",
+                                "for false (or drop_any, the reference)",
 }
 LIMITS_KEY = "_limits_"
 YAML11_WORDS = ("on", "off", "yes", "no")

@@ -1,6 +1,6 @@
 """Class-name embedding files for GIM: one row per class id (row 0 = background), as ``.npy`` or the reference ``.pkl``.
 
-Files are written by ``python -m tools.embed_classes`` (see README, "Class-name embeddings").
+Files are written by ``python -m tools.embed_classes`` (docs/data.md, "Class-name embeddings").
 """
 from __future__ import annotations
 

@@ -190,7 +190,7 @@ def make_lists_command(dataset: str, data_root: str | Path, list_root: str | Pat
 
 def read_fold_list(path: Path, rerun_hint: str) -> FoldList:
     """Load a per-fold list, each image once (:func:`unique_images`); UserError naming the command to run if it is
-    missing, malformed or of an older format, or naming the item if a path is absolute."""
+    missing, malformed or of another list format, or naming the item if a path is absolute."""
     if not path.is_file():
         raise UserError(f"{path}: list not found; generate it with: {rerun_hint}")
     try:

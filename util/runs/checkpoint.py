@@ -220,13 +220,13 @@ def run_identity(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
     the classes it trains on by name (``train_classes``: the fold's base classes in id order), the rule for training
     images holding novel classes (``novel_in_train``; a base learner uses it only with ``base_images fold_lists``),
     the base learner's images (``base_images``), the backbone and, for stage 2, the ``shot``. Every checkpoint stores
-    this under ``identity``. A key missing from ``cfg`` (a config saved by an older version) gives None: unknown.
+    this under ``identity``. A key missing from ``cfg`` (a config saved without it) gives None: unknown.
     """
     return _identity(cfg, stage, _class_record(cfg))
 
 
 def _names_of_ids(dataset: Any, ids: list[int]) -> list[str] | None:
-    """Class names of the ids an older checkpoint recorded, where the dataset's class list is fixed (None for a
+    """Class names of the ids a checkpoint recorded (identities that hold class ids), where the dataset's class list is fixed (None for a
     prepared split, FSS-1000's, whose ids depend on the split prepared at the time)."""
     known = _registered(dataset)
     if known is None or known.prepared_split:
