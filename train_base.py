@@ -25,6 +25,18 @@ from util.runs.weights import SOURCE_KEY, build_pspnet, source_notices
 MIN_IMAGES_PER_PROCESS = 2
 
 
+def sync_batchnorm(model: nn.Module, ctx: DistContext, enabled: bool) -> tuple[nn.Module, list[str]]:
+    """``model`` with every BatchNorm a SyncBatchNorm when ``enabled`` and the run has more than one process on GPUs
+    (statistics over the global batch, as BAM's base learner); elsewhere unchanged, with a notice when more than one
+    process normalises its own share (torch's SyncBatchNorm runs on GPUs only)."""
+    if not enabled or ctx.world_size == 1:
+        return model, []
+    if ctx.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model), []
+    return model, [f"sync_bn: SyncBatchNorm runs on GPUs only; on {ctx.device.type} each of the {ctx.world_size} "
+                   "processes normalises over its own share of the batch"]
+
+
 def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
     """Stage 1 as a :class:`TrainJob`: PSPNet over base classes, validated by base-class mIoU.
 
@@ -40,13 +52,8 @@ def build_job(cfg: Config, ctx: DistContext) -> TrainJob:
                         f"{MIN_IMAGES_PER_PROCESS} per process (the pyramid pooling's 1 x 1 BatchNorm normalises over "
                         "a process's images)")
     model, source = build_pspnet(cfg)
-    notices = source_notices(source)
-    if cfg.sync_bn and ctx.world_size > 1:
-        if ctx.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            notices.append(f"sync_bn: SyncBatchNorm runs on GPUs only; on {ctx.device.type} each of the "
-                           f"{ctx.world_size} processes normalises over its own share of the batch")
+    model, synced = sync_batchnorm(model, ctx, cfg.sync_bn)
+    notices = source_notices(source) + synced
     num_classes = len(base_classes(cfg.dataset, cfg.split, cfg.coco_split_style)) + 1
     val_set = BaseClassDataset(cfg, "val")
 

@@ -53,10 +53,6 @@ SIZE = 49
 # Global batches (images or episodes per iteration, all processes together). Stage 1 needs 2 images per process:
 # the BatchNorm after PSPNet's 1x1 pyramid bin cannot normalise one value per channel.
 STAGE1_BATCH, STAGE2_BATCH = 4, 2
-# base_batch_size and batch_size are per process (P processes train on P x batch_size per iteration), so a run of P
-# processes passes the global batch // P and every process count trains on the same global batch. Were they
-# global (split over the processes), set this to False: each run then passes the global batch itself.
-BATCH_IS_PER_PROCESS = True
 VAL_EPISODES, TEST_EPISODES = 4, 8
 SYNTH_TRAIN, SYNTH_VAL = 40, 24
 FIRST_AGREEMENT, ANY_AGREEMENT = 0.10, 0.25  # relative loss differences, 2 vs 1 process (module docstring)
@@ -64,11 +60,6 @@ TEST_AGREEMENT = 1e-6
 TIMEOUT_S = 1800
 MEMORY_ENV = "GPU_CHECK_MEMORY_FILE"
 ITERATION_LINE = re.compile(r"iter (\d+)/\d+ epoch \d+ (.+) lr \S+ ([\d.]+)s/it")
-
-
-def batch_override(batch: int, processes: int) -> str:
-    """The batch size to pass for a global ``batch`` over ``processes`` processes (``BATCH_IS_PER_PROCESS``)."""
-    return str(batch // processes if BATCH_IS_PER_PROCESS else batch)
 
 
 @dataclass
@@ -106,8 +97,8 @@ class Check:
         return ["data_root", str(self.data), "list_root", str(self.lists), "device", self.device, *amp_override,
                 "max_iters", str(ITERATIONS), "print_freq", "1", "workers", "0", "pretrained_backbone", "false",
                 "base_train_size", str(SIZE), "base_val_size", str(SIZE), "train_size", str(SIZE), "val_size", str(SIZE),
-                "base_batch_size", batch_override(STAGE1_BATCH, processes),
-                "batch_size", batch_override(STAGE2_BATCH, processes), "base_val_images", str(VAL_EPISODES),
+                "base_batch_size", str(STAGE1_BATCH),
+                "batch_size", str(STAGE2_BATCH), "base_val_images", str(VAL_EPISODES),
                 "train_episodes", str(ITERATIONS * STAGE2_BATCH), "val_episodes", str(VAL_EPISODES),
                 "test_episodes", str(TEST_EPISODES)]
 

@@ -272,3 +272,23 @@ def test_classes_with_too_few_images_are_skipped_then_empty_fold_errors(pascal):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         EpisodeDataset(data_config(*pascal, dataset="pascal", shot=2), "val")
+
+
+def test_a_lists_files_are_looked_for_once_per_process_until_the_list_changes(tmp_path):
+    """A training run builds an episode set every epoch: its list's files are checked the first time only; a list
+    written again is checked again."""
+    import os
+
+    root, lists = tmp_path / "synth", tmp_path / "lists"
+    make_synth(root, num_train=30, num_val=12, seed=2, workers=1)
+    make_lists("synth", root, lists, workers=1)
+    cfg = data_config(root, lists)
+    train = EpisodeDataset(cfg, "train")
+    gone = root / train.items[0][0]
+    gone.rename(tmp_path / "moved.jpg")
+    EpisodeDataset(cfg, "train")  # the list was found complete before and has not changed: not looked at again
+    list_file = next((lists / "synth" / "fold0").glob("train_*drop_any.json"))
+    stat = list_file.stat()
+    os.utime(list_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    with pytest.raises(UserError, match=f"{gone.name} not found"):
+        EpisodeDataset(cfg, "train")

@@ -129,3 +129,39 @@ def test_a_checkpoints_gpu_state_goes_onto_the_ranks_own_device(monkeypatch):
     assert restored[-1] == ([1, 1, 1, 1], torch.device("cuda", 1))
     with pytest.raises(UserError, match=r"GPU random states for 1 device\(s\), this process uses cuda:1"):
         restore_rng_state(state | {"cuda": [torch.zeros(4, dtype=torch.uint8)]}, torch.device("cuda", 1))
+
+
+def test_stage1_batchnorm_is_synchronised_across_gpu_processes_only():
+    """Conversion only (torch's SyncBatchNorm computes on GPUs): its statistics over the global batch stay unproven
+    here; ``python -m bench.gpu_check`` runs it on a GPU."""
+    from train_base import sync_batchnorm
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+
+    synced, notices = sync_batchnorm(net(), DistContext(0, 2, torch.device("cuda", 0)), True)
+    assert isinstance(synced[1], nn.SyncBatchNorm) and notices == []
+    for ctx, enabled in ((DistContext(0, 2, torch.device("cuda", 0)), False), (DistContext(0, 1, torch.device("cuda", 0)), True)):
+        kept, notices = sync_batchnorm(net(), ctx, enabled)
+        assert type(kept[1]) is nn.BatchNorm2d and notices == []
+    kept, notices = sync_batchnorm(net(), DistContext(0, 2, torch.device("cpu")), True)
+    assert type(kept[1]) is nn.BatchNorm2d and notices == [
+        "sync_bn: SyncBatchNorm runs on GPUs only; on cpu each of the 2 processes normalises over its own share of the "
+        "batch"]
+
+
+def test_a_gpu_evaluation_encodes_at_most_encode_batch_images_at_once():
+    """On a device other than the CPU (here: meta, shapes only) images go through the backbone ``encode_batch`` at a
+    time; on the CPU one at a time."""
+    from model.backbone import build_backbone
+    from model.mianet import MIANet
+
+    with torch.device("meta"):
+        model = MIANet(build_backbone("efficientnet_lite0"), torch.zeros(21, 8), ignore_label=255).eval()
+    seen = []
+    model.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    encoded = model.encode(torch.zeros(7, 3, 33, 33, device="meta"), chunk=3)
+    assert seen == [3, 3, 1] and encoded.mid.shape[0] == 7
+    seen.clear()
+    model.encode(torch.zeros(7, 3, 33, 33, device="meta"))
+    assert seen == [7]

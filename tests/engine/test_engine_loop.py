@@ -145,3 +145,25 @@ def test_training_forward_runs_in_the_amp_precision(tmp_path, amp, dtype):
     train(cfg, job, CPU)
     in_training = [d for training, d in seen if training]
     assert len(in_training) == 4 and set(in_training) == {dtype}
+
+
+def test_one_loader_and_its_workers_serve_every_epoch(tmp_path, monkeypatch):
+    """The training loader is made once per run with persistent workers ((epoch, index) keys reach the workers), and
+    trains exactly as the main process alone does."""
+    import util.engine.loop as loop
+
+    made = []
+
+    class Counted(loop.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "DataLoader", Counted)
+    cfg = tiny_config(epochs=3, workers=2)
+    train(cfg, tiny_job(cfg, tmp_path / "workers"), CPU)
+    assert len(made) == 1 and made[0]["persistent_workers"] is True and made[0]["num_workers"] == 2
+    alone = tiny_config(epochs=3, workers=0)
+    train(alone, tiny_job(alone, tmp_path / "alone"), CPU)
+    a, b = load_checkpoint(tmp_path / "workers" / "last.pth"), load_checkpoint(tmp_path / "alone" / "last.pth")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

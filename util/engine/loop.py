@@ -443,6 +443,7 @@ class _Run:
                 _EpochItems(self.job.make_train_set), batch_size=self.batch, sampler=self.sampler, num_workers=workers,
                 collate_fn=self.job.collate, drop_last=True, worker_init_fn=worker_signals,
                 pin_memory=self.ctx.device.type == "cuda", persistent_workers=workers > 0,
+                generator=torch.Generator().manual_seed(self.options.seed),  # its draws leave the global RNG (dropout) alone
             )
         return self.loader, steps
 
