@@ -43,7 +43,7 @@ VOC_LABEL_REMEDY = "VOC's SegmentationClass labels are 8-bit palette PNGs: re-ex
 
 def _read_ids(path: Path) -> list[str]:
     if not path.is_file():
-        raise UserError(f"{path}: id list not found; check the --voc-root / --sbd-root folder layout (see docs/data.md, "PASCAL-5i")")
+        raise UserError(f"{path}: id list not found; check the --voc-root / --sbd-root folder layout (see docs/data.md, 'PASCAL-5i')")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -77,7 +77,7 @@ def prepare_pascal(voc_root: str | Path, sbd_root: str | Path, workers: int | No
     voc_root, sbd = Path(voc_root), sbd_dataset_dir(Path(sbd_root))
     for folder in (voc_root / "JPEGImages", voc_root / "SegmentationClass", sbd / "cls"):
         if not folder.is_dir():
-            raise UserError(f"{folder}: folder not found; check --voc-root / --sbd-root (see docs/data.md, "PASCAL-5i")")
+            raise UserError(f"{folder}: folder not found; check --voc-root / --sbd-root (see docs/data.md, 'PASCAL-5i')")
     voc_train = _read_ids(voc_root / "ImageSets/Segmentation/train.txt")
     voc_val = _read_ids(voc_root / "ImageSets/Segmentation/val.txt")
     sbd_ids = _read_ids(sbd / "train.txt") + _read_ids(sbd / "val.txt")
