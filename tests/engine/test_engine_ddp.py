@@ -73,7 +73,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         ctx = init_distributed("cpu")
         assert (ctx.rank, ctx.world_size) == (rank, WORLD)
         result = _evaluate(ctx)
-        cfg = tiny_config(batch_size=1, epochs=2, max_iters=6, checkpoint_interval=3)
+        cfg = tiny_config(batch_size=2, epochs=2, max_iters=6, checkpoint_interval=3)  # the global batch: 1 per rank
         trained = train(cfg, tiny_job(cfg, Path(out_dir) / "ddp", dropout=0.0), ctx)
         result["weights"] = trained_model_state(Path(out_dir) / "ddp")
         result["best"] = trained.best
@@ -148,10 +148,9 @@ def test_a_finished_run_rerun_with_another_process_count_is_a_no_op_an_unfinishe
 
     for rank in in_two_processes(tmp_path, "rerun", functools.partial(_resume_auto, finished, unfinished)):
         assert rank["warnings"] == [] and rank["result"] == {"finished": 8, "unfinished": (
-            f"checkpoint {unfinished / 'last.pth'} is an unfinished run (stage meta, 4 iterations per epoch with 1 "
-            "process(es) x batch 2) that this run (stage meta, 2 iterations per epoch with 2 process(es) x batch 2) "
-            "cannot continue: continuing needs the same global schedule (stage, processes x batch size, episodes; a "
-            "finished run is skipped whatever they are); run it as before, or start over with resume null overwrite true")}
+            f"checkpoint {unfinished / 'last.pth'} was trained by 1 process(es), this run has 2: continue it with "
+            "NPROC=1 (the global batch, the iterations and the schedule do not depend on the process count, each "
+            "process's random state does)")}
     assert {p: p.stat().st_mtime_ns for p in [*finished.iterdir(), *unfinished.glob("*.pth")]} == stamps
 
 

@@ -157,6 +157,8 @@ def evaluate_episode_sets(
         watch = FiniteWatch(amp)
         for batch, b, pred, label in _episode_predictions(model, bar, ctx.device, ori_resize, amp, encode_batch, watch):
             scores.update(pred, label, batch["class_ids"][b])
+            if "query_baseline_ori" not in batch:  # an episode set that does not say what the baseline predicts
+                continue
             h0, w0 = batch["sizes_ori"][b]
             scores.baseline.update(batch["query_baseline_ori"][b, :h0, :w0], batch["query_label_ori"][b, :h0, :w0],
                                    batch["class_ids"][b])
