@@ -12,7 +12,8 @@ import test as test_script
 import train as train_script
 from tests.support.data import write_rgb
 from tools import checkpoint_import, runguard
-from util.runs.checkpoint import (MODEL_IDENTITY_KEYS, describe_identity, identity_conflict, load_checkpoint, recorded_identity, run_identity, save_atomic)
+from util.runs.checkpoint import (MODEL_IDENTITY_KEYS, check_model_identity, describe_identity, identity_conflict,
+                                   load_checkpoint, recorded_identity, run_identity, save_atomic)
 from util.runs.folders import base_run_dir, meta_run_dir
 from util.data.registry import base_classes
 from util.data.benchmarks.coco import COCO_CLASSES
@@ -148,7 +149,7 @@ def test_a_checkpoint_without_identity_is_used_with_a_warning_naming_what_was_no
     legacy = {key: value for key, value in state.items() if key not in ("identity", "config")}
     save_atomic(legacy, meta)
     with pytest.warns(UserWarning) as caught:
-        test_script.check_model_identity(load_checkpoint(meta), load_config(COCO0, SMALL), meta)
+        check_model_identity(load_checkpoint(meta), load_config(COCO0, SMALL), meta)
     assert [str(w.message) for w in caught] == [
         f"checkpoint {meta} does not record its dataset, split, coco_split_style, train_classes, novel_in_train, "
         "base_images, backbone (written before checkpoints recorded what defines them, or a reference file): not "
@@ -156,9 +157,9 @@ def test_a_checkpoint_without_identity_is_used_with_a_warning_naming_what_was_no
     save_atomic(legacy | {"config": state["config"]}, meta)  # an older checkpoint of ours: its config tells
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        test_script.check_model_identity(load_checkpoint(meta), load_config(COCO0, SMALL), meta)
+        check_model_identity(load_checkpoint(meta), load_config(COCO0, SMALL), meta)
     with pytest.raises(UserError, match="was trained with coco_split_style 'fwb' "):
-        test_script.check_model_identity(load_checkpoint(meta), load_config(COCO0, [*SMALL, *PANET]), meta)
+        check_model_identity(load_checkpoint(meta), load_config(COCO0, [*SMALL, *PANET]), meta)
 
 
 def test_classes_are_recorded_by_name_and_older_class_ids_are_read_as_names_where_the_list_is_fixed():
