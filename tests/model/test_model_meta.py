@@ -83,7 +83,7 @@ def test_pspnet_train_and_eval_run_on_meta(backbone):
         model = PSPNet(build_backbone(backbone), num_classes=16, ignore_label=255)
     data = meta_episode(2, 1, SIZE)
     out = model.train()(data["query"], data["query_label"])
-    assert out["logits"].shape == (2, 16, SIZE, SIZE) and out["loss"].device == META
+    assert set(out) == {"loss"} and out["loss"].device == META  # the loss only: its upsampled logits are never all built
     out["loss"].backward()
     assert_meta_gradients(model)
     with torch.no_grad():
