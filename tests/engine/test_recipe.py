@@ -1,9 +1,10 @@
 """The optimisation recipe as actually run, per stage and dataset (PASCAL and COCO configs, ResNet-50 and VGG16-BN):
 the real entry points (train_base.py, train.py) with the shipped configs, on tiny data in the datasets' real layouts,
 checked against the references' recipe (tests/support/recipe.py): each parameter's SGD group (lr, momentum, weight
-decay), the poly rate at every iteration run (capped by max_iters, uncapped, resumed), the batch, the loss as the
-weighted sum of its parts, which parameters get gradients (through which loss), new data every epoch, and the number
-best.pth is chosen by. Only data, sizes and run bookkeeping are overridden; every recipe key is the config's."""
+decay), the poly rate at every iteration run (capped by max_iters, uncapped, resumed), the batch, the training mode,
+the augmentation, the loss as the weighted sum of its parts, which parameters get gradients (through which loss), new
+data every epoch, and the number best.pth is chosen by. Only data, sizes and run bookkeeping are overridden; every
+recipe key is the config's."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -340,6 +341,22 @@ def test_gim_learns_through_the_main_loss_and_through_the_triplet_loss(runs, cas
     assert reached(triplet_only, "gig.") == reached(triplet_only, "lfg.") == reached(triplet_only, "down_features.") \
         == {True}
     assert reached(triplet_only, "ifm.") == reached(triplet_only, "backbone.") == {False}
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.backbone == "resnet50"], ids=lambda case: case.id)
+def test_training_augmentation_is_the_references(runs, case):
+    """The data the job trains on is scaled, rotated and cropped as the reference does, at the config's sizes."""
+    values = runs.overrides(case, runs.root / "augmentation" / case.id)
+    for key in ("base_train_size", "base_val_size", "train_size", "val_size"):
+        values.pop(key, None)
+    cfg = load_config(case.config, {key: str(value) if isinstance(value, Path) else value for key, value in values.items()})
+    train_set = case.entry.build_job(cfg, DistContext(0, 1, torch.device("cpu"))).make_train_set(0)
+    steps = {type(step).__name__: step for step in train_set.transform.steps}
+    recipe = case.recipe
+    assert (steps["RandomScale"].low, steps["RandomScale"].high) == recipe.scale
+    assert (steps["RandomRotate"].low, steps["RandomRotate"].high) == recipe.rotate
+    assert steps["RandomCrop"].size == recipe.crop
+    assert train_set[0]["image" if case.stage == "base" else "query"].shape == (3, recipe.crop, recipe.crop)
 
 
 @every_case

@@ -37,7 +37,8 @@ def bam_group_lrs(base_lr: float, index_split: int) -> list[float]:
 @dataclass(frozen=True)
 class Recipe:
     """How one stage trains on one dataset: SGD (no dampening, no Nesterov) on every trained parameter, the poly
-    schedule stepped per iteration over ``epochs`` x iterations per epoch, the global batch, the losses' weights."""
+    schedule stepped per iteration over ``epochs`` x iterations per epoch, the global batch, the augmentation
+    (scale range, rotation range in degrees, square crop), the losses' weights."""
 
     head_lr: float                # every trained parameter outside the backbone
     backbone_lr: float | None     # None: the backbone is frozen (no gradient, in no parameter group)
@@ -46,6 +47,9 @@ class Recipe:
     momentum: float
     weight_decay: float
     power: float
+    crop: int
+    scale: tuple[float, float]
+    rotate: tuple[float, float]
     aux_weight: float | None = None      # stage 2: loss = main + aux_weight x aux + triplet
     triplet_margin: float | None = None
     stop_patience: int = 0               # stage 1: epochs without a better validation before the run stops
@@ -58,19 +62,20 @@ def bam_base_recipe(dataset: str) -> Recipe:
     encoder, ppm, cls = bam_group_lrs(bam["base_lr"], bam["index_split"])
     assert ppm == cls
     return Recipe(head_lr=ppm, backbone_lr=encoder, batch_size=bam["batch_size"] * bam["gpus"], epochs=bam["epochs"],
-                  momentum=bam["momentum"], weight_decay=bam["weight_decay"], power=bam["power"],
+                  momentum=bam["momentum"], weight_decay=bam["weight_decay"], power=bam["power"], crop=bam["train_h"],
+                  scale=(bam["scale_min"], bam["scale_max"]), rotate=(bam["rotate_min"], bam["rotate_max"]),
                   stop_patience=bam["stop_interval"])
 
 
 # Stage 2 (mianet-reference-behaviour.md, "Training"): SGD momentum 0.9, wd 1e-4, poly 0.9 per iteration, every
-# group at 10 x the configured 0.005, loss = CE + 1.0 x aux + triplet (margin 0.5); PASCAL batch 4, 200 epochs;
-# COCO 50 epochs. The reference ships no COCO config: its batch 8 is the BAM family's COCO setting, which
-# config/coco/defaults.yaml states as this project's choice.
+# group at 10 x the configured 0.005, loss = CE + 1.0 x aux + triplet (margin 0.5), rotate +-10; PASCAL 473 crops,
+# scale 0.9-1.1, batch 4, 200 epochs; COCO 641 crops, scale 0.8-1.25, 50 epochs. The reference ships no COCO
+# config: its batch 8 is the BAM family's COCO setting, which config/coco/defaults.yaml states as this project's choice.
 MIANET = {
     "pascal": Recipe(head_lr=0.005 * 10, backbone_lr=None, batch_size=4, epochs=200, momentum=0.9, weight_decay=1e-4,
-                     power=0.9, aux_weight=1.0, triplet_margin=0.5),
+                     power=0.9, crop=473, scale=(0.9, 1.1), rotate=(-10, 10), aux_weight=1.0, triplet_margin=0.5),
     "coco": Recipe(head_lr=0.005 * 10, backbone_lr=None, batch_size=8, epochs=50, momentum=0.9, weight_decay=1e-4,
-                   power=0.9, aux_weight=1.0, triplet_margin=0.5),
+                   power=0.9, crop=641, scale=(0.8, 1.25), rotate=(-10, 10), aux_weight=1.0, triplet_margin=0.5),
 }
 
 
