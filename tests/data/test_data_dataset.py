@@ -54,6 +54,8 @@ def test_episode_is_a_pure_function_of_seed_and_index(synth):
         assert_same(first[index], second[index])
     other = EpisodeDataset(cfg, "train", seed=8)
     assert any(other.episode(i) != first.episode(i) for i in range(5))
+    # the query order is the seed's own permutation, not only the classes and supports drawn for it
+    assert [other.episode(i).query for i in range(10)] != [first.episode(i).query for i in range(10)]
 
 
 def test_dataloader_worker_count_does_not_matter(synth):
@@ -158,6 +160,20 @@ def test_base_class_dataset_all_images_as_bam(pascal):
     assert sample["image"].shape == (3, 40, 40) and set(sample["label"].unique().tolist()) <= {0, 1, 255}
     only_novel = val[[image for image, _, _ in val.items].index("JPEGImages/v01_0.jpg")]["label"]
     assert only_novel.shape == (36, 36) and set(only_novel.unique().tolist()) == {0, 255}
+
+
+def test_stage1_targets_novel_classes_are_background_not_ignored(pascal):
+    """BAM's base learner (fss-protocol.md): base class c -> its rank among the fold's base classes + 1, novel classes
+    -> 0, 255 kept; validated at the stored 64 px, each target's pixel count is that of its classes on disk."""
+    root, _ = pascal
+    val = BaseClassDataset(data_config(*pascal, dataset="pascal", split=0, base_val_size=64), "val")
+    names = [image for image, _, _ in val.items]
+    for name, targets in (("v01_0", {0: (0, 1), 255: (255,)}), ("v06_0", {0: (0,), 1: (6,), 255: (255,)})):
+        stored = read_label(str(root / "SegmentationClassAug" / f"{name}.png"))
+        label = val[names.index(f"JPEGImages/{name}.jpg")]["label"].numpy()
+        assert set(np.unique(label)) == set(targets)
+        for target, classes in targets.items():
+            assert (label == target).sum() == np.isin(stored, classes).sum(), (name, target)
 
 
 def test_base_val_images_caps_stage1_validation_with_a_fixed_subset(pascal):

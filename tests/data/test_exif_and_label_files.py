@@ -29,6 +29,21 @@ def write_tagged_jpeg(path, rgb: np.ndarray, orientation: int = ROTATED) -> None
     Image.fromarray(rgb).save(path, exif=exif, quality=95)
 
 
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_photos_are_read_in_rgb_order(tmp_path, suffix):
+    """The normalisation (ImageNet mean and std) and the pretrained backbones take RGB: a red, a green and a blue
+    stripe written by Pillow (RGB) come back red, green and blue."""
+    rgb = np.zeros((24, 16, 3), np.uint8)
+    for channel in range(3):
+        rgb[8 * channel:8 * channel + 8, :, channel] = 250
+    path = tmp_path / f"stripes.{suffix}"
+    Image.fromarray(rgb).save(path, quality=95)
+    read = read_image(path).astype(float)
+    for channel in range(3):
+        stripe = read[8 * channel + 2:8 * channel + 6].mean(axis=(0, 1))
+        assert stripe.argmax() == channel and stripe[channel] > 200, (suffix, channel, stripe)
+
+
 def photo_of(label: np.ndarray, class_id: int) -> np.ndarray:
     """An image bright exactly where ``label`` holds ``class_id`` and dark elsewhere."""
     rgb = np.full((*label.shape, 3), DARK, np.uint8)

@@ -1,5 +1,6 @@
 """Stage 1 as BAM trains its base learner: the shipped configs carry BAM's numbers, the two SGD groups and
-the early stop act in a real run of the training loop, and train_base.py wires them from the config."""
+the early stop act in a real run of the training loop, and train_base.py wires them from the config (the recipe as
+train_base.py runs it with the shipped configs: tests/engine/test_recipe.py)."""
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import train_base
 from model.backbone import build_backbone
 from model.pspnet import PSPNet
 from tests.support.engine import Crash, TinySegNet, TinySegSet, make_tiny_synth, tiny_config, tiny_job
+from tests.support.recipe import BAM_BASE, bam_group_lrs
 from util.runs.checkpoint import load_checkpoint
 from util.common.config import load_config
 from util.common.distributed import DistContext
@@ -16,23 +18,6 @@ from util.engine.loop import train
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-
-# BAM's base-learner configs, transcribed (chunbolang/BAM config/pascal/pascal_split0_{resnet50,vgg}_base.yaml and
-# config/coco/coco_split0_{resnet50,vgg}_base.yaml; "gpus" from its train_base.sh, --nproc_per_node=4)
-BAM_BASE = {
-    "pascal": {"train_h": 417, "val_size": 417, "scale_min": 0.5, "scale_max": 2.0, "rotate_min": -10, "rotate_max": 10,
-               "batch_size": 3, "gpus": 4, "base_lr": 2.5e-4, "epochs": 100, "stop_interval": 75, "index_split": 0,
-               "power": 0.9, "momentum": 0.9, "weight_decay": 0.0001},
-    "coco": {"train_h": 417, "val_size": 417, "scale_min": 0.5, "scale_max": 2.0, "rotate_min": -10, "rotate_max": 10,
-             "batch_size": 3, "gpus": 4, "base_lr": 2.5e-4, "epochs": 20, "stop_interval": 75, "index_split": -1,
-             "power": 0.9, "momentum": 0.9, "weight_decay": 0.0001},
-}
-
-
-def bam_group_lrs(base_lr: float, index_split: int) -> list[float]:
-    """BAM's poly_learning_rate group rule at iteration 0: groups (encoder, ppm, cls); index <= index_split keeps
-    the base rate, the others get 10x."""
-    return [base_lr if index <= index_split else base_lr * 10 for index in range(3)]
 
 
 @pytest.mark.parametrize("path", sorted((CONFIG_DIR / "pascal").rglob("split*.yaml")) +

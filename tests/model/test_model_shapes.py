@@ -8,7 +8,7 @@ import torch
 from model.mianet import MIANet
 from util.common.config import load_config
 from util.common.errors import UserError
-from util.runs.weights import build_mianet
+from util.runs.weights import build_mianet, build_pspnet
 from util.common.random_inputs import episode_tensors
 
 TRAIN_KEYS = {"logits", "loss_main", "loss_aux", "loss_triplet", "loss"}
@@ -145,6 +145,32 @@ def test_training_losses_are_cross_entropy_of_the_query_label_with_255_ignored()
                for aux in aux_outputs]
     expected_aux = sum(hand_cross_entropy(r, label) for r in resized) / 4
     assert float(out["loss_aux"].detach()) == pytest.approx(float(expected_aux), rel=1e-5)
+
+
+# every dropout outside the backbone and its rate (mianet-reference-behaviour.md: down_features Dropout2d(0.5); GIG
+# Dropout(0.2), Dropout(0.3); IFM inner_cls and cls Dropout2d(0.1); the PSPNet classifier Dropout(0.1))
+REFERENCE_DROPOUTS = {
+    "down_features.2": ("Dropout2d", 0.5), "gig.model.2": ("Dropout", 0.2), "gig.model.4": ("Dropout", 0.3),
+    **{f"ifm.inner_cls.{level}.2": ("Dropout2d", 0.1) for level in range(4)}, "ifm.cls.2": ("Dropout2d", 0.1),
+}
+REFERENCE_PSPNET_DROPOUTS = {"cls.3": ("Dropout2d", 0.1)}
+
+
+def dropouts(model: torch.nn.Module) -> dict[str, tuple[str, float]]:
+    return {name: (type(module).__name__, module.p) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd) and not name.startswith("backbone.")}
+
+
+def test_dropouts_are_the_references_and_down_features_dropout_reaches_query_and_supports():
+    model = lite0().train()
+    assert dropouts(model) == REFERENCE_DROPOUTS
+    cfg = load_config(None, {"backbone": "efficientnet_lite0", "dataset": "synth", "pretrained_backbone": False})
+    assert dropouts(build_pspnet(cfg)) == REFERENCE_PSPNET_DROPOUTS
+    batches = []
+    model.down_features[2].register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
+    query, supports, masks, class_ids, label = episode(2, 3, 97, seed=1)
+    model(query, supports, masks, class_ids, label)
+    assert sorted(batches) == [2, 6]  # the 2 queries' features and the 2 x 3 supports'
 
 
 def test_backbone_bn_statistics_move_only_without_freeze():

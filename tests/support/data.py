@@ -8,6 +8,7 @@ import imgviz
 import numpy as np
 from PIL import Image
 
+from util.data.registry import base_classes, novel_classes
 from util.common.config import load_config
 from util.data.image_io import write_label
 
@@ -38,14 +39,17 @@ def block_label(height: int, width: int, blocks: list[tuple[int, int, int, int, 
     return label
 
 
-def write_pool(root: Path, pool_list: str, entries: dict[str, np.ndarray], seed: int = 0) -> None:
-    """Images (random RGB) and labels for ``{name: label}`` plus the pool list, in PASCAL naming."""
+def write_pool(root: Path, pool_list: str, entries: dict[str, np.ndarray], seed: int = 0,
+               image: str = "JPEGImages/{name}.jpg", label: str = "SegmentationClassAug/{name}.png") -> None:
+    """Images (random RGB) and labels for ``{name: label}`` plus the pool list; ``image`` and ``label`` place a name's
+    files (default: PASCAL naming)."""
     rng = np.random.default_rng(seed)
     lines = []
-    for name, label in sorted(entries.items()):
-        write_rgb(root / "JPEGImages" / f"{name}.jpg", rng.integers(0, 256, size=(*label.shape, 3), dtype=np.uint8))
-        write_label(root / "SegmentationClassAug" / f"{name}.png", label)
-        lines.append(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
+    for name, values in sorted(entries.items()):
+        image_path, label_path = image.format(name=name), label.format(name=name)
+        write_rgb(root / image_path, rng.integers(0, 256, size=(*values.shape, 3), dtype=np.uint8))
+        write_label(root / label_path, values)
+        lines.append(f"{image_path} {label_path}\n")
     path = root / pool_list
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(lines))
@@ -79,6 +83,34 @@ def pascal_pool(root: Path) -> dict[str, dict[str, np.ndarray]]:
     write_pool(root, "ImageSets/SegmentationAug/train.txt", train, seed=1)
     write_pool(root, "ImageSets/SegmentationAug/val.txt", val, seed=2)
     return {"train": train, "val": val}
+
+
+def recipe_pools(root: Path, dataset: str) -> None:
+    """64 x 64 image pools of ``dataset`` (pascal or coco) in its prepared layout (VOC's; prepare_coco's) for fold 0
+    (COCO fwb): 24 training images (20 with one counted base class, two per class; 4 also holding a few pixels of a
+    novel class) and a validation pool with every base class (16 per image, in a grid), two novel classes in two
+    counted images each and the first base class in two counted images."""
+    base, novel = base_classes(dataset, 0, "fwb"), novel_classes(dataset, 0, "fwb")
+
+    def counted(class_id: int) -> np.ndarray:
+        return block_label(64, 64, [(class_id, 7, 7, 50, 50)])  # 48 x 48 = 2304 pixels inside the 255 border
+
+    train = {f"t{k:02d}": counted(base[k // 2]) for k in range(20)}
+    train |= {f"n{k}": block_label(64, 64, [(base[10 + k], 7, 7, 50, 50), (novel[k], 57, 7, 6, 40)]) for k in range(4)}
+    cells = [(top, left) for top in range(0, 64, 16) for left in range(0, 64, 16)]
+    grid_classes = [base[i % len(base)] for i in range(-(-len(base) // len(cells)) * len(cells))]
+    val = {f"g{k}": block_label(64, 64, [(c, top, left, 16, 16) for c, (top, left) in
+                                         zip(grid_classes[k * len(cells):], cells)])
+           for k in range(len(grid_classes) // len(cells))}
+    val |= {f"v{c:02d}_{k}": counted(c) for c in novel[:2] for k in range(2)}
+    val |= {f"b{k}": counted(base[0]) for k in range(2)}
+    for subset, entries, seed in (("train", train, 1), ("val", val, 2)):
+        if dataset == "pascal":
+            write_pool(root, f"ImageSets/SegmentationAug/{subset}.txt", entries, seed=seed)
+        else:
+            numbered = {f"{number:012d}": entries[name] for number, name in enumerate(sorted(entries), start=1)}
+            write_pool(root, f"masks/{subset}.txt", numbered, seed=seed, image=f"{subset}2014/COCO_{subset}2014_{{name}}.jpg",
+                       label=f"masks/{subset}2014/COCO_{subset}2014_{{name}}.png")
 
 
 def data_config(data_root: Path, list_root: Path, dataset: str = "synth", **overrides):

@@ -203,7 +203,7 @@ def test_on_off_yes_no_are_words_for_string_keys_and_booleans_for_boolean_keys(t
     assert (cfg.amp, cfg.use_gim, cfg.use_hpm, cfg.feature_reuse) == ("off", False, True, False)
     path = write(tmp_path / "exp.yaml", "amp: off\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: key 'amp' must be a string like 'off', got False: "
-                                          "YAML reads an unquoted on/off/yes/no as true/false, so quote it \('off'\)$"):
+                                          r"YAML reads an unquoted on/off/yes/no as true/false, so quote it \('off'\)$"):
         load_config(path)
 
 

@@ -21,7 +21,7 @@ from util.common.config import load_config
 from util.common.errors import UserError
 from util.data.image_io import read_image, read_label
 from tools.make_synth import make_synth
-from util.runs.weights import build_mianet
+from util.runs.weights import build_mianet, load_stage2_model
 from util.data.transform import ResizePad, normalization_for
 from util.reports.figures import PRED_COLOUR, add_title, overlay_mask
 
@@ -113,8 +113,13 @@ class BrightnessNet(nn.Module):
     calls: list = []
 
     @classmethod
-    def from_config(cls, cfg):
-        return cls()
+    def loaded(cls, cfg, weight, device):
+        """Stands for util.runs.weights.load_stage2_model: the model and the checkpoint's other entries."""
+        return cls().eval(), {}
+
+    def predict(self, query, supports, support_masks, class_ids, chunk=None):
+        """MIANet.predict's interface: one episode, supports [K,3,H,W] and masks [K,H,W]."""
+        return self(query, supports[None], support_masks[None], class_ids)
 
     def forward(self, query, supports, support_masks, class_ids):
         BrightnessNet.calls.append((query, supports, support_masks, class_ids))
@@ -125,7 +130,7 @@ class BrightnessNet(nn.Module):
 @pytest.fixture
 def brightness_net(monkeypatch, tmp_path):
     BrightnessNet.calls = []
-    monkeypatch.setattr(predict, "build_mianet", BrightnessNet.from_config)
+    monkeypatch.setattr(predict, "load_stage2_model", BrightnessNet.loaded)
     weight = tmp_path / "standin.pth"
     save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
     return weight
@@ -232,7 +237,7 @@ def random_mianet(path: Path, overrides: list[str]) -> tuple[Path, nn.Module]:
     """A MIANet with random weights (in eval mode) and its checkpoint, saved as the engine saves them."""
     cfg = load_config(SYNTH_CONFIG, overrides)
     torch.manual_seed(0)
-    model = predict.build_mianet(cfg).eval()
+    model = build_mianet(cfg).eval()
     return save_atomic({"model": model.state_dict(), "epoch": 0, "iteration": 0, "config": dict(cfg)}, path), model
 
 
@@ -291,16 +296,16 @@ def test_voc_photo_round_trip(tmp_path, monkeypatch):
     class RecordingMIANet(MIANet):
         inputs: list = []
 
-        def forward(self, *inputs):
+        def predict(self, *inputs):
             RecordingMIANet.inputs.append(inputs)
-            return super().forward(*inputs)
+            return super().predict(*inputs)
 
-    def build_recording(cfg):
-        model = build_mianet(cfg)
+    def load_recording(cfg, weight, device):
+        model, state = load_stage2_model(cfg, weight, device)
         model.__class__ = RecordingMIANet
-        return model
+        return model, state
 
-    monkeypatch.setattr(predict, "build_mianet", build_recording)
+    monkeypatch.setattr(predict, "load_stage2_model", load_recording)
     small_query = write_rgb(tmp_path / "small.jpg", cv2.resize(voc["rgb"], (157, 118), interpolation=cv2.INTER_AREA))
     for query, name in ((photo, "person"), (small_query, None)):
         out = tmp_path / f"{query.stem}_mask.png"
@@ -315,7 +320,7 @@ def test_voc_photo_round_trip(tmp_path, monkeypatch):
         assert np.array_equal(read_image(result["overlay"]),
                               add_title(overlay_mask(rgb, written // 255, PRED_COLOUR), result["title"]))
         # the network saw the person mask in the test geometry (500x375 -> 97x73, padded with 255) and the class id
-        _, _, masks_in, class_ids = RecordingMIANet.inputs[-1]
+        _, _, masks_in, class_ids, _ = RecordingMIANet.inputs[-1]
         _, expected = ResizePad(97, (0, 0, 0), 255)(voc["rgb"], (voc["class_label"] == person).astype(np.uint8), None)
-        assert np.array_equal(masks_in[0, 0].numpy(), expected)
+        assert np.array_equal(masks_in[0].numpy(), expected)
         assert class_ids.tolist() == [result["class_id"]]

@@ -31,8 +31,13 @@ class RecordingNet(nn.Module):
     calls: list = []
 
     @classmethod
-    def from_config(cls, cfg):
-        return cls()
+    def loaded(cls, cfg, weight, device):
+        """Stands for util.runs.weights.load_stage2_model: the model and the checkpoint's other entries."""
+        return cls().eval(), {}
+
+    def predict(self, query, supports, support_masks, class_ids, chunk=None):
+        """MIANet.predict's interface: one episode, supports [K,3,H,W] and masks [K,H,W]."""
+        return self(query, supports[None], support_masks[None], class_ids)
 
     def forward(self, query, supports, support_masks, class_ids):
         RecordingNet.calls.append((query, supports, support_masks, class_ids))
@@ -43,7 +48,7 @@ class RecordingNet(nn.Module):
 @pytest.fixture
 def standin(monkeypatch, tmp_path) -> Path:
     RecordingNet.calls = []
-    monkeypatch.setattr(predict, "build_mianet", RecordingNet.from_config)
+    monkeypatch.setattr(predict, "load_stage2_model", RecordingNet.loaded)
     weight = tmp_path / "standin.pth"
     save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
     return weight
