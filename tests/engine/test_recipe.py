@@ -154,9 +154,9 @@ class Runs:
             cfg = load_config(case.config, {"data_root": str(data_root), "list_root": str(list_root),
                                             "pretrained_backbone": False})
             torch.manual_seed(0)
-            model = build_pspnet(cfg)
+            model, source = build_pspnet(cfg)
             save_atomic({"model": model.state_dict(), "stage": "base", "identity": run_identity(cfg, "base"),
-                         SOURCE_KEY: model.backbone_source}, path)
+                         SOURCE_KEY: source}, path)
             self.base_learners[case.id] = path
         return self.base_learners[case.id]
 

@@ -165,7 +165,7 @@ def test_dropouts_are_the_references_and_down_features_dropout_reaches_query_and
     model = lite0().train()
     assert dropouts(model) == REFERENCE_DROPOUTS
     cfg = load_config(None, {"backbone": "efficientnet_lite0", "dataset": "synth", "pretrained_backbone": False})
-    assert dropouts(build_pspnet(cfg)) == REFERENCE_PSPNET_DROPOUTS
+    assert dropouts(build_pspnet(cfg)[0]) == REFERENCE_PSPNET_DROPOUTS
     batches = []
     model.down_features[2].register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
     query, supports, masks, class_ids, label = episode(2, 3, 97, seed=1)
