@@ -143,10 +143,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ---- checkpoint importer
     Mutation("importer leaves the IFM modules at the top level",
              'mapped[f"ifm.{key}"] = value', "mapped[key] = value",
-             (T + "model/test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
+             (T + "tools/test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
     Mutation("importer keeps GIG's reference name",
              '_MIANET_RENAMES = {"GIG.": "gig.",', '_MIANET_RENAMES = {"GIG.": "GIG.",',
-             (T + "model/test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
+             (T + "tools/test_checkpoint_import.py::test_key_mapping_prefers_the_top_level_backbone_copy",)),
     # ---- FSS-1000
     Mutation("FSS-1000 stage 1 keeps 255 as ignore (a base class's target)",
              "return -1 if len(base_classes(dataset, fold, coco_split_style)) >= ignore_label else ignore_label",
@@ -341,7 +341,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ---- config schema
     Mutation("base.yaml amp unquoted (YAML reads off as false)",
              'amp: "off"  ', "amp: off    ",
-             (T + "tools/test_config_system.py::test_defaults_are_the_values_written_in_base_yaml",)),
+             (T + "common/test_config_system.py::test_defaults_are_the_values_written_in_base_yaml",)),
     # ---- mixed precision, the reference test geometry, the chunked stage-1 loss
     Mutation("HPM: support direction under autocast (its 1e12 weights become float16 inf)",
              "    with autocast_off(support.device):", '    with autocast_off(torch.device("meta")):',

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import tools.make_lists
-from tests.data.test_data_prepare import voc_sbd  # noqa: F401  (fixture)
+from tests.tools.test_data_prepare import voc_sbd  # noqa: F401  (fixture)
 from tests.support.data import block_label, data_config, pascal_pool, write_pool
 from util.dataset import EpisodeDataset
 from util.common.errors import UserError

@@ -13,7 +13,7 @@ import pytest
 
 import tools.make_lists
 import util.dataset
-from tests.data.test_data_prepare import coco_tree  # noqa: F401  (fixture)
+from tests.tools.test_data_prepare import coco_tree  # noqa: F401  (fixture)
 from tests.support.data import data_config, pascal_pool
 from util.dataset import BaseClassDataset, EpisodeDataset
 from util.common.errors import UserError
