@@ -64,7 +64,7 @@ def run_cli(args: list[str], cwd: Path) -> str:
 
 def final_error_line(proc: subprocess.Popen) -> str:
     """For a run that logs progress first: exit 2, no traceback, stderr ending with its only ``error: ...`` line."""
-    _, stderr = proc.communicate(timeout=600)
+    _, stderr = proc.communicate(timeout=180)
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in stderr, stderr
     assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr

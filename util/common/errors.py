@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import functools
+import gc
+import multiprocessing
 import re
 import signal
 import sys
 import threading
+import traceback
 from types import FrameType
 from typing import Callable, Sequence, TypeVar
 
@@ -78,14 +81,32 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
                 return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
+            exit_code = err.exit_code
         except KeyboardInterrupt as err:
             signum = err.args[0] if isinstance(err, Interrupted) else signal.SIGINT
             name = signal.Signals(signum).name
             print("error: interrupted" + ("" if signum == signal.SIGINT else f" (by {name})"), file=sys.stderr)
-            sys.exit(128 + signum)
+            exit_code = 128 + signum
+        except Exception:  # a bug: its traceback, as Python would print it
+            traceback.print_exc()
+            exit_code = 1
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        end_worker_processes()
+        sys.exit(exit_code)
 
     return wrapper
+
+
+def end_worker_processes() -> None:
+    """End the worker processes an error left behind, before the interpreter's exit waits for them.
+
+    DataLoader workers ignore stop signals (:func:`util.runs.guard.worker_signals`), and after a worker raised,
+    torch's shutdown does not reach them (it falls back to SIGTERM); the exit would wait forever. Called outside the
+    except clause, so the traceback's frames, and the loaders they held, are collected first."""
+    gc.collect()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
