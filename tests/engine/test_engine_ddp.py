@@ -156,7 +156,7 @@ def test_a_finished_run_rerun_with_another_process_count_is_a_no_op_an_unfinishe
 
 def _both_stages(root: Path, ctx: DistContext) -> list[int]:
     args = [*E2E_TINY, "data_root", str(root / "synth"), "list_root", str(root / "lists"), "max_iters", "2",
-            "base_exp_dir", str(root / "base"), "exp_dir", str(root / "meta")]
+            "base_batch_size", "4", "base_exp_dir", str(root / "base"), "exp_dir", str(root / "meta")]
     cfg = load_config(SYNTH, args)
     return [train(cfg, build_job(cfg, ctx), ctx).iteration for build_job in (train_base.build_job, train_script.build_job)]
 

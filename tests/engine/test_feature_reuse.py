@@ -67,7 +67,11 @@ def both_paths(net, cfg, monkeypatch):
     return out
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet50"])
+BACKBONES = ["efficientnet_lite0", pytest.param("resnet50", marks=pytest.mark.slow)]
+"""ResNet-50 (minutes on 2 CPU cores) runs with the slow tests."""
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("shot", [1, 5])
 def test_encode_summarize_head_give_the_forward_logits_on_real_episodes(synth, backbone, shot):
     """Each image encoded alone, each support summarised alone, the head on a batch of 3 episodes: the logits of
@@ -94,7 +98,7 @@ def test_encode_summarize_head_give_the_forward_logits_on_real_episodes(synth, b
     assert float((net.head(query, wrong, batch["class_id"], (size, size)) - expected).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet50"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("shot", [1, 5])
 def test_results_json_is_identical_with_and_without_feature_reuse(synth, backbone, shot, monkeypatch):
     cfg = config(synth, backbone, shot)

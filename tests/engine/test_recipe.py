@@ -225,8 +225,18 @@ def runs(tmp_path_factory) -> Runs:
     return Runs(tmp_path_factory.mktemp("recipe"))
 
 
-every_case = pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-stage2_cases = pytest.mark.parametrize("case", META_CASES, ids=lambda case: case.id)
+FAST_CASE = ("pascal", "vgg16_bn")
+"""The fast suite checks each stage with PASCAL's VGG16-BN config (the cheapest); the other configs, in minutes of
+ResNet-50 and COCO runs, are ``slow``."""
+
+
+def _params(cases: list[Case]) -> list:
+    return [pytest.param(case, id=case.id, marks=() if (case.dataset, case.backbone) == FAST_CASE else pytest.mark.slow)
+            for case in cases]
+
+
+every_case = pytest.mark.parametrize("case", _params(CASES))
+stage2_cases = pytest.mark.parametrize("case", _params(META_CASES))
 
 
 def trained_lr(case: Case, name: str) -> float | None:

@@ -1,6 +1,7 @@
 """User-facing errors: one actionable line, no traceback, non-zero exit code (and warnings in one line each)."""
 from __future__ import annotations
 
+import atexit
 import functools
 import gc
 import multiprocessing
@@ -8,7 +9,6 @@ import re
 import signal
 import sys
 import threading
-import traceback
 from types import FrameType
 from typing import Callable, Sequence, TypeVar
 
@@ -75,6 +75,7 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         main_thread = threading.current_thread() is threading.main_thread()
+        _end_worker_processes_at_exit()
         previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS} if main_thread else {}
         try:
             with warnings_in_one_line():
@@ -87,24 +88,33 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
             name = signal.Signals(signum).name
             print("error: interrupted" + ("" if signum == signal.SIGINT else f" (by {name})"), file=sys.stderr)
             exit_code = 128 + signum
-        except Exception:  # a bug: its traceback, as Python would print it
-            traceback.print_exc()
-            exit_code = 1
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        end_worker_processes()
-        sys.exit(exit_code)
+        sys.exit(exit_code)  # outside the except clause: the traceback, and the loaders its frames held, can go
 
     return wrapper
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _end_worker_processes_at_exit() -> None:
+    """Register :func:`end_worker_processes` once; registered after multiprocessing's own exit hook, it runs first."""
+    if not _EXIT_HOOK:
+        atexit.register(end_worker_processes)
+        _EXIT_HOOK.append(True)
 
 
 def end_worker_processes() -> None:
     """End the worker processes an error left behind, before the interpreter's exit waits for them.
 
     DataLoader workers ignore stop signals (:func:`util.runs.guard.worker_signals`), and after a worker raised,
-    torch's shutdown does not reach them (it falls back to SIGTERM); the exit would wait forever. Called outside the
-    except clause, so the traceback's frames, and the loaders they held, are collected first."""
+    torch's shutdown does not reach them (it falls back to SIGTERM): the exit would wait forever. The last uncaught
+    exception is dropped and its frames collected first, so the loaders they held shut down as torch does it."""
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            setattr(sys, name, None)
     gc.collect()
     for child in multiprocessing.active_children():
         if child.daemon:
