@@ -141,7 +141,7 @@ def test_a_killed_process_makes_the_run_end_with_a_message_not_a_hang(stage1, tm
                                str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
     _wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
-    ranks = subprocess.run(["pgrep", "-f", f"train.py --config {CONFIG}.*exp_dir {run_dir}"], capture_output=True,
+    ranks = subprocess.run(["pgrep", "-f", f"train.py --config config/synth/efficientnet_lite0/split0.yaml .*exp_dir {run_dir}"], capture_output=True,
                            text=True).stdout.split()
     workers = [pid for pid in ranks if "torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_text()
                and "torchrun" not in Path(f"/proc/{pid}/cmdline").read_text()]
