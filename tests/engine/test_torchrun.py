@@ -24,6 +24,7 @@ from tests.support.engine import make_tiny_synth
 from util.runs.checkpoint import load_checkpoint
 from util.common.config import load_config
 from util.common.distributed import DistContext
+from util.common.runtime import seed_everything
 from util.engine.loop import train
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,7 @@ def straight(stage1):
 def _no_dropout_run(root: Path, args: list[str], name: str, ctx: DistContext) -> dict:
     """Stage 2 through train.py's build_job with every dropout off (so that one and two processes draw alike)."""
     cfg = load_config(CONFIG, [*args[2:], "exp_dir", str(root / name), "max_iters", "4"])
+    seed_everything(cfg.seed, ctx.rank)  # as train.py does: rank 0's initial weights are those of one process
     job = train_script.build_job(cfg, ctx)
     for module in job.model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
@@ -143,8 +145,11 @@ def test_a_killed_process_makes_the_run_end_with_a_message_not_a_hang(stage1, tm
     _wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
     ranks = subprocess.run(["pgrep", "-f", f"train.py --config config/synth/efficientnet_lite0/split0.yaml .*exp_dir {run_dir}"], capture_output=True,
                            text=True).stdout.split()
-    workers = [pid for pid in ranks if "torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_text()
-               and "torchrun" not in Path(f"/proc/{pid}/cmdline").read_text()]
+    def is_launcher(pid: str) -> bool:  # torchrun itself (its arguments name train.py too)
+        head = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:3]
+        return any(part.endswith("torchrun") or part == "torch.distributed.run" for part in head)
+
+    workers = [pid for pid in ranks if not is_launcher(pid)]
     assert len(workers) == 2, ranks
     os.kill(int(workers[1]), signal.SIGKILL)
     _, stderr = script.communicate(timeout=300)
