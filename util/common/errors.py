@@ -82,12 +82,12 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
                 return main(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            exit_code = err.exit_code
+            exit_code = _EXIT_STATE.code = err.exit_code
         except KeyboardInterrupt as err:
             signum = err.args[0] if isinstance(err, Interrupted) else signal.SIGINT
             name = signal.Signals(signum).name
             print("error: interrupted" + ("" if signum == signal.SIGINT else f" (by {name})"), file=sys.stderr)
-            exit_code = 128 + signum
+            exit_code = _EXIT_STATE.code = 128 + signum
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -96,14 +96,21 @@ def cli_entry(main: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-_EXIT_HOOK: list[bool] = []
+class _ExitState:
+    """Whether the command failed (``code``: its exit code) and whether the exit hook is registered."""
+
+    code: int | None = None
+    hooked = False
+
+
+_EXIT_STATE = _ExitState()
 
 
 def _end_worker_processes_at_exit() -> None:
     """Register :func:`end_worker_processes` once; registered after multiprocessing's own exit hook, it runs first."""
-    if not _EXIT_HOOK:
+    if not _EXIT_STATE.hooked:
         atexit.register(end_worker_processes)
-        _EXIT_HOOK.append(True)
+        _EXIT_STATE.hooked = True
 
 
 def end_worker_processes() -> None:
@@ -111,7 +118,10 @@ def end_worker_processes() -> None:
 
     DataLoader workers ignore stop signals (:func:`util.runs.guard.worker_signals`), and after a worker raised,
     torch's shutdown does not reach them (it falls back to SIGTERM): the exit would wait forever. The last uncaught
-    exception is dropped and its frames collected first, so the loaders they held shut down as torch does it."""
+    exception is dropped and its frames collected first, so the loaders they held shut down as torch does it. A
+    command that succeeded is left to torch's own exit."""
+    if _EXIT_STATE.code is None and getattr(sys, "last_value", None) is None:
+        return
     for name in ("last_type", "last_value", "last_traceback", "last_exc"):
         if hasattr(sys, name):
             setattr(sys, name, None)
