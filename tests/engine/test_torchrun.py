@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from torch import nn
 import train as train_script
 import train_base as train_base_script
 from tests.engine.test_engine_ddp import in_two_processes
-from tests.support.engine import make_tiny_synth
+from tests.support.engine import make_tiny_synth, wait_for_log
 from util.runs.checkpoint import load_checkpoint
 from util.common.config import load_config
 from util.common.distributed import DistContext
@@ -104,21 +103,13 @@ def test_two_processes_follow_the_one_process_recipe_with_the_global_batch(stage
     assert header == "# 2 process(es) x 1 = global batch 2 (config key batch_size)"
 
 
-def _wait_for_log(path: Path, text: str, process: subprocess.Popen, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.is_file() and text in path.read_text()):
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, f"no '{text}' in {path} after {timeout} s"
-        time.sleep(0.05)
-
-
 def test_sigterm_twice_to_torchrun_saves_once_and_the_run_resumes_bitwise(stage1, straight):
     root, args = stage1
     run_dir = root / "preempted"
     run = [*args, "exp_dir", str(run_dir)]
     process = subprocess.Popen(torchrun(run), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
-    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
+    wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
     process.send_signal(signal.SIGTERM)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
@@ -142,7 +133,7 @@ def test_a_killed_process_makes_the_run_end_with_a_message_not_a_hang(stage1, tm
     script = subprocess.Popen(["bash", "train.sh", "synth", "0", "efficientnet_lite0", "1", *args[2:], "exp_dir",
                                str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
-    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
+    wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
     ranks = subprocess.run(["pgrep", "-f", f"train.py --config config/synth/efficientnet_lite0/split0.yaml .*exp_dir {run_dir}"], capture_output=True,
                            text=True).stdout.split()
     def is_launcher(pid: str) -> bool:  # torchrun itself (its arguments name train.py too)

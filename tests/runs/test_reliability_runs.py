@@ -18,7 +18,7 @@ import torch
 import test as test_script
 import train as train_script
 import train_base as train_base_script
-from tests.support.engine import make_tiny_synth
+from tests.support.engine import make_tiny_synth, wait_for_log
 from util.runs.checkpoint import load_checkpoint, save_atomic
 from util.data.image_io import read_label, write_label
 
@@ -126,14 +126,6 @@ def _final_error(stderr: str) -> str:
     return errors[0]
 
 
-def _wait_for_log(path: Path, text: str, process: subprocess.Popen, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.is_file() and text in path.read_text()):
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, f"no '{text}' in {path} after {timeout} s"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def signal_straight(stage1):
     root, args = stage1
@@ -154,7 +146,7 @@ def test_a_signal_saves_last_pth_with_one_line_and_resume_ends_bitwise_equal(sta
     process = subprocess.Popen([sys.executable, "train.py", *run], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
+        wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
         (os.killpg if to_group else os.kill)(process.pid, signum)
         _, stderr = process.communicate(timeout=600)
     finally:
@@ -294,7 +286,7 @@ def interrupted(stage1):
     run = [*args, *SIGNAL_RUN, "exp_dir", str(run_dir), "embedding_file", str(vectors), "prior_scale", "100"]
     process = subprocess.Popen([sys.executable, "train.py", *run], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
+    wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=600)
     assert process.returncode == 128 + signal.SIGTERM
@@ -371,7 +363,7 @@ def test_sighup_saves_like_sigterm_and_the_run_resumes_bitwise(stage1, signal_st
     run = [*args, *SIGNAL_RUN, "exp_dir", str(run_dir)]
     process = subprocess.Popen([sys.executable, "train.py", *run], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
+    wait_for_log(run_dir / "train_meta.log", "iter 2/8", process)
     process.send_signal(signal.SIGHUP)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 128 + signal.SIGHUP
@@ -390,7 +382,7 @@ def test_sigterm_to_train_sh_reaches_train_py_and_leaves_no_process_behind(stage
     script = subprocess.Popen(["bash", "train.sh", "synth", "0", "efficientnet_lite0", "1", *args[2:], *SIGNAL_RUN,
                                "exp_dir", str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    _wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
+    wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
     script.send_signal(signal.SIGTERM)  # the shell only, as `kill <pid>` or a closed session would
     _, stderr = script.communicate(timeout=600)
     assert script.returncode == 128 + signal.SIGTERM

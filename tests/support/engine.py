@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -98,3 +100,12 @@ def make_tiny_synth(root: Path, num_train: int = 60, num_val: int = 40) -> tuple
     make_synth(data_root, num_train=num_train, num_val=num_val, seed=0, workers=1)
     make_lists("synth", data_root, list_root, workers=1)
     return data_root, list_root
+
+
+def wait_for_log(path: Path, text: str, process: subprocess.Popen, timeout: float = 600.0) -> None:
+    """Wait until ``path`` holds ``text``; fail if ``process`` ends first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and text in path.read_text()):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"no '{text}' in {path} after {timeout} s"
+        time.sleep(0.05)
