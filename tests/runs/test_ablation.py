@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.support.ablation import BASELINE_FBIOU, BASELINE_MIOU, EXIT_VARIABLE, fake_class_iou, fake_miou
 from tests.support.engine import make_tiny_synth
@@ -75,6 +76,7 @@ def test_every_run_is_recorded_once_and_a_second_call_runs_nothing(tmp_path):
     assert record["commands"][0].startswith("python -m tests.support.ablation train ")
     assert record["commands"][0].endswith(f"seed 2 exp_dir {tmp_path / 'exp' / 'none' / 'seed2'} resume auto")
     assert record["wall_time_s"]["stage2"] >= 0 and record["cpu_model"] and record["code_version"]
+    assert record["torch_threads"] == torch.get_num_threads()  # what the entry points inherited
 
     before = {p.name: p.read_bytes() for p in (tmp_path / "results").iterdir()}
     again = run(plan)
@@ -94,7 +96,9 @@ def test_a_finished_run_without_its_record_is_recorded_without_running(tmp_path)
                      f"(mIoU {100 * kept['results']['miou']['mean']:.2f}, FB-IoU "
                      f"{100 * kept['results']['fbiou']['mean']:.2f})"]
     assert [c["entry"] for c in calls(tmp_path)] == ["train_base", "train", "test"]
-    assert json.loads(record.read_text())["results"] == kept["results"]
+    again = json.loads(record.read_text())
+    assert again["results"] == kept["results"]
+    assert kept["torch_threads"] == torch.get_num_threads() and again["torch_threads"] is None  # not run by this call
 
 
 def test_an_interrupted_run_stops_the_plan_and_continues_on_the_next_call(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ Command line: ``python -m bench.ablation`` (:mod:`bench.ablation`).
 - A run: ``python train.py --config <demo config> shot 1 <row> seed S exp_dir <exp root>/<row>/seed<S> resume auto``,
   then ``python test.py`` with the same overrides; their output goes to ``<run dir>/ablation.log``.
 - Record: ``<results dir>/<row>_seed<S>.json``, the run's ``results.json`` with its resolved config, the two
-  commands, the wall time of its entry-point processes, the CPU model and the code version.
+  commands, the wall time of its entry-point processes, the CPU model, the torch thread count the entry points
+  inherit (``OMP_NUM_THREADS``, else one per core: it changes the order of float sums) and the code version.
 - Resumable: a run whose record holds the same resolved config is skipped; a finished run without a record is
   only recorded; an interrupted one continues (``resume auto``). A record or run folder of another config stops
   the plan with one line: nothing is replaced.
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import torch
 import yaml
 
 from util import REPO as ROOT
@@ -249,6 +251,7 @@ class Runner:
         self.stage1_checked = False
         self.version = source_version(plan.repo)
         self.cpu = cpu_model()
+        self.threads = torch.get_num_threads()  # the entry points inherit the environment that sets it
 
     # ---------------------------------------------------------------- entry points
 
@@ -305,6 +308,7 @@ class Runner:
             "config": recorded_config(cfg),
             "wall_time_s": None if seconds is None else round(seconds, 1),
             "cpu_model": self.cpu,
+            "torch_threads": None if seconds is None else self.threads,
             "code_version": self.version,
         })
 
@@ -359,6 +363,7 @@ class Runner:
             "config": wanted,
             "wall_time_s": wall,
             "cpu_model": self.cpu,
+            "torch_threads": self.threads if wall and status == "done in" else None,  # None: not all run by us
             "code_version": self.version,
             "results": results,
         })
