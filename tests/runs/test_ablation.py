@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from util.runs.ablation import (DEMO_CONFIG, REPO, RESULTS_DIR, ROWS_BY_NAME, ST
 from util.reports.ablation import (ABLATION_BLOCK, DEMO_BLOCK, README, RESULTS_PAGE, demo_comparison, render_pages,
                                   replace_block, stale_pages, write_pages)
 from util.common.config import load_config
+from util.common.runtime import cpu_model
 from util.common.errors import UserError
 
 SCHEDULE = ("max_iters", "2")
@@ -243,7 +245,10 @@ def test_the_tables_hold_the_figures_of_the_records(fake_records, tmp_path):
         in readme
     assert f"| MIANet (GIM + HPM), mean ± std over training seeds 123, 124, 125 | {sum(both) / 3:.2f} ± " \
            f"{sample_std(both):.2f} |" in readme
-    assert "Stage 1: base-class mIoU 52.07, 262 s; stage 2 + test of the seed-123 run: " in readme
+    threads = torch.get_num_threads()
+    assert re.search(r"Stage 1: base-class mIoU 52\.07, 262 s \(torch threads not recorded\); stage 2 \+ test of the "
+                     rf"seed-123 run: \d+ s \({threads} torch threads?\)", readme)
+    assert f"; torch threads per run: {threads}; code: " in ablation
     assert readme.endswith("These runs are not the demo's config: they differ from it in base_exp_dir, max_iters.\n")
 
 
@@ -351,7 +356,7 @@ def test_a_stage1_record_of_other_settings_is_refused(fake_records, tmp_path):
 # ---------------------------------------------------------------- the demo's comparison
 
 
-def test_the_demo_compares_its_run_with_the_record_of_its_seed_and_the_spread(fake_records, tmp_path):
+def test_the_demo_compares_its_run_with_the_record_of_its_seed_and_the_spread(fake_records, tmp_path, monkeypatch):
     results_dir, plan = fake_records
     own = tmp_path / "demo"
     overrides = [*SCHEDULE, *plan.stage1_overrides(), "exp_dir", str(own)]
@@ -369,7 +374,16 @@ def test_the_demo_compares_its_run_with_the_record_of_its_seed_and_the_spread(fa
                              "FB-IoU; this run differs by +0.42 / +0.00")
     assert lines[2] == (f"committed `both` row over training seeds 123, 124, 125: {sum(both) / 3:.2f} ± "
                         f"{sample_std(both):.2f} mIoU, {sum(both) / 3 + 20:.2f} ± {sample_std(both):.2f} FB-IoU")
+    threads = torch.get_num_threads()
+    assert f"({cpu_model()}, {threads} torch thread" in lines[1]
+    assert lines[3].startswith(f"what to expect: this CPU model ({cpu_model()}) and thread count ({threads}) are the "
+                               "committed runs'") and lines[3].endswith("expect the committed figure itself")
+
+    monkeypatch.setattr("util.reports.ablation.torch.get_num_threads", lambda: threads + 1)
+    lines = demo_comparison(overrides, results_dir)
     iterations = min(cfg.epochs * cfg.train_episodes // cfg.batch_size, 2)
+    assert lines[3].startswith(f"what to expect: this run had {cpu_model()}, {threads + 1} torch threads; the "
+                               f"committed runs {cpu_model()}, {threads} torch thread")
     assert f"training {iterations} iterations" in lines[3]
     assert f"of the order of the seed spread (± {sample_std(both):.2f} mIoU)" in lines[3]
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+
 from util.common.atomic import write_text_if_changed
 from util.common.errors import UserError
 from util.common.runtime import cpu_model
@@ -163,7 +165,13 @@ def baseline(records: Sequence[Mapping[str, Any]]) -> tuple[float, float, dict[s
 
 
 def _distinct(records: Sequence[Mapping[str, Any]], key: str) -> str:
-    return ", ".join(sorted({str(r.get(key)) for r in records}))
+    return ", ".join(sorted({"not recorded" if r.get(key) is None else str(r[key]) for r in records}))
+
+
+def _threads(record: Mapping[str, Any]) -> str:
+    """How many torch threads a record's processes had, as a table says it."""
+    threads = record.get("torch_threads")
+    return "torch threads not recorded" if threads is None else f"{threads} torch thread{'s' * (threads != 1)}"
 
 
 # ---------------------------------------------------------------- the blocks
@@ -202,7 +210,8 @@ def ablation_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, An
         f"`{DEMO_CONFIG}`; test: {len(protocol['test_seeds'])} x {protocol['test_episodes']} episodes (test seeds "
         f"{', '.join(map(str, protocol['test_seeds']))}). Every run trains "
         f"stage 2 from one shared stage 1{stage1_text}. mIoU and FB-IoU in %, mean ± sample std over the training "
-        f"seeds. CPU: {_distinct(records, 'cpu_model')}; code: {_distinct(records, 'code_version')}.",
+        f"seeds. CPU: {_distinct(records, 'cpu_model')}; torch threads per run: {_distinct(records, 'torch_threads')}; "
+        f"code: {_distinct(records, 'code_version')}.",
         "",
         "| row | added to the demo's command | mIoU | FB-IoU | per training seed: mIoU / FB-IoU | stage 2 + test, s |",
         "|---|---|---|---|---|---|",
@@ -270,11 +279,12 @@ def demo_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, Any] |
                  f"{_pct(base_fbiou)} |")
     facts = []
     if stage1 and stage1.get("base_class_miou") is not None:
-        took = f", {stage1['wall_time_s']:.0f} s" if stage1.get("wall_time_s") is not None else ""
+        took = f", {stage1['wall_time_s']:.0f} s ({_threads(stage1)})" if stage1.get("wall_time_s") is not None else ""
         facts.append(f"stage 1: base-class mIoU {_pct(stage1['base_class_miou'])}{took}")
     wall = runs.get(demo_seed, {}).get("wall_time_s")
     if wall:
-        facts.append(f"stage 2 + test of the seed-{demo_seed} run: {wall['stage2'] + wall['test']:.0f} s")
+        facts.append(f"stage 2 + test of the seed-{demo_seed} run: {wall['stage2'] + wall['test']:.0f} s "
+                     f"({_threads(runs[demo_seed])})")
     facts.append(f"CPU: {_distinct([r for r in records if r['row'] == 'both'], 'cpu_model')}")
     text = "; ".join(facts)
     lines += ["", f"{text[0].upper()}{text[1:]}. Every ablation row: docs/results.md."]
@@ -362,7 +372,7 @@ def demo_comparison(overrides: Sequence[str] = (), results_dir: Path = REPO / RE
     twin = next((r for r in same if r["seed"] == cfg["seed"]), None)
     if twin is not None:
         theirs = twin["results"]
-        lines.append(f"committed `{twin['row']}` row, seed {twin['seed']} ({twin.get('cpu_model')}, code "
+        lines.append(f"committed `{twin['row']}` row, seed {twin['seed']} ({twin.get('cpu_model')}, {_threads(twin)}, code "
                      f"{twin.get('code_version')}): {_pct(theirs['miou']['mean'])} mIoU, "
                      f"{_pct(theirs['fbiou']['mean'])} FB-IoU; this run differs by "
                      f"{100 * (results['miou']['mean'] - theirs['miou']['mean']):+.2f} / "
@@ -371,12 +381,16 @@ def demo_comparison(overrides: Sequence[str] = (), results_dir: Path = REPO / RE
                  f"{', '.join(map(str, row.seeds))}: {_mean_std(row.miou)} mIoU, {_mean_std(row.fbiou)} FB-IoU")
     iterations = training_iterations(cfg)
     spread = f"the seed spread (± {100 * statistics.stdev(row.miou):.2f} mIoU)" if row.judged else "the seed spread"
-    committed_cpus = sorted({str(r.get("cpu_model")) for r in same})
-    here = cpu_model()
-    where = (f"this CPU model ({here}) is the committed runs' one: with the same library versions (requirements.txt) "
-             "expect the committed figure itself" if committed_cpus == [here] else
-             f"this CPU ({here}) is not the committed runs' ({', '.join(committed_cpus)})")
-    lines.append(f"what to expect: {where}; on another CPU, training {iterations or 'the'} iterations amplifies the "
-                 f"float-summation differences between CPUs, so expect a difference of the order of {spread}, "
+    here = (cpu_model(), torch.get_num_threads())
+    committed = {(str(r.get("cpu_model")), r.get("torch_threads")) for r in same}
+    if committed == {here}:
+        lines.append(f"what to expect: this CPU model ({here[0]}) and thread count ({here[1]}) are the committed "
+                     "runs': a run repeated with the same thread count on one machine gives the same bits, so with "
+                     "the library versions of requirements.txt expect the committed figure itself")
+        return lines
+    theirs = "; ".join(sorted(f"{cpu}, {_threads({'torch_threads': threads})}" for cpu, threads in committed))
+    lines.append(f"what to expect: this run had {here[0]}, {_threads({'torch_threads': here[1]})}; the committed runs "
+                 f"{theirs}. Another CPU or thread count sums floats in another order, and training "
+                 f"{iterations or 'the'} iterations amplifies that, so expect a difference of the order of {spread}, "
                  "not bitwise equality")
     return lines
