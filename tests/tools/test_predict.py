@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 import predict
+from tests.support.predict import SYNTH_CONFIG, RecordingNet, install_recording_net
 from model.mianet import MIANet
 from tests.support.reference_geometry import bilinear_align_corners, resized_val
 from util.runs.checkpoint import save_atomic
@@ -25,7 +26,6 @@ from util.runs.weights import build_mianet, load_stage2_model
 from util.data.transform import ResizePad, normalization_for
 from util.reports.figures import PRED_COLOUR, add_title, overlay_mask
 
-SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
 SMALL = ["val_size", "97", "pretrained_backbone", "false", "device", "cpu"]
 
 
@@ -107,33 +107,9 @@ def test_bad_masks_and_names_are_user_errors(tmp_path):
 
 # ---------------------------------------------------------------- geometry, with a stand-in network
 
-class BrightnessNet(nn.Module):
-    """Foreground where the (normalised) query is bright; records what it was given."""
-
-    calls: list = []
-
-    @classmethod
-    def loaded(cls, cfg, weight, device):
-        """Stands for util.runs.weights.load_stage2_model: the model and the checkpoint's other entries."""
-        return cls().eval(), {}
-
-    def predict(self, query, supports, support_masks, class_ids, chunk=None):
-        """MIANet.predict's interface: one episode, supports [K,3,H,W] and masks [K,H,W]."""
-        return self(query, supports[None], support_masks[None], class_ids)
-
-    def forward(self, query, supports, support_masks, class_ids):
-        BrightnessNet.calls.append((query, supports, support_masks, class_ids))
-        score = query.mean(1, keepdim=True)
-        return torch.cat([-score, score], 1)
-
-
 @pytest.fixture
-def brightness_net(monkeypatch, tmp_path):
-    BrightnessNet.calls = []
-    monkeypatch.setattr(predict, "load_stage2_model", BrightnessNet.loaded)
-    weight = tmp_path / "standin.pth"
-    save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
-    return weight
+def brightness_net(monkeypatch, tmp_path) -> Path:
+    return install_recording_net(monkeypatch, tmp_path)
 
 
 def quadrant_scene(tmp_path: Path, height: int, width: int) -> tuple[Path, np.ndarray]:
@@ -166,7 +142,7 @@ def test_prediction_is_mapped_back_to_the_original_geometry(tmp_path, brightness
     near_edge[: height // 2 + edge, max(0, width // 2 - edge): width // 2 + edge] = True
     assert not (wrong & ~near_edge).any()
     # what the network was given: a 97x97 query, K = 2 supports with their masks, the class id
-    query_in, supports_in, masks_in, class_ids = BrightnessNet.calls[-1]
+    query_in, supports_in, masks_in, class_ids = RecordingNet.calls[-1]
     assert tuple(query_in.shape) == (1, 3, 97, 97) and tuple(supports_in.shape) == (1, 2, 3, 97, 97)
     assert tuple(masks_in.shape) == (1, 2, 97, 97) and set(masks_in.unique().tolist()) == {0, 1, 255}
     assert class_ids.tolist() == [class_names("synth").index("blue square") + 1]
@@ -194,7 +170,7 @@ def test_reference_geometry_input_and_mapping_back_equal_the_transcription(tmp_p
     predict.main(["--config", SYNTH_CONFIG, "--weight", str(brightness_net), "--support", str(support),
                   str(support_mask), "--query", str(query), "--out", str(out), *SMALL, "test_geometry", "reference"])
     mean, std = normalization_for(load_config(SYNTH_CONFIG, {}))
-    query_in, supports_in, masks_in, _ = BrightnessNet.calls[-1]
+    query_in, supports_in, masks_in, _ = RecordingNet.calls[-1]
     expected_query, _ = resized_val(read_image(query), np.zeros((height, width)), 97, mean, std)
     expected_support, expected_mask = resized_val(support_rgb, mask // 255, 97, mean, std)
     assert np.allclose(query_in[0].numpy(), expected_query, rtol=0, atol=1e-5)
@@ -213,7 +189,7 @@ def test_no_class_name_means_class_zero_and_bad_inputs_exit_2(tmp_path, brightne
     good_mask = write_png(tmp_path / "mask.png", mask)
     args = ["--config", SYNTH_CONFIG, "--weight", str(brightness_net), "--query", str(query), *SMALL]
     predict.main([*args, "--support", str(query), str(good_mask), "--out", str(tmp_path / "a.png")])
-    assert BrightnessNet.calls[-1][3].tolist() == [0]
+    assert RecordingNet.calls[-1][3].tolist() == [0]
     failures = {
         "not a synth class": ["--support", str(query), str(good_mask), "--class-name", "dog", "--out", str(tmp_path / "b.png")],
         "--query": ["--support", str(query), str(good_mask), "--query", str(tmp_path / "nope.jpg"),

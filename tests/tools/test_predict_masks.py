@@ -9,49 +9,21 @@ import cv2
 import imgviz
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
 import predict
-from util.runs.checkpoint import save_atomic
+from tests.support.predict import SYNTH_CONFIG, RecordingNet, install_recording_net
 from util.data.registry import class_names
-from util.common.config import load_config
 from util.data.transform import ResizePad
 
-SYNTH_CONFIG = "config/synth/efficientnet_lite0/split0.yaml"
 SIZE = 97
 SMALL = ["val_size", str(SIZE), "pretrained_backbone", "false", "device", "cpu"]
 NAMES = class_names("synth")
 
 
-class RecordingNet(nn.Module):
-    """Foreground where the query is bright; records the network inputs."""
-
-    calls: list = []
-
-    @classmethod
-    def loaded(cls, cfg, weight, device):
-        """Stands for util.runs.weights.load_stage2_model: the model and the checkpoint's other entries."""
-        return cls().eval(), {}
-
-    def predict(self, query, supports, support_masks, class_ids, chunk=None):
-        """MIANet.predict's interface: one episode, supports [K,3,H,W] and masks [K,H,W]."""
-        return self(query, supports[None], support_masks[None], class_ids)
-
-    def forward(self, query, supports, support_masks, class_ids):
-        RecordingNet.calls.append((query, supports, support_masks, class_ids))
-        score = query.mean(1, keepdim=True)
-        return torch.cat([-score, score], 1)
-
-
 @pytest.fixture
 def standin(monkeypatch, tmp_path) -> Path:
-    RecordingNet.calls = []
-    monkeypatch.setattr(predict, "load_stage2_model", RecordingNet.loaded)
-    weight = tmp_path / "standin.pth"
-    save_atomic({"model": {}, "config": dict(load_config(SYNTH_CONFIG, {}))}, weight)
-    return weight
+    return install_recording_net(monkeypatch, tmp_path)
 
 
 def write_png(path: Path, values: np.ndarray, palette: bool = False) -> Path:
