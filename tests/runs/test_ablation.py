@@ -18,8 +18,9 @@ from tests.support.ablation import BASELINE_FBIOU, BASELINE_MIOU, EXIT_VARIABLE,
 from tests.support.engine import make_tiny_synth
 from util.runs.ablation import (DEMO_CONFIG, REPO, RESULTS_DIR, ROWS_BY_NAME, STAGE1_RECORD, TIME_FILE, Plan, RunFailed,
                            check_plan, run_plan)
-from util.reports.ablation import (ABLATION_BLOCK, DEMO_BLOCK, README, RESULTS_PAGE, demo_comparison, render_pages,
-                                  replace_block, stale_pages, write_pages)
+from util.reports.ablation import (ABLATION_BLOCK, DEMO_BLOCK, README, RESULTS_PAGE, RowSummary, baseline_verdict,
+                                   demo_comparison, module_verdicts, render_pages, replace_block, stale_pages,
+                                   write_pages)
 from util.common.config import load_config
 from util.common.runtime import cpu_model
 from util.common.errors import UserError
@@ -238,6 +239,10 @@ def test_the_tables_hold_the_figures_of_the_records(fake_records, tmp_path):
     assert f"- adding GIM to HPM (`both` - `hpm`): +10.00 mIoU, spread {spread:.2f}: exceeds" in ablation
     assert f"- prior_scale 100 (synth) against 1 (the reference) (`both` - `both_prior1`): +5.00 mIoU, spread " \
            f"{spread:.2f}: exceeds" in ablation
+    assert "So, on this schedule:\n\n- GIM: helps beyond the seed spread, alone and added to HPM.\n- HPM: helps beyond " \
+           "the seed spread, alone and added to GIM.\n" in ablation
+    assert "Above the every-object baseline (25.00 mIoU) with every training seed: `none`, `gim`, `hpm`, `both`, " \
+           "`both_prior1`. Not above it with every seed: none." in ablation
 
     readme = block(pages[repo / README], DEMO_BLOCK)
     both = [100 * fake_miou(run_config(plan, "both", s)) for s in seeds]
@@ -338,6 +343,25 @@ def test_records_of_different_schedules_are_not_mixed(fake_records, tmp_path):
     with pytest.raises(UserError, match=r"gim_seed124.json and none_seed123.json were made with different settings "
                                         r"\(epochs\)"):
         render_pages(folder, pages_repo(tmp_path))
+
+
+def summary(name: str, *miou: float) -> RowSummary:
+    return RowSummary(name, tuple(range(len(miou))), miou, miou, {}, ())
+
+
+def test_module_verdicts_say_what_each_module_does_alone_and_on_top_of_the_other():
+    rows = {"none": summary("none", 0.47, 0.48, 0.47), "gim": summary("gim", 0.47, 0.47, 0.48),
+            "hpm": summary("hpm", 0.62, 0.61, 0.63), "both": summary("both", 0.58, 0.58, 0.59)}
+    assert module_verdicts(rows) == ["- GIM: alone, no difference beyond the seed spread; added to HPM, hurts beyond "
+                                     "the seed spread.",
+                                     "- HPM: helps beyond the seed spread, alone and added to GIM."]
+    rows["both"] = summary("both", 0.61, 0.63, 0.62)
+    assert module_verdicts(rows)[0] == "- GIM: no difference beyond the seed spread, alone and added to HPM."
+    rows["hpm"] = summary("hpm", 0.62)  # one seed: HPM and GIM each have a row that cannot be judged
+    assert module_verdicts(rows) == []
+    assert baseline_verdict({"none": summary("none", 0.47, 0.53), "both": summary("both", 0.55, 0.6)}, 0.5) == \
+        "Above the every-object baseline (50.00 mIoU) with every training seed: `both`. Not above it with every " \
+        "seed: `none`."
 
 
 def test_a_stage1_record_of_other_settings_is_refused(fake_records, tmp_path):

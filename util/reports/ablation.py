@@ -53,6 +53,8 @@ COMPARISONS = (
     ("both", "both_prior1", "prior_scale 100 (synth) against 1 (the reference)"),
 )
 """Pairs of rows whose difference the ablation page judges: (row a, row b, what a - b measures)."""
+MODULES = (("GIM", "HPM", ("gim", "none"), ("both", "hpm")), ("HPM", "GIM", ("hpm", "none"), ("both", "gim")))
+"""Per module: its name, the other module's, and the pairs that add it alone and on top of the other module."""
 SPREAD_RULE = ("a difference between two rows exceeds the seed spread when |mean a - mean b| > std a + std b "
                "(mIoU; rows with fewer than 2 seeds are not judged)")
 NO_RESULTS = "No ablation results are committed yet: `python -m bench.ablation` makes them (docs/results.md)."
@@ -187,6 +189,37 @@ def judgement(a: RowSummary, b: RowSummary) -> tuple[float, float | None, bool |
     return difference, spread, abs(difference) > spread
 
 
+def _effect(a: RowSummary, b: RowSummary) -> str:
+    """What adding the switch that makes row a from row b does, as judged against the seed spread."""
+    difference, _, exceeds = judgement(a, b)
+    if not exceeds:
+        return "no difference beyond the seed spread"
+    return f"{'helps' if difference > 0 else 'hurts'} beyond the seed spread"
+
+
+def module_verdicts(rows: Mapping[str, RowSummary]) -> list[str]:
+    """One line per module whose four rows have >= 2 seeds each: what it does alone and added to the other
+    module."""
+    lines = []
+    for module, other, alone, added in MODULES:
+        if not all(name in rows and rows[name].judged for name in (*alone, *added)):
+            continue
+        by_itself, on_top = _effect(rows[alone[0]], rows[alone[1]]), _effect(rows[added[0]], rows[added[1]])
+        if by_itself == on_top:
+            lines.append(f"- {module}: {by_itself}, alone and added to {other}.")
+        else:
+            lines.append(f"- {module}: alone, {by_itself}; added to {other}, {on_top}.")
+    return lines
+
+
+def baseline_verdict(rows: Mapping[str, RowSummary], base_miou: float) -> str:
+    """Which rows beat the every-object baseline's mIoU with every training seed, and which do not."""
+    above = [f"`{name}`" for name, row in rows.items() if min(row.miou) > base_miou]
+    rest = [f"`{name}`" for name, row in rows.items() if min(row.miou) <= base_miou]
+    return (f"Above the every-object baseline ({_pct(base_miou)} mIoU) with every training seed: "
+            f"{', '.join(above) or 'none'}. Not above it with every seed: {', '.join(rest) or 'none'}.")
+
+
 def _not_the_demo(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """A closing line when the records were not made with the demo's config, naming the keys that differ."""
     ours, demo = _shared_settings(records[0]["config"]), _shared_settings(demo_config())
@@ -250,6 +283,10 @@ def ablation_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, An
     if exceed or within:
         lines += ["", f"Exceed the seed spread: {', '.join(exceed) or 'none'}. "
                       f"Within it: {', '.join(within) or 'none'}."]
+    verdicts = module_verdicts(rows)
+    if verdicts:
+        lines += ["", "So, on this schedule:", "", *verdicts]
+    lines += ["", baseline_verdict(rows, base_miou)]
     example = next((r for r in records if r["row"] == "both"), records[0])
     if example.get("commands"):
         lines += ["", f"The commands of a run, e.g. `{example['row']}` seed {example['seed']} (each record holds its "
