@@ -376,6 +376,17 @@ MUTATIONS: tuple[Mutation, ...] = (
              "checkpoint = lambda function, *args, **options: function(*args)  # noqa: E731",
              (T + "model/test_pspnet_loss.py::"
                   "test_no_operation_creates_the_whole_batchs_upsampled_logits_and_none_is_kept_for_backward",)),
+    Mutation("ablation verdict calls a module's loss a gain",
+             "{'helps' if difference > 0 else 'hurts'}", "{'helps' if difference != 0 else 'hurts'}",
+             (T + "runs/test_ablation.py::"
+                  "test_module_verdicts_say_what_each_module_does_alone_and_on_top_of_the_other",)),
+    Mutation("ablation counts a row above the baseline when one seed is",
+             "if min(row.miou) > base_miou]", "if max(row.miou) > base_miou]",
+             (T + "runs/test_ablation.py::"
+                  "test_module_verdicts_say_what_each_module_does_alone_and_on_top_of_the_other",)),
+    Mutation("ablation records claim the runner's thread count for runs it did not make",
+             'self.threads if wall and status == "done in" else None', "self.threads",
+             (T + "runs/test_ablation.py::test_a_finished_run_without_its_record_is_recorded_without_running",)),
 )
 
 

@@ -239,8 +239,8 @@ def test_the_tables_hold_the_figures_of_the_records(fake_records, tmp_path):
     assert f"- adding GIM to HPM (`both` - `hpm`): +10.00 mIoU, spread {spread:.2f}: exceeds" in ablation
     assert f"- prior_scale 100 (synth) against 1 (the reference) (`both` - `both_prior1`): +5.00 mIoU, spread " \
            f"{spread:.2f}: exceeds" in ablation
-    assert "So, on this schedule:\n\n- GIM: helps beyond the seed spread, alone and added to HPM.\n- HPM: helps beyond " \
-           "the seed spread, alone and added to GIM.\n" in ablation
+    assert "So, on this schedule:\n\n- GIM: helps beyond the seed spread, alone and added to HPM.\n" \
+           "- HPM: helps beyond the seed spread, alone and added to GIM.\n" in ablation
     assert "Above the every-object baseline (25.00 mIoU) with every training seed: `none`, `gim`, `hpm`, `both`, " \
            "`both_prior1`. Not above it with every seed: none." in ablation
 

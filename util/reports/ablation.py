@@ -409,8 +409,8 @@ def demo_comparison(overrides: Sequence[str] = (), results_dir: Path = REPO / RE
     twin = next((r for r in same if r["seed"] == cfg["seed"]), None)
     if twin is not None:
         theirs = twin["results"]
-        lines.append(f"committed `{twin['row']}` row, seed {twin['seed']} ({twin.get('cpu_model')}, {_threads(twin)}, code "
-                     f"{twin.get('code_version')}): {_pct(theirs['miou']['mean'])} mIoU, "
+        lines.append(f"committed `{twin['row']}` row, seed {twin['seed']} ({twin.get('cpu_model')}, {_threads(twin)}, "
+                     f"code {twin.get('code_version')}): {_pct(theirs['miou']['mean'])} mIoU, "
                      f"{_pct(theirs['fbiou']['mean'])} FB-IoU; this run differs by "
                      f"{100 * (results['miou']['mean'] - theirs['miou']['mean']):+.2f} / "
                      f"{100 * (results['fbiou']['mean'] - theirs['fbiou']['mean']):+.2f}")
