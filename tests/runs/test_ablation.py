@@ -246,7 +246,7 @@ def test_the_tables_hold_the_figures_of_the_records(fake_records, tmp_path):
 
     readme = block(pages[repo / README], DEMO_BLOCK)
     both = [100 * fake_miou(run_config(plan, "both", s)) for s in seeds]
-    assert f"| MIANet (GIM + HPM), training seed 123, the demo's | {both[0]:.2f} | {both[0] + 20:.2f} |" \
+    assert f"| MIANet (GIM + HPM), training seed 123 (the demo's seed) | {both[0]:.2f} | {both[0] + 20:.2f} |" \
         in readme
     assert f"| MIANet (GIM + HPM), mean ± std over training seeds 123, 124, 125 | {sum(both) / 3:.2f} ± " \
            f"{sample_std(both):.2f} |" in readme

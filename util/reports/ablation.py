@@ -308,7 +308,7 @@ def demo_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, Any] |
              f"{protocol['test_episodes']} test episodes) | mIoU | FB-IoU |", "|---|---|---|"]
     if demo_seed in runs:
         results = runs[demo_seed]["results"]
-        lines.append(f"| MIANet (GIM + HPM), training seed {demo_seed}, the demo's | "
+        lines.append(f"| MIANet (GIM + HPM), training seed {demo_seed} (the demo's seed) | "
                      f"{_pct(results['miou']['mean'])} | {_pct(results['fbiou']['mean'])} |")
     lines.append(f"| MIANet (GIM + HPM), mean ± std over training seeds {', '.join(map(str, both.seeds))} | "
                  f"{_mean_std(both.miou)} | {_mean_std(both.fbiou)} |")
