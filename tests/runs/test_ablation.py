@@ -407,7 +407,7 @@ def test_the_demo_compares_its_run_with_the_record_of_its_seed_and_the_spread(fa
     lines = demo_comparison(overrides, results_dir)
     iterations = min(cfg.epochs * cfg.train_episodes // cfg.batch_size, 2)
     assert lines[3].startswith(f"what to expect: this run had {cpu_model()}, {threads + 1} torch threads; the "
-                               f"committed runs {cpu_model()}, {threads} torch thread")
+                               f"committed runs had {cpu_model()}, {threads} torch thread")
     assert f"training {iterations} iterations" in lines[3]
     assert f"of the order of the seed spread (± {sample_std(both):.2f} mIoU)" in lines[3]
 

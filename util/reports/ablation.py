@@ -243,8 +243,8 @@ def ablation_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, An
         f"`{DEMO_CONFIG}`; test: {len(protocol['test_seeds'])} x {protocol['test_episodes']} episodes (test seeds "
         f"{', '.join(map(str, protocol['test_seeds']))}). Every run trains "
         f"stage 2 from one shared stage 1{stage1_text}. mIoU and FB-IoU in %, mean ± sample std over the training "
-        f"seeds. CPU: {_distinct(records, 'cpu_model')}; torch threads per run: {_distinct(records, 'torch_threads')}; "
-        f"code: {_distinct(records, 'code_version')}.",
+        f"seeds. CPU: {_distinct(records, 'cpu_model')}; torch threads per run: "
+        f"{_distinct(records, 'torch_threads')}; code: {_distinct(records, 'code_version')}.",
         "",
         "| row | added to the demo's command | mIoU | FB-IoU | per training seed: mIoU / FB-IoU | stage 2 + test, s |",
         "|---|---|---|---|---|---|",
@@ -425,9 +425,9 @@ def demo_comparison(overrides: Sequence[str] = (), results_dir: Path = REPO / RE
                      "runs': a run repeated with the same thread count on one machine gives the same bits, so with "
                      "the library versions of requirements.txt expect the committed figure itself")
         return lines
-    theirs = "; ".join(sorted(f"{cpu}, {_threads({'torch_threads': threads})}" for cpu, threads in committed))
+    conditions = "; ".join(sorted(f"{cpu}, {_threads({'torch_threads': threads})}" for cpu, threads in committed))
     lines.append(f"what to expect: this run had {here[0]}, {_threads({'torch_threads': here[1]})}; the committed runs "
-                 f"{theirs}. Another CPU or thread count sums floats in another order, and training "
+                 f"had {conditions}. Another CPU or thread count sums floats in another order, and training "
                  f"{iterations or 'the'} iterations amplifies that, so expect a difference of the order of {spread}, "
                  "not bitwise equality")
     return lines
