@@ -170,9 +170,8 @@ def _distinct(records: Sequence[Mapping[str, Any]], key: str) -> str:
     return ", ".join(sorted({"not recorded" if r.get(key) is None else str(r[key]) for r in records}))
 
 
-def _threads(record: Mapping[str, Any]) -> str:
-    """How many torch threads a record's processes had, as a table says it."""
-    threads = record.get("torch_threads")
+def _threads(threads: int | None) -> str:
+    """A record's ``torch_threads`` as a table says it."""
     return "torch threads not recorded" if threads is None else f"{threads} torch thread{'s' * (threads != 1)}"
 
 
@@ -316,12 +315,13 @@ def demo_block(records: Sequence[Mapping[str, Any]], stage1: Mapping[str, Any] |
                  f"{_pct(base_fbiou)} |")
     facts = []
     if stage1 and stage1.get("base_class_miou") is not None:
-        took = f", {stage1['wall_time_s']:.0f} s ({_threads(stage1)})" if stage1.get("wall_time_s") is not None else ""
+        took = "" if stage1.get("wall_time_s") is None else \
+            f", {stage1['wall_time_s']:.0f} s ({_threads(stage1.get('torch_threads'))})"
         facts.append(f"stage 1: base-class mIoU {_pct(stage1['base_class_miou'])}{took}")
     wall = runs.get(demo_seed, {}).get("wall_time_s")
     if wall:
         facts.append(f"stage 2 + test of the seed-{demo_seed} run: {wall['stage2'] + wall['test']:.0f} s "
-                     f"({_threads(runs[demo_seed])})")
+                     f"({_threads(runs[demo_seed].get('torch_threads'))})")
     facts.append(f"CPU: {_distinct([r for r in records if r['row'] == 'both'], 'cpu_model')}")
     text = "; ".join(facts)
     lines += ["", f"{text[0].upper()}{text[1:]}. Every ablation row: docs/results.md."]
@@ -409,9 +409,9 @@ def demo_comparison(overrides: Sequence[str] = (), results_dir: Path = REPO / RE
     twin = next((r for r in same if r["seed"] == cfg["seed"]), None)
     if twin is not None:
         theirs = twin["results"]
-        lines.append(f"committed `{twin['row']}` row, seed {twin['seed']} ({twin.get('cpu_model')}, {_threads(twin)}, "
-                     f"code {twin.get('code_version')}): {_pct(theirs['miou']['mean'])} mIoU, "
-                     f"{_pct(theirs['fbiou']['mean'])} FB-IoU; this run differs by "
+        lines.append(f"committed `{twin['row']}` row, seed {twin['seed']} ({twin.get('cpu_model')}, "
+                     f"{_threads(twin.get('torch_threads'))}, code {twin.get('code_version')}): "
+                     f"{_pct(theirs['miou']['mean'])} mIoU, {_pct(theirs['fbiou']['mean'])} FB-IoU; this run differs by "
                      f"{100 * (results['miou']['mean'] - theirs['miou']['mean']):+.2f} / "
                      f"{100 * (results['fbiou']['mean'] - theirs['fbiou']['mean']):+.2f}")
     lines.append(f"committed `{twin['row'] if twin else same[0]['row']}` row over training seeds "
@@ -425,8 +425,8 @@ def demo_comparison(overrides: Sequence[str] = (), results_dir: Path = REPO / RE
                      "runs': a run repeated with the same thread count on one machine gives the same bits, so with "
                      "the library versions of requirements.txt expect the committed figure itself")
         return lines
-    conditions = "; ".join(sorted(f"{cpu}, {_threads({'torch_threads': threads})}" for cpu, threads in committed))
-    lines.append(f"what to expect: this run had {here[0]}, {_threads({'torch_threads': here[1]})}; the committed runs "
+    conditions = "; ".join(sorted(f"{cpu}, {_threads(threads)}" for cpu, threads in committed))
+    lines.append(f"what to expect: this run had {here[0]}, {_threads(here[1])}; the committed runs "
                  f"had {conditions}. Another CPU or thread count sums floats in another order, and training "
                  f"{iterations or 'the'} iterations amplifies that, so expect a difference of the order of {spread}, "
                  "not bitwise equality")
