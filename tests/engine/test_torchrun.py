@@ -134,8 +134,10 @@ def test_a_killed_process_makes_the_run_end_with_a_message_not_a_hang(stage1, tm
                                str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
     wait_for_log(run_dir / "train_meta.log", "iter 2/8", script)
-    ranks = subprocess.run(["pgrep", "-f", f"train.py --config config/synth/efficientnet_lite0/split0.yaml .*exp_dir {run_dir}"], capture_output=True,
+    config = Path(CONFIG).relative_to(REPO)  # as train.sh passes it
+    ranks = subprocess.run(["pgrep", "-f", f"train.py --config {config} .*exp_dir {run_dir}"], capture_output=True,
                            text=True).stdout.split()
+
     def is_launcher(pid: str) -> bool:  # torchrun itself (its arguments name train.py too)
         head = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:3]
         return any(part.endswith("torchrun") or part == "torch.distributed.run" for part in head)
